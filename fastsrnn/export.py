@@ -1,0 +1,119 @@
+"""Export a trained SampleRNN into the inference layout of DESIGN.md section 3, once.
+
+- weight norm folded into plain weights;
+- T2[k, q] = W2 W1_k Emb[q]: the embedding, the first layer and W2 as one (F, Q, H) table;
+- W2 folded into the upsampling: position j's conditioning is already W2 c_j + b2;
+- W3, Wo as they are.
+Folds are computed in float64 and rounded once. Every shape is checked with a readable error.
+Nothing is transposed inside the decode loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import List, Optional
+
+import torch
+
+from .config import SampleRNNConfig
+from .model import SampleRNN
+
+
+@dataclass
+class InferenceWeights:
+    """Weights of one model in the kernel layout. G = 4 (LSTM) or 3 (GRU) gate blocks."""
+
+    cfg: SampleRNNConfig
+    w_ih: List[torch.Tensor]  # per layer (G*H, F) for layer 0, (G*H, H [+ F]) after
+    w_hh: List[torch.Tensor]  # per layer (G*H, H)
+    b_ih: List[torch.Tensor]  # per layer (G*H,)
+    b_hh: List[torch.Tensor]  # per layer (G*H,)
+    h0: torch.Tensor  # (L, 1, H) learned (or zero) initial state
+    c0: Optional[torch.Tensor]  # (L, 1, H) for LSTM
+    skip_w: List[torch.Tensor]  # per layer (H, H), empty without skip connections
+    skip_b: Optional[torch.Tensor]  # (H,) bias of the first skip projection
+    up_w: torch.Tensor  # (F*H, H): rows [jH, (j+1)H) give W2 c_j for position j
+    up_b: torch.Tensor  # (F*H,): W2 u_j + b2
+    table: torch.Tensor  # (F, Q, H): T2[k, q] = W2 W1_k Emb[q]
+    w3: torch.Tensor  # (H, H)
+    b3: torch.Tensor  # (H,)
+    wo: torch.Tensor  # (Q, H)
+    bo: torch.Tensor  # (Q,)
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None, frame_dtype: Optional[torch.dtype] = None):
+        """Move every tensor; ``dtype`` for the sample tier, ``frame_dtype`` for the frame tier."""
+        frame_names = {"w_ih", "w_hh", "skip_w", "up_w"}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            dt = frame_dtype if f.name in frame_names else dtype
+            if f.name in ("table", "w3", "wo") or f.name in frame_names:
+                conv = lambda t: t.to(device=device, dtype=dt or t.dtype).contiguous()  # noqa: E731
+            else:  # biases and states stay fp32: accumulation is fp32
+                conv = lambda t: t.to(device=device).contiguous()  # noqa: E731
+            if isinstance(v, torch.Tensor):
+                v = conv(v)
+            elif isinstance(v, list):
+                v = [conv(t) for t in v]
+            out[f.name] = v
+        return InferenceWeights(**out)
+
+    def nbytes_sample_tier(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.w3, self.wo, self.b3, self.bo))
+
+    def nbytes_frame_tier(self) -> int:
+        ts = self.w_ih + self.w_hh + self.skip_w + [self.up_w]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _check(name: str, t: torch.Tensor, shape) -> torch.Tensor:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"export_inference: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"export_inference: {name} holds NaN or Inf; the checkpoint is damaged")
+    return t
+
+
+@torch.no_grad()
+def export_inference(model: SampleRNN) -> InferenceWeights:
+    """Fold a SampleRNN (any device) into fp32 :class:`InferenceWeights` on the CPU."""
+    cfg = model.cfg
+    F, E, H, Q, L, G = cfg.frame_size, cfg.emb_size, cfg.dim, cfg.q_levels, cfg.n_rnn, cfg.gates
+    fr, mlp = model.frame_rnn, model.mlp
+    d = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+
+    w_ih, w_hh, b_ih, b_hh = [], [], [], []
+    for i, rnn in enumerate(fr.rnns):
+        in_size = F if i == 0 else (H + F if fr.use_skip else H)
+        w_ih.append(_check(f"rnn[{i}].weight_ih", d(rnn.weight_ih_l0), (G * H, in_size)))
+        w_hh.append(_check(f"rnn[{i}].weight_hh", d(rnn.weight_hh_l0), (G * H, H)))
+        b_ih.append(_check(f"rnn[{i}].bias_ih", d(rnn.bias_ih_l0), (G * H,)))
+        b_hh.append(_check(f"rnn[{i}].bias_hh", d(rnn.bias_hh_l0), (G * H,)))
+    skip_w = [_check(f"skip_proj[{i}].weight", d(p.weight), (H, H)) for i, p in enumerate(fr.skip_proj)]
+    skip_b = _check("skip_proj[0].bias", d(fr.skip_proj[0].bias), (H,)) if skip_w else None
+
+    w2 = _check("mlp.w2.weight", d(mlp.w2.weight), (H, H))
+    b2 = _check("mlp.w2.bias", d(mlp.w2.bias), (H,))
+    up_w = _check("upsample.weight", d(fr.upsample.weight), (F * H, H)).view(F, H, H)
+    up_b = _check("upsample.bias", d(fr.upsample.bias), (F * H,)).view(F, H)
+    up_w2 = torch.matmul(w2, up_w).reshape(F * H, H)  # (F, H, H): W2 U_j
+    up_b2 = (up_b @ w2.T + b2).reshape(F * H)  # (F, H): W2 u_j + b2
+
+    emb = _check("mlp.embedding.weight", d(mlp.embedding.weight), (Q, E))
+    w1 = _check("mlp.w1.weight", d(mlp.w1.weight), (H, F * E)).view(H, F, E)
+    t1 = torch.einsum("qe,hke->kqh", emb, w1)  # (F, Q, H): W1_k Emb[q]
+    table = t1 @ w2.T  # (F, Q, H): W2 W1_k Emb[q]
+
+    h0 = d(fr.h0).expand(L, 1, H)
+    c0 = d(fr.c0).expand(L, 1, H) if fr.c0 is not None else None
+    f32 = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
+    return InferenceWeights(
+        cfg=cfg,
+        w_ih=[f32(t) for t in w_ih], w_hh=[f32(t) for t in w_hh],
+        b_ih=[f32(t) for t in b_ih], b_hh=[f32(t) for t in b_hh],
+        h0=f32(h0), c0=f32(c0), skip_w=[f32(t) for t in skip_w], skip_b=f32(skip_b),
+        up_w=f32(up_w2), up_b=f32(up_b2), table=f32(table),
+        w3=f32(_check("mlp.w3.weight", d(mlp.w3.weight), (H, H))),
+        b3=f32(_check("mlp.w3.bias", d(mlp.w3.bias), (H,))),
+        wo=f32(_check("mlp.out.weight", d(mlp.out.weight), (Q, H))),
+        bo=f32(_check("mlp.out.bias", d(mlp.out.bias), (Q,))),
+    )
