@@ -1,0 +1,21 @@
+"""``fastsrnn backends``: which generation backends work on this machine, and why not."""
+from __future__ import annotations
+
+import torch
+
+from . import BACKENDS, available_backends, resolve_backend
+
+
+def add_arguments(parser):
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to check the backends for")
+
+
+def run(args) -> int:
+    status = available_backends(args.device)
+    width = max(len(n) for n in BACKENDS)
+    for name in BACKENDS:
+        ok, why = status[name]
+        print(f"{name:<{width}}  {'yes' if ok else 'no ':<3}  {why}")
+    print(f"auto -> {resolve_backend('auto', args.device)}")
+    return 0
