@@ -79,8 +79,9 @@ class FrameLevelRNN(nn.Module):
         dev = self.h0.device
         lstm = self.cfg.rnn_type == "lstm"
         if mode == "learned":
-            h = self.h0.expand(L, batch, H).contiguous()
-            c = self.c0.expand(L, batch, H).contiguous() if lstm else None
+            # clone: decode updates states in place and must never write into the parameter
+            h = self.h0.expand(L, batch, H).clone()
+            c = self.c0.expand(L, batch, H).clone() if lstm else None
         elif mode == "random":
             h = (torch.rand(L, batch, H, generator=generator) - 0.5).to(dev)
             c = (torch.rand(L, batch, H, generator=generator) - 0.5).to(dev) if lstm else None
@@ -94,7 +95,12 @@ class FrameLevelRNN(nn.Module):
     def forward(self, frames: torch.Tensor, state: RNNState):
         """frames: (B, N, F) int samples of the previous frames -> cond (B, N*F, H), new state."""
         B, N, F = frames.shape
-        x_in = frame_input(frames, self.cfg.q_levels)  # (B, N, F) in [-2, 2]
+        out, new = self._recur(frame_input(frames, self.cfg.q_levels), state)  # input in [-2, 2]
+        cond = self.upsample(out).reshape(B, N * F, self.cfg.dim)  # (B, N, F*H) -> (B, N*F, H)
+        return cond, new
+
+    def _recur(self, x_in: torch.Tensor, state: RNNState):
+        """x_in: (B, N, F) float frame input -> tier output (B, N, H) before upsampling, new state."""
         x, hs, cs, total = x_in, [], [], None
         for i, rnn in enumerate(self.rnns):
             if i > 0 and self.use_skip:
@@ -109,9 +115,13 @@ class FrameLevelRNN(nn.Module):
                 proj = self.skip_proj[i](x)
                 total = proj if total is None else total + proj
         out = total if self.use_skip else x  # (B, N, H)
-        cond = self.upsample(out).reshape(B, N * F, self.cfg.dim)  # (B, N, F*H) -> (B, N*F, H)
-        new = RNNState(torch.cat(hs, 0), torch.cat(cs, 0) if cs else None)
-        return cond, new
+        return out, RNNState(torch.cat(hs, 0), torch.cat(cs, 0) if cs else None)
+
+    def advance(self, frames: torch.Tensor, state: RNNState, block: int = 1024) -> RNNState:
+        """Run the recurrence over frames (B, N, F) without upsampling (priming): memory O(block)."""
+        for start in range(0, frames.shape[1], block):
+            state = self._recur(frame_input(frames[:, start:start + block], self.cfg.q_levels), state)[1]
+        return state
 
     def step(self, frame: torch.Tensor, state: RNNState):
         """One frame step. frame: (B, F) int -> cond (B, F, H), new state."""

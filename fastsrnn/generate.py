@@ -1,0 +1,156 @@
+"""Generation: a persistent :class:`Generator` that advances n_seq sequences frame by frame.
+
+State (RNN states, the last-F window) lives on the backend's device for the whole run; the
+uniforms for sampling come from one seeded CPU ``torch.Generator``, one (B, F) draw per frame,
+so a run is reproducible whatever the backend, the chunking or an interruption in between.
+Samples come back to the host once per chunk, so memory does not grow with length.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from . import env
+from .backends import DecodeState, make_backend
+from .model import SampleRNN
+from .quantize import dequantize, quantize, silence_level
+from .sampling import temperature_tensor
+
+H0_MODES = ("learned", "random", "zeros")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Generator:
+    """n_seq sequences generated in parallel from one model.
+
+    model: a SampleRNN (moved to ``device``); temperature: scalar or one per sequence;
+    prime: None, or a (T,) int64 tensor of quantized samples to continue (all sequences).
+    """
+
+    def __init__(self, model: SampleRNN, n_seq: int = 1, *, temperature: Union[float, list] = 1.0,
+                 argmax: bool = False, h0: str = "learned", seed: int = 0, backend: str = None,
+                 device=None, prime: Optional[torch.Tensor] = None, **backend_options):
+        if n_seq < 1:
+            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        if h0 not in H0_MODES:
+            raise ValueError(f"h0 must be one of {H0_MODES}, got {h0!r}")
+        self.cfg = model.cfg
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
+        self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
+        self.backend = make_backend(backend or env.default_backend(), self.model, self.device, **backend_options)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.frames_done = 0
+        with torch.no_grad():
+            rnn = self.model.initial_state(n_seq, h0, self.rng)
+            window = torch.full((n_seq, self.cfg.frame_size), silence_level(self.cfg.q_levels), dtype=torch.long)
+            self.state = DecodeState(rnn, window.to(self.device))
+            if prime is not None:
+                self._prime(prime)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def _prime(self, levels: torch.Tensor) -> None:
+        """Warm the frame tier on a recording: frames [silence, p_0 .. p_{N-2}], window = p_{N-1}."""
+        F = self.cfg.frame_size
+        levels = torch.as_tensor(levels, dtype=torch.long).flatten()
+        if levels.numel() < F:
+            raise ValueError(f"prime: need at least one frame ({F} samples), got {levels.numel()}")
+        if levels.min() < 0 or levels.max() >= self.cfg.q_levels:
+            raise ValueError(f"prime: levels must lie in [0, {self.cfg.q_levels})")
+        n = levels.numel() // F
+        frames = levels[levels.numel() - n * F:].view(n, F)  # keep the last whole frames
+        inputs = torch.cat([self.state.window[:1].cpu(), frames[:-1]], dim=0)  # (N, F)
+        inputs = inputs[None].expand(self.n_seq, n, F).to(self.device)  # (B, N, F)
+        self.state.rnn = self.model.frame_rnn.advance(inputs, self.state.rnn)
+        self.state.window = frames[-1:].expand(self.n_seq, F).contiguous().to(self.device)
+
+    @torch.no_grad()
+    def frames(self, n_frames: int) -> torch.Tensor:
+        """Generate ``n_frames`` frames: (B, n_frames * F) int64 on the CPU."""
+        F, B = self.cfg.frame_size, self.n_seq
+        buf = torch.empty(B, n_frames, F, dtype=torch.long, device=self.device)  # stays on device
+        for i in range(n_frames):
+            u = torch.rand(B, F, generator=self.rng).to(self.device, non_blocking=True)
+            buf[:, i] = self.backend.step_frame(self.state, u, self.inv_temperature, self.argmax)
+        self.frames_done += n_frames
+        return buf.view(B, n_frames * F).cpu()  # one copy to the host per chunk
+
+    def stream(self, n_samples: int, chunk_samples: int = 16000) -> Iterator[np.ndarray]:
+        """Yield (B, <= chunk_samples) float32 audio chunks until n_samples more have been made.
+
+        Chunks are whole frames (chunk_samples is rounded up to a multiple of F); the last is trimmed.
+        """
+        F = self.cfg.frame_size
+        if n_samples <= 0:
+            raise ValueError(f"n_samples must be > 0, got {n_samples}")
+        chunk_frames = max(1, math.ceil(chunk_samples / F))
+        left = n_samples
+        while left > 0:
+            q = self.frames(min(chunk_frames, math.ceil(left / F)))[:, :left]
+            left -= q.shape[1]
+            yield self.to_audio(q)
+
+    def to_audio(self, q: torch.Tensor) -> np.ndarray:
+        """Quantized (B, T) -> float32 audio (B, T) in [-1, 1]."""
+        return dequantize(q, self.cfg.q_levels, self.cfg.q_type).numpy().astype(np.float32)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: tensors and plain values (weights-only safe)."""
+        s = self.state
+        return {"h": s.rnn.h.cpu(), "c": None if s.rnn.c is None else s.rnn.c.cpu(), "window": s.window.cpu(),
+                "rng": self.rng.get_state(), "frames_done": self.frames_done, "n_seq": self.n_seq,
+                "seed": self.seed, "argmax": self.argmax, "inv_temperature": self.inv_temperature.cpu()}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d["n_seq"] != self.n_seq:
+            raise ValueError(f"generation state is for n_seq={d['n_seq']}, this generator has {self.n_seq}")
+        self.state.rnn.h = d["h"].to(self.device).clone()
+        self.state.rnn.c = None if d["c"] is None else d["c"].to(self.device).clone()
+        self.state.window = d["window"].to(self.device).clone()
+        self.rng.set_state(d["rng"])
+        self.frames_done = int(d["frames_done"])
+
+
+def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:
+    """Read a recording like the training data (mono, resampled, quantized): (T,) int64.
+
+    seconds: keep only the last ``seconds`` of it (the frame tier's state forgets the rest).
+    """
+    from .audio import read_audio  # audio I/O only where a file is read
+
+    audio = read_audio(path, cfg.sample_rate)
+    if seconds is not None:
+        audio = audio[-int(seconds * cfg.sample_rate):]
+    return quantize(torch.from_numpy(np.ascontiguousarray(audio)), cfg.q_levels, cfg.q_type)
+
+
+def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.0, argmax: bool = False,
+             h0: str = "learned", seed: int = 0, backend: str = None, device=None, prime=None,
+             progress: bool = False) -> np.ndarray:
+    """Generate ``n_samples`` samples for each of ``n_seq`` sequences: (n_seq, n_samples) float32.
+
+    prime: None or (T,) int64 quantized samples (see :func:`prime_levels`).
+    """
+    from tqdm.auto import tqdm
+
+    gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
+                    backend=backend, device=device, prime=prime)
+    out = np.empty((n_seq, n_samples), dtype=np.float32)
+    pos = 0
+    with tqdm(total=n_samples / model.cfg.sample_rate, unit="s", disable=not progress,
+              desc=f"generate ({gen.backend_name})", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+        for chunk in gen.stream(n_samples, chunk_samples=model.cfg.sample_rate):
+            out[:, pos:pos + chunk.shape[1]] = chunk
+            pos += chunk.shape[1]
+            bar.update(chunk.shape[1] / model.cfg.sample_rate)
+    return out

@@ -1,0 +1,137 @@
+"""Generation: reproducibility, streaming == one-shot, priming, kill-and-resume, bad inputs."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn.checkpoint import save_checkpoint
+from fastsrnn.generate import Generator, generate
+from fastsrnn.longgen import STATE, GenerationRun
+from fastsrnn.quantize import dequantize, silence_level
+
+SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
+
+
+def _model(cfg=SMALL, seed=0):
+    torch.manual_seed(seed)
+    m = SampleRNN(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return m
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return save_checkpoint(tmp_path / "model.pt", _model())
+
+
+@pytest.mark.parametrize("backend", ["eager", "ref"])
+def test_chunked_stream_equals_one_shot(backend):
+    m = _model()
+    one = Generator(m, 3, seed=7, backend=backend, device="cpu").frames(40)
+    g = Generator(m, 3, seed=7, backend=backend, device="cpu")
+    parts = [g.frames(n) for n in (1, 7, 13, 19)]
+    assert torch.equal(torch.cat(parts, dim=1), one)
+    streamed = np.concatenate(list(Generator(m, 3, seed=7, backend=backend, device="cpu").stream(157, 30)), axis=1)
+    assert streamed.shape == (3, 157)
+    np.testing.assert_array_equal(streamed, dequantize(one[:, :157], SMALL.q_levels).numpy())
+
+
+def test_seed_and_h0_change_the_music():
+    m = _model()
+    a = generate(m, 200, n_seq=2, seed=1, backend="eager", device="cpu")
+    assert np.array_equal(a, generate(m, 200, n_seq=2, seed=1, backend="eager", device="cpu"))
+    assert not np.array_equal(a, generate(m, 200, n_seq=2, seed=2, backend="eager", device="cpu"))
+    g1 = Generator(m, 2, h0="random", seed=1, backend="eager", device="cpu")
+    g2 = Generator(m, 2, h0="learned", seed=1, backend="eager", device="cpu")
+    assert not torch.equal(g1.state.rnn.h, g2.state.rnn.h)  # the random h0 is really used
+    assert not torch.equal(g1.frames(5), g2.frames(5))
+
+
+def test_per_sequence_temperature_and_argmax():
+    m = _model()
+    cold = Generator(m, 2, temperature=[1e-4, 1e-4], seed=3, backend="eager", device="cpu").frames(6)
+    greedy = Generator(m, 2, argmax=True, seed=3, backend="eager", device="cpu").frames(6)
+    assert torch.equal(cold, greedy)  # temperature -> 0 is argmax
+    with pytest.raises(ValueError, match="one per sequence"):
+        Generator(m, 2, temperature=[1.0, 1.0, 1.0], backend="eager", device="cpu")
+
+
+def test_prime_warms_the_frame_tier_like_the_training_forward():
+    m = _model()
+    F = SMALL.frame_size
+    prime = torch.randint(0, SMALL.q_levels, (10 * F + 3,))  # the first 3 samples are dropped
+    g = Generator(m, 2, prime=prime, seed=0, backend="eager", device="cpu")
+    whole = prime[3:]
+    x = torch.cat([torch.full((F,), silence_level(SMALL.q_levels)), whole[:-F]])[None].expand(2, -1)
+    with torch.no_grad():
+        _, state = m(torch.cat([x, whole[-F:][None].expand(2, F)], dim=1), m.initial_state(2))  # N frames
+    torch.testing.assert_close(g.state.rnn.h, state.h)
+    assert torch.equal(g.state.window, whole[-F:][None].expand(2, F))
+
+
+def _final_audio(out):
+    s = json.loads((out / "generation.json").read_text())
+    return [sf.read(out / f, dtype="int16")[0] for f in s["files"]]
+
+
+def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, ckpt):
+    opts = dict(seconds=1.5, n_seq=2, seed=5, backend="eager", device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
+    whole = GenerationRun.create(ckpt, tmp_path / "a", **opts).run(progress=False)
+    assert len(whole) == 2
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_5(run):
+        if run.generated >= 5 * 80:
+            raise Killed
+
+    run = GenerationRun.create(ckpt, tmp_path / "b", **opts)
+    with pytest.raises(Killed):
+        run.run(progress=False, on_chunk=kill_after_5)
+    saved = torch.load(tmp_path / "b" / STATE, weights_only=True)["stats"]["written"]
+    for part in sorted((tmp_path / "b").glob("*.part.wav")):  # valid audio up to the last chunk
+        assert len(sf.read(part)[0]) >= saved > 0
+    with pytest.raises(FileExistsError, match="--resume"):
+        GenerationRun.create(ckpt, tmp_path / "b", **opts)  # nothing overwritten
+    GenerationRun.reopen(tmp_path / "b").run(progress=False)
+    for a, b in zip(_final_audio(tmp_path / "a"), _final_audio(tmp_path / "b")):
+        assert len(a) == 1200 and np.array_equal(a, b)
+    with pytest.raises(FileExistsError, match="complete"):
+        GenerationRun.reopen(tmp_path / "b")
+
+
+def test_prime_file_starts_the_output_and_level_is_sane(tmp_path, ckpt):
+    t = np.arange(800) / 800
+    sf.write(tmp_path / "prime.wav", 0.5 * np.sin(2 * np.pi * 110 * t), 800)
+    out = tmp_path / "g"
+    GenerationRun.create(ckpt, out, seconds=0.5, seed=1, prime=tmp_path / "prime.wav", backend="eager",
+                         device="cpu", fmt="flac").run(progress=False)
+    audio = sf.read(out / "seq_000.flac")[0]
+    assert len(audio) == 800 + 400
+    assert np.abs(audio).max() <= 0.9 + 1e-3  # peak-normalized, never clipped
+    s = json.loads((out / "generation.json").read_text())
+    head = audio[:800] / s["gains"][0]
+    assert np.corrcoef(head, 0.5 * np.sin(2 * np.pi * 110 * t))[0, 1] > 0.99
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, ckpt):
+    with pytest.raises(Exception, match="no such checkpoint"):
+        GenerationRun.create(tmp_path / "missing.pt", tmp_path / "o1", seconds=1)
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(Exception, match="foreign.pt.*not a fastsrnn checkpoint"):
+        GenerationRun.create(tmp_path / "foreign.pt", tmp_path / "o2", seconds=1)
+    with pytest.raises(ValueError, match="--seconds must be > 0"):
+        GenerationRun.create(ckpt, tmp_path / "o3", seconds=0)
+    with pytest.raises(ValueError, match="at most .* sequences fit"):
+        GenerationRun.create(ckpt, tmp_path / "o4", seconds=1, n_seq=10**12, device="cpu")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
+    with pytest.raises(Exception, match="bad.wav"):
+        GenerationRun.create(ckpt, tmp_path / "o5", seconds=1, prime=tmp_path / "bad.wav", device="cpu")
+    for name in ("o1", "o2", "o3", "o4", "o5"):  # nothing half-made left behind
+        assert not (tmp_path / name / "generation.json").exists()
