@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("fastsrnn.train", "train a SampleRNN on a prepared dataset (truncated BPTT, checkpoints, resume)"),
     "generate": ("fastsrnn.generate_cli", "generate minutes of audio from a checkpoint, streamed to disk, resumable"),
     "bench": ("fastsrnn.bench", "benchmark the generation backends against the eager reference on this machine"),
+    "analyze": ("fastsrnn.analysis", "flag generated clips that are silent, white noise, or stuck in one riff"),
     "backends": ("fastsrnn.backends.cli", "list the generation backends and whether each works here"),
 }
 

@@ -1,0 +1,112 @@
+"""Listening aids for picking a checkpoint: silence, white noise and "traps" (a clip stuck in one
+riff), the failure modes the Dadabots paper describes; and a plot of the training curves.
+
+``fastsrnn analyze CLIPS...`` prints one row per clip.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SILENT_DBFS = -50.0  # below this RMS a clip is silent
+NOISY_FLATNESS = 0.5  # spectral flatness of white noise is ~1, of music well under 0.3
+TRAP_CORRELATION = 0.9  # envelope self-similarity at one lag over the second half of a clip
+
+
+@dataclass
+class ClipReport:
+    rms_dbfs: float  # level of the clip
+    flatness: float  # mean spectral flatness in [0, 1]
+    repetition: float  # best envelope autocorrelation of the second half, lags 0.25-4 s
+    verdict: str  # "ok", "silent", "noise" or "trap"
+
+
+def rms_dbfs(audio: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(audio - audio.mean(), dtype=np.float64))))
+    return 20 * np.log10(max(rms, 1e-10))
+
+
+def spectral_flatness(audio: np.ndarray, n_fft: int = 1024) -> float:
+    """Mean over frames of geometric / arithmetic mean of the power spectrum."""
+    n = len(audio) // n_fft
+    if n == 0:
+        return 0.0
+    frames = audio[: n * n_fft].reshape(n, n_fft) * np.hanning(n_fft)  # (n, n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 + 1e-12
+    flat = np.exp(np.mean(np.log(power), axis=1)) / np.mean(power, axis=1)
+    loud = power.sum(axis=1) > 1e-6 * power.sum(axis=1).max()  # ignore silent frames
+    return float(flat[loud].mean()) if loud.any() else 0.0
+
+
+def repetition(audio: np.ndarray, sample_rate: int, hop_s: float = 0.01) -> float:
+    """Max normalized autocorrelation of the RMS envelope of the clip's second half (lags 0.25-4 s)."""
+    hop = max(1, int(hop_s * sample_rate))
+    half = audio[len(audio) // 2:]
+    n = len(half) // hop
+    if n < 2 * int(0.25 / hop_s):
+        return 0.0
+    env = np.sqrt(np.mean(half[: n * hop].reshape(n, hop) ** 2, axis=1))  # (n,)
+    env = env - env.mean()
+    denom = float(np.dot(env, env))
+    if denom <= 1e-12:
+        return 0.0
+    lags = range(int(0.25 / hop_s), min(int(4.0 / hop_s), n // 2) + 1)
+    return max((float(np.dot(env[:-k], env[k:])) / denom * n / (n - k) for k in lags), default=0.0)
+
+
+def analyze_clip(audio: np.ndarray, sample_rate: int) -> ClipReport:
+    """audio: (T,) float in [-1, 1] -> its :class:`ClipReport`."""
+    audio = np.asarray(audio, dtype=np.float32)
+    level, flat, rep = rms_dbfs(audio), spectral_flatness(audio), repetition(audio, sample_rate)
+    verdict = "silent" if level < SILENT_DBFS else "noise" if flat > NOISY_FLATNESS else "trap" if rep > TRAP_CORRELATION else "ok"
+    return ClipReport(round(level, 1), round(flat, 3), round(rep, 3), verdict)
+
+
+def plot_metrics(run_dir) -> Path:
+    """RUN/metrics.jsonl -> RUN/metrics.png (train and valid bits per sample against step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("train_bits", "valid_bits"):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=key.replace("_bits", ""), marker="." if key == "valid_bits" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (bits / sample)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = run_dir / "metrics.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("clips", nargs="+", help="audio files (e.g. RUN/samples/<step>/*.wav)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def run(args) -> int:
+    import soundfile as sf
+
+    for path in args.clips:
+        try:
+            audio, sr = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read audio ({e})") from None
+        rep = analyze_clip(audio.mean(axis=1), sr)
+        if args.json:
+            print(json.dumps({"file": str(path), **asdict(rep)}))
+        else:
+            print(f"{rep.verdict:<7} level {rep.rms_dbfs:6.1f} dBFS  flatness {rep.flatness:5.3f}  "
+                  f"repetition {rep.repetition:5.3f}  {path}")
+    return 0
