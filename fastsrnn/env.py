@@ -40,3 +40,16 @@ def build_verbose() -> bool:
 def triton_interpret() -> bool:
     """TRITON_INTERPRET=1 (Triton's own): run Triton kernels on the CPU interpreter (tests)."""
     return _get("TRITON_INTERPRET") == "1"
+
+
+def torchrun_ranks() -> tuple:
+    """WORLD_SIZE, RANK, LOCAL_RANK (set by torchrun): (world, rank, local_rank); (1, 0, 0) when absent."""
+    def num(name: str, default: int) -> int:
+        v = _get(name)
+        if v is None:
+            return default
+        if not v.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        return int(v)
+
+    return num("WORLD_SIZE", 1), num("RANK", 0), num("LOCAL_RANK", 0)

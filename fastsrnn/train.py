@@ -1,0 +1,392 @@
+"""Training: truncated BPTT over the chunks of a prepared dataset, exact resume, clips at checkpoints.
+
+The Dadabots setup (DESIGN.md section 2): Adam lr 1e-3, gradients clipped element-wise to
+[-1, 1], batches of chunks cut into sub-sequences of 64 frames with the RNN state carried
+(detached) across the sub-sequences of the same chunks; one optimizer step per sub-sequence.
+
+Run directory: ``RUN/config.json``, ``RUN/checkpoints/{last,best}.pt``, ``RUN/metrics.jsonl``,
+``RUN/samples/<step>/clip_XX.wav``, ``RUN/summary.json``. A checkpoint holds everything the loop
+carries (weights, Adam state, position, RNN state, RNG states), so a run killed at any moment
+continues from ``last.pt`` to bit-identical weights.
+
+Shapes: B chunks per batch, L samples per chunk, F frame size, T samples per sub-sequence.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+
+from . import env
+from .atomic import atomic_write_text
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import PRESETS, SampleRNNConfig
+from .model import RNNState, SampleRNN, nll_bits
+from .trainer_data import (ChunkSet, chunk_nll, data_path, describe, epoch_permutation, equal_length_train,
+                           load_split, n_subsequences, subsequence, with_context)
+from .trainer_dist import Dist
+
+LN2 = 0.6931471805599453
+DEFAULT_PRESET = "dadabots-2tier"
+# Changing these would give the saved position (batch, sub-sequence, RNN state) another meaning.
+RUN_DEFINING = ("batch_size", "tbptt", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128  # B: chunks per batch (the paper's 128), global over DDP ranks
+    tbptt: int = 64  # frames per truncated-BPTT sub-sequence (64 x F=16 = 1,024 samples)
+    lr: float = 1e-3  # Adam learning rate
+    grad_clip: float = 1.0  # gradients clipped element-wise to [-grad_clip, grad_clip]; 0 = off
+    max_steps: int = 100_000  # optimizer steps in all (one per sub-sequence)
+    checkpoint_every: int = 1000  # steps between last.pt writes (and clips)
+    valid_every: int = 0  # steps between validations; 0 = at every checkpoint
+    n_clips: int = 10  # clips generated at each checkpoint (the paper: 10); 0 = none
+    clip_seconds: float = 30.0  # length of each clip (the paper: 30 s)
+    clip_h0: str = "random"  # initial RNN state of clips: random (more varied, the paper), learned, zeros
+    clip_temperature: float = 1.0  # sampling temperature of clips
+    clip_backend: str = "auto"  # generation backend for clips (see 'fastsrnn backends')
+    seed: int = 0  # weights init and chunk order
+    device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
+    num_threads: int = 0  # torch CPU threads; 0 = FASTSRNN_NUM_THREADS or torch's default
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        for name in ("batch_size", "tbptt", "max_steps", "checkpoint_every"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        need(self.valid_every >= 0 and self.n_clips >= 0 and self.num_threads >= 0,
+             "valid_every, n_clips and num_threads must be >= 0")
+        need(self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}")
+        need(self.clip_h0 in ("random", "learned", "zeros"), f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
+
+    @property
+    def validate_every(self) -> int:
+        return self.valid_every or self.checkpoint_every
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Position:
+    """Where the loop is: everything besides weights and Adam that an exact resume needs."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # index of the batch of chunks within the epoch
+    sub: int = 0  # index of the next sub-sequence within the batch
+    state: Optional[RNNState] = None  # carried RNN state (detached); None = reset to h0
+    best_valid: float = float("inf")
+    best_step: int = -1
+    elapsed: float = 0.0  # seconds of training over all sessions
+
+    def advance(self, n_sub: int, n_batches: int) -> None:
+        self.step += 1
+        self.sub += 1
+        if self.sub == n_sub:  # the chunks are done: next batch starts from h0
+            self.sub, self.batch, self.state = 0, self.batch + 1, None
+            if self.batch == n_batches:
+                self.batch, self.epoch = 0, self.epoch + 1
+
+
+class _Loop:
+    """The run's objects: configs, data, model, optimizer, paths, distributed context."""
+
+    def __init__(self, data_dir, run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, dist: Dist, progress: bool):
+        self.run, self.cfg, self.tcfg, self.dist = run, cfg, tcfg, dist
+        self.log = print if (progress and dist.rank0) else (lambda *a, **k: None)
+        self.device = dist.device(tcfg.device)
+        self.tbptt_samples = tcfg.tbptt * cfg.frame_size
+        self._load_data(data_dir)
+        torch.manual_seed(tcfg.seed)
+        self.raw = SampleRNN(cfg).to(self.device)
+        self.model = dist.wrap(self.raw)
+        self.opt = torch.optim.Adam(self.raw.parameters(), lr=tcfg.lr)
+        self._perm_epoch, self._perm, self._batch_key, self._batch_x = None, None, None, None
+
+    def _load_data(self, data_dir) -> None:
+        train = load_split(data_dir, "train", self.cfg)
+        self.train, dropped = equal_length_train(train)  # (N, L)
+        self.valid, self.test = load_split(data_dir, "valid", self.cfg), load_split(data_dir, "test", self.cfg)
+        N, L = self.train.shape
+        self.batch_size = min(self.tcfg.batch_size, N)
+        if self.batch_size < self.tcfg.batch_size:
+            self.log(f"note: only {N} train chunks, so batches hold {N} chunks instead of {self.tcfg.batch_size}")
+        self.local_batch = self.dist.local_batch(self.batch_size)
+        self.n_batches = N // self.batch_size  # the last partial batch of an epoch is skipped
+        self.n_sub = n_subsequences(L, self.tbptt_samples)
+        self.log(describe(train, L, self.valid, self.test, self.cfg.sample_rate)
+                 + (f"; {dropped + train.dropped} train chunks of odd length skipped" if dropped + train.dropped else ""))
+
+    def batch_input(self, pos: Position) -> torch.Tensor:
+        """This rank's chunks of the current batch with their silence context: (B_local, F + L) int64."""
+        if self._perm_epoch != pos.epoch:
+            self._perm_epoch, self._perm = pos.epoch, epoch_permutation(self.train.shape[0], self.tcfg.seed, pos.epoch)
+        if self._batch_key != (pos.epoch, pos.batch):
+            idx = self._perm[pos.batch * self.batch_size:(pos.batch + 1) * self.batch_size]
+            idx = self.dist.shard(idx)  # DistributedSampler-like: rank r takes idx[r::world]
+            self._batch_key, self._batch_x = (pos.epoch, pos.batch), with_context(self.train[idx], self.cfg).to(self.device)
+        return self._batch_x
+
+    def step(self, pos: Position) -> float:
+        """One optimizer step on the next sub-sequence; returns its loss in bits per sample."""
+        x = self.batch_input(pos)
+        state = pos.state if pos.state is not None else self.raw.initial_state(x.shape[0])
+        inp = subsequence(x, pos.sub, self.tbptt_samples, self.cfg.frame_size)  # (B, F + T)
+        logits, new_state = self.model(inp, state)
+        bits = nll_bits(logits, inp[:, self.cfg.frame_size:])
+        self.opt.zero_grad(set_to_none=True)
+        (bits * LN2).backward()  # optimize nats, report bits
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_value_(self.raw.parameters(), self.tcfg.grad_clip)
+        self.opt.step()
+        pos.state = new_state.detach()
+        pos.advance(self.n_sub, self.n_batches)
+        return bits.item()
+
+    def nll(self, chunks: ChunkSet) -> Optional[float]:
+        """Mean bits per sample over whole chunks (all ranks share the work); None if there are none."""
+        total, count = chunk_nll(self.raw, chunks, self.tbptt_samples, self.batch_size, self.device,
+                                 shard=(self.dist.rank, self.dist.world))
+        total, count = self.dist.sum(total, count)
+        return total / count if count else None
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save_last(self, pos: Position) -> None:
+        h, c = self.dist.gather_state(pos.state)  # every rank's carried state, batch in rank order
+        if not self.dist.rank0:
+            return
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(self.run / "checkpoints" / "last.pt", self.raw, kind="last", optimizer=self.opt.state_dict(),
+                        train_config=self.tcfg.to_dict(), step=pos.step, epoch=pos.epoch, batch=pos.batch, sub=pos.sub,
+                        rnn_h=h, rnn_c=c, best_valid=pos.best_valid, best_step=pos.best_step,
+                        elapsed=pos.elapsed, **rng)
+
+    def restore(self, path: Path) -> Position:
+        """Load last.pt into the model and optimizer; returns the saved position."""
+        ckpt = load_checkpoint(path)
+        saved = SampleRNNConfig.from_dict(ckpt["config"])
+        if saved != self.cfg:
+            raise CheckpointError(f"{path}: made for another model config ({_diff(saved.to_dict(), self.cfg.to_dict())})")
+        self.raw.load_state_dict(model_from_checkpoint(ckpt, path).state_dict())
+        try:
+            self.opt.load_state_dict(ckpt["optimizer"])
+            pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sub"], None,
+                           float(ckpt["best_valid"]), int(ckpt["best_step"]), float(ckpt["elapsed"]))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a training checkpoint that can be resumed ({type(e).__name__}: {e})") from None
+        if ckpt["rnn_h"] is not None:
+            pos.state = self.dist.local_state(ckpt["rnn_h"], ckpt["rnn_c"], self.device)
+        torch.set_rng_state(ckpt["torch_rng"])
+        if "cuda_rng" in ckpt and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        return pos
+
+    def save_best(self, pos: Position, valid_bits: float) -> None:
+        if self.dist.rank0:
+            save_checkpoint(self.run / "checkpoints" / "best.pt", self.raw, kind="best", step=pos.step,
+                            valid_bits=valid_bits, train_config=self.tcfg.to_dict())
+
+    def write_clips(self, step: int) -> Optional[Path]:
+        """n_clips clips of clip_seconds from the current weights, seeded by the step."""
+        if not self.dist.rank0 or self.tcfg.n_clips == 0:
+            return None
+        from .audio import write_audio
+        from .generate import generate
+
+        t = self.tcfg
+        model = copy.deepcopy(self.raw)  # generation moves the model and sets eval mode: not the trained one
+        audio = generate(model, int(round(t.clip_seconds * self.cfg.sample_rate)), n_seq=t.n_clips,
+                         temperature=t.clip_temperature, h0=t.clip_h0, seed=step, backend=t.clip_backend,
+                         device=self.device)  # (n_clips, T) float32
+        out = self.run / "samples" / f"{step:07d}"
+        for i, clip in enumerate(audio):
+            write_audio(out / f"clip_{i:02d}.wav", clip, self.cfg.sample_rate)
+        return out
+
+
+def train(data_dir, out_dir, model_cfg: Union[SampleRNNConfig, str, None] = None,
+          train_cfg: Optional[TrainConfig] = None, *, resume: bool = True, progress: bool = True,
+          callback: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Train a SampleRNN on the prepared dataset ``data_dir``, writing the run to ``out_dir``.
+
+    model_cfg: a SampleRNNConfig, a preset name, or None (the run's saved config, else
+    'dadabots-2tier'); train_cfg: None means the run's saved one, else the defaults.
+    resume: continue from ``out_dir/checkpoints/last.pt`` when it exists (else that is an error).
+    callback(info) runs after every step (info: step, epoch, train_bits, checkpointed).
+    Returns a summary dict (also written to ``out_dir/summary.json``).
+    """
+    data_dir, run = data_path(data_dir), Path(out_dir)
+    saved = _read_run_config(run)
+    cfg, tcfg = _resolve_configs(run, saved, model_cfg, train_cfg)
+    _check_sample_rate(data_dir, cfg)
+    last = run / "checkpoints" / "last.pt"
+    if last.exists() and not resume:
+        raise FileExistsError(f"{run} already holds a training run ({last}); resume it, or choose another --out")
+    dist = Dist.from_env()
+    if tcfg.num_threads or env.num_threads():
+        torch.set_num_threads(tcfg.num_threads or env.num_threads())
+    loop = _Loop(data_dir, run, cfg, tcfg, dist, progress)
+    pos = loop.restore(last) if last.exists() else Position()
+    if dist.rank0:
+        _write_run_config(run, cfg, tcfg, data_dir)
+        _truncate_metrics(run / "metrics.jsonl", pos.step)
+    loop.log(f"model: {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
+             f"device {loop.device}; " + (f"resuming at step {pos.step}" if pos.step else "starting"))
+    _run_steps(loop, pos, progress, callback)
+    summary = _finish(loop, pos)
+    dist.close()
+    return summary
+
+
+def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
+    from tqdm.auto import tqdm
+
+    t = loop.tcfg
+    samples_per_step = loop.batch_size * loop.tbptt_samples
+    bits_sum, n_bits, t_train = 0.0, 0, 0.0
+    with tqdm(total=t.max_steps, initial=pos.step, unit="step", disable=not (progress and loop.dist.rank0),
+              desc="train", dynamic_ncols=True) as bar:
+        while pos.step < t.max_steps:
+            t0 = time.perf_counter()
+            bits = loop.step(pos)
+            dt = time.perf_counter() - t0
+            pos.elapsed += dt
+            bits_sum, n_bits, t_train = bits_sum + bits, n_bits + 1, t_train + dt
+            bar.update(1)
+            bar.set_postfix(bits=f"{bits:.3f}", samples_s=f"{samples_per_step / dt:,.0f}")
+            done = pos.step == t.max_steps
+            info = {"step": pos.step, "epoch": pos.epoch, "train_bits": bits, "checkpointed": False}
+            if pos.step % t.validate_every == 0 or done:
+                info["valid_bits"] = _validate(loop, pos, bits_sum / n_bits, samples_per_step * n_bits / t_train)
+                bits_sum, n_bits, t_train = 0.0, 0, 0.0
+            if pos.step % t.checkpoint_every == 0 or done:
+                loop.save_last(pos)
+                loop.write_clips(pos.step)
+                info["checkpointed"] = True
+            if callback is not None:
+                callback(info)
+
+
+def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: float) -> Optional[float]:
+    valid = loop.nll(loop.valid)
+    # Without a valid split, the latest weights stand in for the best.
+    if valid is None or valid < pos.best_valid:
+        pos.best_valid, pos.best_step = (valid if valid is not None else float("inf")), pos.step
+        loop.save_best(pos, valid)
+    if loop.dist.rank0:
+        _append_metrics(loop.run / "metrics.jsonl", {
+            "step": pos.step, "epoch": pos.epoch, "train_bits": round(train_bits, 5),
+            "valid_bits": None if valid is None else round(valid, 5), "samples_per_s": round(samples_per_s, 1),
+            "time": round(pos.elapsed, 2)})
+    loop.log(f"step {pos.step}: train {train_bits:.4f} bits, valid "
+             + ("-" if valid is None else f"{valid:.4f}") + " bits/sample")
+    return valid
+
+
+def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
+    """Test NLL of the best checkpoint; summary.json."""
+    best = loop.run / "checkpoints" / "best.pt"
+    if best.exists():
+        loop.raw.load_state_dict(model_from_checkpoint(load_checkpoint(best), best).state_dict())
+    test = loop.nll(loop.test)
+    summary = {"run_dir": str(loop.run), "steps": pos.step, "epoch": pos.epoch, "best_step": pos.best_step,
+               "best_valid_bits": None if pos.best_valid == float("inf") else pos.best_valid, "test_bits": test,
+               "best_checkpoint": str(best), "last_checkpoint": str(loop.run / "checkpoints" / "last.pt"),
+               "samples_dir": str(loop.run / "samples"), "train_seconds": round(pos.elapsed, 2)}
+    if loop.dist.rank0:
+        _append_metrics(loop.run / "metrics.jsonl", {"step": pos.step, "best_step": pos.best_step, "test_bits": test})
+        atomic_write_text(loop.run / "summary.json", json.dumps(summary, indent=2) + "\n")
+        loop.log(f"done: best valid {summary['best_valid_bits']} bits at step {pos.best_step}, test {test} bits/sample")
+    return summary
+
+
+# ---- run directory ------------------------------------------------------------------------
+def _read_run_config(run: Path) -> Optional[Dict[str, Any]]:
+    path = run / "config.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        return {"model": SampleRNNConfig.from_dict(saved["model"]), "train": saved["train"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable run config ({e}); choose another --out") from None
+
+
+def _resolve_configs(run: Path, saved, model_cfg, train_cfg):
+    """The run's model and train configs; a RUN made with another model config is an error."""
+    if isinstance(model_cfg, str):
+        model_cfg = SampleRNNConfig.from_name(model_cfg)
+    cfg = model_cfg or (saved["model"] if saved else PRESETS[DEFAULT_PRESET])
+    if saved and saved["model"] != cfg:
+        raise ValueError(f"{run} was created with another model config ({_diff(saved['model'].to_dict(), cfg.to_dict())}); "
+                         "choose another --out, or leave --preset out to continue it")
+    tcfg = train_cfg or (TrainConfig.from_dict(saved["train"]) if saved else TrainConfig())
+    if saved:
+        old = TrainConfig.from_dict(saved["train"]).to_dict()
+        bad = {k: (old[k], getattr(tcfg, k)) for k in RUN_DEFINING if old[k] != getattr(tcfg, k)}
+        if bad and (run / "checkpoints" / "last.pt").exists():
+            raise ValueError(f"{run} was trained with other {', '.join(f'{k}={a} (now {b})' for k, (a, b) in bad.items())}; "
+                             "resuming needs the same values: choose another --out to change them")
+    return cfg, tcfg
+
+
+def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:
+    from .prepare import read_manifest
+
+    sr = int(read_manifest(data_dir)["sample_rate"])
+    if sr != cfg.sample_rate:
+        raise ValueError(f"{data_dir}: prepared at {sr} Hz but the model config wants {cfg.sample_rate} Hz; "
+                         f"re-run 'fastsrnn prepare --sample-rate {cfg.sample_rate}' or change the config")
+
+
+def _write_run_config(run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, data_dir: Path) -> None:
+    from . import __version__
+
+    text = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "data": str(data_dir),
+                       "fastsrnn_version": __version__}, indent=2)
+    atomic_write_text(run / "config.json", text + "\n")
+
+
+def _append_metrics(path: Path, record: Dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop the records after the checkpoint: the resumed run writes them again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill mid-write
+        if rec.get("step", 0) <= step and "test_bits" not in rec:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+from .train_cli import add_arguments, run  # noqa: E402,F401  (the 'fastsrnn train' command)

@@ -1,0 +1,56 @@
+"""``fastsrnn train DATA --out RUN``: the command-line face of :func:`fastsrnn.train.train`."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .config import PRESETS
+
+# option -> TrainConfig field; None defaults mean "the run's saved value, else TrainConfig's default"
+_OPTIONS = {
+    "batch_size": (int, "chunks per batch (the paper: 128; capped at the number of train chunks)"),
+    "tbptt": (int, "frames per truncated-BPTT sub-sequence (64 frames = 1,024 samples at F=16)"),
+    "lr": (float, "Adam learning rate (default 1e-3)"),
+    "grad_clip": (float, "clip each gradient element to [-x, x] (default 1; 0 = off)"),
+    "max_steps": (int, "stop after this many optimizer steps in all (one step per sub-sequence)"),
+    "checkpoint_every": (int, "steps between checkpoints (last.pt) and generated clips"),
+    "valid_every": (int, "steps between validations (default: at every checkpoint)"),
+    "n_clips": (int, "clips generated at each checkpoint (the paper: 10; 0 = none)"),
+    "clip_seconds": (float, "seconds per clip (the paper: 30)"),
+    "clip_h0": (str, "initial RNN state of clips: random, learned or zeros"),
+    "clip_backend": (str, "generation backend for clips (see 'fastsrnn backends')"),
+    "seed": (int, "seed of the weights and of the chunk order"),
+    "device": (str, "auto (cuda if available), cpu, cuda, cuda:N"),
+    "num_threads": (int, "torch CPU threads (default: FASTSRNN_NUM_THREADS or torch's choice)"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train a SampleRNN on a dataset made by 'fastsrnn prepare'. Checkpoints go to "
+                     "RUN/checkpoints (last.pt, best.pt), metrics to RUN/metrics.jsonl, clips to "
+                     "RUN/samples/<step>/. Run the same command again to resume an interrupted run exactly.")
+    p.add_argument("data", help="prepared dataset folder (holds manifest.json)")
+    p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model preset (default: the run's own when resuming, else dadabots-2tier)")
+    for name, (typ, help_text) in _OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=help_text)
+    p.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from RUN/checkpoints/last.pt when it exists (the default)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse to touch an existing run instead of continuing it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, _read_run_config, train
+
+    saved = _read_run_config(Path(args.out))
+    base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()
+    overrides = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
+    summary = train(args.data, args.out, args.preset, replace(base, **overrides),
+                    resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
