@@ -12,31 +12,41 @@ from .config import PRESETS
 _OPTIONS = {
     "batch_size": (int, "chunks per batch (the paper: 128; capped at the number of train chunks)"),
     "tbptt": (int, "frames per truncated-BPTT sub-sequence (64 frames = 1,024 samples at F=16)"),
-    "lr": (float, "Adam learning rate (default 1e-3)"),
-    "grad_clip": (float, "clip each gradient element to [-x, x] (default 1; 0 = off)"),
+    "lr": (float, "Adam learning rate"),
+    "grad_clip": (float, "clip each gradient element to [-x, x] (0 = off)"),
     "max_steps": (int, "stop after this many optimizer steps in all (one step per sub-sequence)"),
     "checkpoint_every": (int, "steps between checkpoints (last.pt) and generated clips"),
-    "valid_every": (int, "steps between validations (default: at every checkpoint)"),
+    "valid_every": (int, "steps between validations (0 = at every checkpoint)"),
     "n_clips": (int, "clips generated at each checkpoint (the paper: 10; 0 = none)"),
     "clip_seconds": (float, "seconds per clip (the paper: 30)"),
     "clip_h0": (str, "initial RNN state of clips: random, learned or zeros"),
     "clip_backend": (str, "generation backend for clips (see 'fastsrnn backends')"),
     "seed": (int, "seed of the weights and of the chunk order"),
     "device": (str, "auto (cuda if available), cpu, cuda, cuda:N"),
-    "num_threads": (int, "torch CPU threads (default: FASTSRNN_NUM_THREADS or torch's choice)"),
+    "num_threads": (int, "torch CPU threads (0 = FASTSRNN_NUM_THREADS or torch's choice)"),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train a SampleRNN on a dataset made by 'fastsrnn prepare'. Checkpoints go to "
-                     "RUN/checkpoints (last.pt, best.pt), metrics to RUN/metrics.jsonl, clips to "
-                     "RUN/samples/<step>/. Run the same command again to resume an interrupted run exactly.")
+    from .train import TrainConfig
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # defaults are spelled out below
+    defaults = TrainConfig()
+    p.description = ("Train a SampleRNN on a dataset made by 'fastsrnn prepare'.\n"
+                     "Checkpoints go to RUN/checkpoints (last.pt, best.pt), metrics to RUN/metrics.jsonl,\n"
+                     "clips to RUN/samples/<step>/. Run the same command again to resume an interrupted\n"
+                     "run exactly; options left out then keep the run's own values.")
     p.add_argument("data", help="prepared dataset folder (holds manifest.json)")
     p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
+    p.epilog = ("example:\n  fastsrnn prepare album/*.mp3 --out data/album\n"
+                "  fastsrnn train data/album --preset dadabots-2tier --out runs/album\n"
+                "  fastsrnn train data/album --out runs/album --max-steps 200000   # resume, train further\n"
+                "multi-GPU: torchrun --nproc-per-node 4 -m fastsrnn train data/album --out runs/album")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model preset (default: the run's own when resuming, else dadabots-2tier)")
     for name, (typ, help_text) in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=help_text)
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None,
+                       help=f"{help_text} (default {getattr(defaults, name)})")
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from RUN/checkpoints/last.pt when it exists (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
