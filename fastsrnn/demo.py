@@ -104,6 +104,11 @@ def _prepare(songs: List[Path], data: Path, progress: bool) -> None:
 def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
     from .train import TrainConfig, train
 
+    last = run / "checkpoints" / "last.pt"
+    if last.exists():
+        from .checkpoint import load_checkpoint
+
+        print(f"[demo] continuing the training run in {run} from step {load_checkpoint(last)['step']}", flush=True)
     cfg = TrainConfig(batch_size=16, tbptt=64, max_steps=steps, checkpoint_every=max(1, steps // 4),
                       n_clips=0, device="cpu")  # clips come from best.pt in the next phase
     return train(data, run, "tiny", cfg, resume=True, progress=progress)

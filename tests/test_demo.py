@@ -1,0 +1,36 @@
+"""The demo pipeline end to end at a tiny step count, and its re-run behaviour."""
+import pytest
+import soundfile as sf
+
+from fastsrnn.demo import demo
+
+
+@pytest.mark.slow
+def test_demo_pipeline_and_rerun(tmp_path, capsys):
+    out = tmp_path / "demo"
+    clips = demo(out, steps=2, seconds=0.05, n_clips=2, backend="eager", progress=False)
+    assert [p.name for p in clips] == ["clip_00.wav", "clip_01.wav"]
+    for p in clips:
+        info = sf.info(str(p))
+        assert info.samplerate == 16000 and info.frames == 800
+    text = capsys.readouterr().out
+    for phase in ("synthesize album", "prepare", "train", "generate"):
+        assert f"[demo] {phase}: " in text
+    assert (out / "run" / "checkpoints" / "best.pt").is_file()
+    # A re-run with more steps continues the same run instead of starting over.
+    demo(out, steps=3, seconds=0.05, n_clips=1, backend="eager", progress=False)
+    assert "from step 2" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("not a demo")
+    with pytest.raises(FileExistsError, match="not a fastsrnn demo folder"):
+        demo(tmp_path, steps=1, progress=False)
+
+
+def test_demo_cli_help_runs():
+    from fastsrnn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    assert e.value.code == 0
