@@ -304,6 +304,7 @@ def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: floa
 def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
     """Test NLL of the best checkpoint; summary.json."""
     best = loop.run / "checkpoints" / "best.pt"
+    loop.dist.barrier()
     if best.exists():
         loop.raw.load_state_dict(model_from_checkpoint(load_checkpoint(best), best).state_dict())
     test = loop.nll(loop.test)

@@ -89,6 +89,11 @@ class Dist:
         part = lambda x: x[:, self.rank * b:(self.rank + 1) * b].to(device)  # noqa: E731
         return RNNState(part(h), None if c is None else part(c))
 
+    def barrier(self) -> None:
+        """Wait until rank 0's files are written before other ranks read them."""
+        if self.world > 1:
+            tdist.barrier()
+
     def close(self) -> None:
         if self._owns_group:
             tdist.destroy_process_group()
