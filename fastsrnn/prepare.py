@@ -1,0 +1,345 @@
+"""``fastsrnn prepare``: audio files or folders -> mono FLAC chunks split train/valid/test.
+
+The split is leak-free. The album's timeline (files in sorted order, end to end) is cut into
+blocks; the blocks are shuffled with the seed and dealt to train/valid/test by the fractions;
+adjacent blocks of one split inside one file merge into runs, and chunks are windows cut
+inside runs. So no sample of valid or test audio is in any train chunk, even with overlapping
+windows (a hop shorter than the chunk), and no chunk crosses a file or split boundary.
+
+Level is set once per source file (peak 0.9) or once for the whole dataset, never per chunk:
+per-chunk normalization would teach the model a loudness that the music does not have.
+
+Layout: DATA/{train,valid,test}/NNNNNN.flac (16-bit PCM, mono) and DATA/manifest.json,
+written last. DATA/.prepare.json records the preparation as soon as it starts, so that a
+re-run with the same sources and options finishes an interrupted one (chunks already written
+with the right checksum are kept untouched) and a different preparation is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_text
+from .audio import AUDIO_EXTENSIONS, AudioError, encode_audio, read_audio
+
+FORMAT, VERSION = "fastsrnn-dataset", 1
+SPLITS = ("train", "valid", "test")
+NORMALIZE = ("file", "dataset", "none")
+PEAK = 0.9
+PLAN_FILE, MANIFEST_FILE = ".prepare.json", "manifest.json"
+# The manifest fields that say what a preparation is; equal fields -> the same chunks.
+IDENTITY = ("sample_rate", "chunk_samples", "hop_samples", "block_samples", "seed", "normalize", "splits")
+
+
+# ---------------------------------------------------------------- sources
+
+def find_sources(sources: Sequence, exclude: Optional[Path] = None) -> List[Path]:
+    """Files and folders (walked recursively for audio extensions) -> sorted unique files.
+
+    ``exclude``: a folder whose files are never picked up (the output, if it lies inside a
+    source folder, so that a re-run does not read its own chunks).
+    """
+    found = set()
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            found.update(f.resolve() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        elif p.is_file():
+            found.add(p.resolve())
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if exclude is not None:
+        ex = Path(exclude).resolve()
+        found = {f for f in found if ex not in f.parents}
+    if not found:
+        raise ValueError(f"no audio files found in {', '.join(str(s) for s in sources)} "
+                         f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return sorted(found, key=str)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load(paths: List[Path], sr: int, skip_bad: bool, progress: bool) -> Tuple[List[dict], List[np.ndarray]]:
+    """Read every source as mono at ``sr`` with its DC removed -> (source records, audio (T,) each)."""
+    from tqdm import tqdm
+
+    records, audios = [], []
+    for path in tqdm(paths, desc="reading", unit="file", disable=not progress):
+        try:
+            audio = read_audio(path, sr)
+        except AudioError as e:
+            if not skip_bad:
+                raise AudioError(f"{e} (pass --skip-bad / skip_bad=True to leave it out)") from e
+            warnings.warn(f"skipping {path}: {e}", stacklevel=3)
+            continue
+        audios.append((audio - audio.mean(dtype=np.float64)).astype(np.float32))
+        records.append({"path": str(path), "sha256": file_sha256(path), "samples": int(audio.shape[0])})
+    if not audios:
+        raise ValueError("none of the sources could be read")
+    return records, audios
+
+
+def _gains(audios: List[np.ndarray], normalize: str) -> List[float]:
+    """One gain per source: its own peak to 0.9 ('file'), one for all ('dataset'), or 1 ('none')."""
+    peaks = [float(np.abs(a).max()) for a in audios]
+    if normalize == "none":
+        return [1.0] * len(audios)
+    if normalize == "dataset":
+        top = max(peaks)
+        return [PEAK / top if top > 0 else 1.0] * len(audios)
+    return [PEAK / p if p > 0 else 1.0 for p in peaks]
+
+
+# ---------------------------------------------------------------- the plan
+
+def _deal_blocks(lengths: List[int], block: int, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """Shuffle the timeline's blocks and deal them: (n_blocks,) int, 0/1/2 = train/valid/test.
+
+    valid and test get at least one block each and draw only whole blocks (a full block
+    inside one file), so each is sure to hold a chunk; train takes all the rest.
+    """
+    starts = np.concatenate([[0], np.cumsum(lengths)])  # file boundaries on the timeline
+    n_blocks = math.ceil(starts[-1] / block)
+    first = np.arange(n_blocks) * block
+    last = np.minimum(first + block, starts[-1]) - 1
+    whole = (last - first + 1 == block) & (np.searchsorted(starts, first, "right") == np.searchsorted(starts, last, "right"))
+    want = [max(1, round(f * n_blocks)) for f in fractions[1:]]
+    if whole.sum() < sum(want) + 1:
+        raise ValueError(
+            f"not enough audio: {starts[-1]} samples in {len(lengths)} file(s) hold {int(whole.sum())} whole "
+            f"block(s) of {block} samples inside a file, but valid, test and train need at least {sum(want) + 1} "
+            f"(about {(sum(want) + 1) * block} samples of audio in files of at least one block each); "
+            f"add audio or lower --chunk-seconds / --block-seconds")
+    order = np.random.default_rng(seed).permutation(n_blocks)
+    split = np.zeros(n_blocks, dtype=np.int64)
+    dealt = [b for b in order if whole[b]]
+    split[dealt[:want[0]]] = 1
+    split[dealt[want[0]:want[0] + want[1]]] = 2
+    return split
+
+
+def _runs(lengths: List[int], block: int, split: np.ndarray) -> List[Tuple[int, int, int, int]]:
+    """Maximal stretches of one split inside one file: (split, source, start, end), file-local."""
+    runs, t0 = [], 0
+    for src, n in enumerate(lengths):
+        b = t0 // block
+        start = 0
+        while start < n:
+            end = min(n, (b + 1) * block - t0)  # the end of block b, or of the file
+            if runs and runs[-1][1] == src and runs[-1][0] == split[b]:
+                runs[-1] = (runs[-1][0], src, runs[-1][2], end)
+            else:
+                runs.append((int(split[b]), src, start, end))
+            start, b = end, b + 1
+        t0 += n
+    return runs
+
+
+def plan_chunks(lengths: List[int], chunk: int, hop: int, block: int, fractions: Sequence[float], seed: int) -> List[dict]:
+    """The chunks of a preparation, in their shuffled order, with their file names.
+
+    lengths: samples of each source. Returns [{"file", "split", "source", "offset", "length"}].
+    """
+    split = _deal_blocks(lengths, block, fractions, seed)
+    chunks = [{"split": SPLITS[s], "source": src, "offset": off, "length": chunk}
+              for s, src, start, end in _runs(lengths, block, split)
+              for off in range(start, end - chunk + 1, hop)]
+    order = np.random.default_rng([seed, 1]).permutation(len(chunks))  # a stream apart from the blocks'
+    chunks = [chunks[i] for i in order]
+    count = dict.fromkeys(SPLITS, 0)
+    for c in chunks:
+        c["file"] = f"{c['split']}/{count[c['split']]:06d}.flac"
+        count[c["split"]] += 1
+    for s in SPLITS:
+        if count[s] == 0:
+            raise ValueError(f"the plan gives no {s} chunk; add audio or lower --chunk-seconds")
+    return [{k: c[k] for k in ("file", "split", "source", "offset", "length")} for c in chunks]
+
+
+# ---------------------------------------------------------------- writing
+
+def _identity(m: dict) -> dict:
+    return {**{k: m.get(k) for k in IDENTITY}, "sources": [s.get("sha256") for s in m.get("sources", [])]}
+
+
+def _check_out_dir(out: Path, header: dict) -> None:
+    """Refuse to write into a folder that holds something else than this same preparation."""
+    for name in (MANIFEST_FILE, PLAN_FILE):
+        path = out / name
+        if path.exists():
+            try:
+                old = _identity(json.loads(path.read_text()))
+            except (json.JSONDecodeError, AttributeError, TypeError) as e:
+                raise ValueError(f"{path}: not a readable fastsrnn preparation record ({e}); use another --out") from e
+            new = _identity(header)
+            if old != new:
+                diff = ", ".join(k for k in new if old.get(k) != new[k])
+                raise FileExistsError(f"{out} holds a different preparation (differs in: {diff}); nothing was "
+                                      f"overwritten. Use another --out, or delete {out} to start over")
+            return
+    if out.exists() and any(not p.name.endswith(".part") for p in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no fastsrnn dataset; nothing was overwritten. "
+                              f"Use an empty or new folder for --out")
+
+
+def _write_chunk(out: Path, c: dict, audio: np.ndarray, gain: float, sr: int) -> Tuple[str, bool]:
+    """Write one chunk unless the same bytes are already there -> (sha256, written?)."""
+    data = encode_audio(audio[c["offset"]:c["offset"] + c["length"]] * gain, sr, "flac")
+    sha = hashlib.sha256(data).hexdigest()
+    path = out / c["file"]
+    if path.is_file() and file_sha256(path) == sha:
+        return sha, False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return sha, True
+
+
+def _seconds_to_samples(name: str, seconds: Optional[float], default: int, sr: int) -> int:
+    if seconds is None:
+        return default
+    n = int(round(float(seconds) * sr))
+    if n < 1:
+        raise ValueError(f"{name} must be positive (at least one sample), got {seconds}")
+    return n
+
+
+def _check_options(sample_rate: int, splits, normalize: str) -> Tuple[float, float, float]:
+    if int(sample_rate) <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+    fr = tuple(float(f) for f in splits)
+    if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(f"splits must be three positive fractions (train, valid, test) summing to 1, got {splits}")
+    return fr
+
+
+def prepare(sources: Sequence, out_dir, *, sample_rate: int = 16000, chunk_seconds: float = 8.0,
+            hop_seconds: Optional[float] = None, block_seconds: Optional[float] = None,
+            splits: Sequence[float] = (0.88, 0.06, 0.06), seed: int = 0, normalize: str = "file",
+            skip_bad: bool = False, progress: bool = True) -> dict:
+    """Prepare ``sources`` (audio files and folders) into ``out_dir``; returns the manifest.
+
+    Chunks are ``chunk_seconds`` long, one every ``hop_seconds`` (default: no overlap) inside
+    the runs of ``block_seconds`` blocks (default: the chunk length) dealt to the splits.
+    Re-running with the same arguments finishes an interrupted run; see the module docstring.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    fractions = _check_options(sample_rate, splits, normalize)
+    sr = int(sample_rate)
+    chunk = _seconds_to_samples("chunk_seconds", chunk_seconds, 0, sr)
+    hop = _seconds_to_samples("hop_seconds", hop_seconds, chunk, sr)
+    block = _seconds_to_samples("block_seconds", block_seconds, chunk, sr)
+    if chunk_seconds is None or int(seed) < 0:
+        raise ValueError(f"chunk_seconds must be given and seed must be non-negative, got {chunk_seconds} and {seed}")
+    if block < chunk:
+        raise ValueError(f"block_seconds ({block / sr} s) must be at least chunk_seconds ({chunk / sr} s)")
+    records, audios = _load(find_sources(sources, exclude=out), sr, skip_bad, progress)
+    for r, g in zip(records, _gains(audios, normalize)):
+        r["gain"] = g
+    header = {"format": FORMAT, "version": VERSION, "sample_rate": sr, "chunk_samples": chunk, "hop_samples": hop,
+              "block_samples": block, "seed": int(seed), "normalize": normalize,
+              "splits": dict(zip(SPLITS, fractions)), "sources": records}
+    _check_out_dir(out, header)
+    chunks = plan_chunks([r["samples"] for r in records], chunk, hop, block, fractions, int(seed))
+    atomic_write_text(out / PLAN_FILE, json.dumps(header, indent=1) + "\n")
+    for stale in (p for s in SPLITS for p in (out / s).glob(".*.part")):
+        stale.unlink()  # temporary files of ours left by a process that was killed mid-write
+    for c in tqdm(chunks, desc="writing", unit="chunk", disable=not progress):
+        c["sha256"], _ = _write_chunk(out, c, audios[c["source"]], records[c["source"]]["gain"], sr)
+    manifest = {**header, "chunks": chunks}
+    text = json.dumps(manifest, indent=1) + "\n"
+    path = out / MANIFEST_FILE
+    if not path.is_file() or path.read_text() != text:  # keep the mtime of a finished dataset
+        atomic_write_text(path, text)
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+_FIELDS = {"sample_rate": int, "chunk_samples": int, "hop_samples": int, "block_samples": int, "seed": int,
+           "normalize": str, "splits": dict, "sources": list, "chunks": list}
+_CHUNK_FIELDS = {"file": str, "split": str, "source": int, "offset": int, "length": int, "sha256": str}
+
+
+def read_manifest(data_dir) -> dict:
+    """DATA/manifest.json, checked: raises FileNotFoundError / ValueError naming the file."""
+    path = Path(data_dir) / MANIFEST_FILE
+    if not path.is_file():
+        hint = " (an interrupted preparation: re-run the same 'fastsrnn prepare' to finish it)" \
+            if (Path(data_dir) / PLAN_FILE).exists() else " (make one with 'fastsrnn prepare SOURCES --out DIR')"
+        raise FileNotFoundError(f"{path}: no prepared dataset here{hint}")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
+        raise ValueError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
+    for k, t in _FIELDS.items():
+        if not isinstance(m.get(k), t):
+            raise ValueError(f"{path}: field {k!r} is missing or not a {t.__name__}")
+    for i, c in enumerate(m["chunks"]):
+        bad = [k for k, t in _CHUNK_FIELDS.items() if not isinstance(c.get(k), t)] if isinstance(c, dict) else ["all"]
+        if bad or c["split"] not in SPLITS or not 0 <= c["source"] < len(m["sources"]):
+            raise ValueError(f"{path}: chunk {i} is malformed (check {', '.join(bad) or 'split/source'})")
+    return m
+
+
+def split_files(data_dir, split: str) -> List[Path]:
+    """The chunk files of one split, in manifest order; each is checked to exist."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    files = [Path(data_dir) / c["file"] for c in read_manifest(data_dir)["chunks"] if c["split"] == split]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: chunk listed in the manifest is missing ({len(missing)} missing in all); "
+                                f"re-run 'fastsrnn prepare' with the same options to restore them")
+    return files
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.description = ("Read audio (WAV, FLAC, OGG, MP3, AIFF; files or folders, walked recursively), mix to "
+                     "mono, resample, cut into chunks and split them train/valid/test without leakage: "
+                     "the split is made on blocks of the album's timeline before chunks are cut, so no "
+                     "valid/test audio is ever in a train chunk. Writes OUT/{train,valid,test}/*.flac and "
+                     "OUT/manifest.json. Sources are never modified. Re-run the same command to finish an "
+                     "interrupted run.")
+    p.epilog = "example: fastsrnn prepare album/ extra_song.mp3 --out data/album --chunk-seconds 8"
+    p.add_argument("sources", nargs="+", metavar="SOURCES", help="audio files and/or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or an earlier run of the same command)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the chunks, Hz")
+    p.add_argument("--chunk-seconds", type=float, default=8.0, help="length of each chunk")
+    p.add_argument("--hop-seconds", type=float, default=None, help="step between chunk starts (default: the chunk length, no overlap)")
+    p.add_argument("--block-seconds", type=float, default=None, help="size of the timeline blocks dealt to the splits (default: the chunk length)")
+    p.add_argument("--splits", type=float, nargs=3, default=(0.88, 0.06, 0.06), metavar=("TRAIN", "VALID", "TEST"), help="fractions of the blocks per split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the block and chunk shuffles")
+    p.add_argument("--normalize", choices=NORMALIZE, default="file", help="peak 0.9 per source file, one gain for the whole dataset, or none")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    m = prepare(args.sources, args.out, sample_rate=args.sample_rate, chunk_seconds=args.chunk_seconds,
+                hop_seconds=args.hop_seconds, block_seconds=args.block_seconds, splits=tuple(args.splits),
+                seed=args.seed, normalize=args.normalize, skip_bad=args.skip_bad, progress=not args.no_progress)
+    counts = {s: sum(c["split"] == s for c in m["chunks"]) for s in SPLITS}
+    minutes = sum(s["samples"] for s in m["sources"]) / m["sample_rate"] / 60
+    print(f"{len(m['sources'])} file(s), {minutes:.1f} min of audio -> {counts['train']} train / {counts['valid']} valid / "
+          f"{counts['test']} test chunks of {m['chunk_samples'] / m['sample_rate']:g} s in {args.out}")
+    return 0
