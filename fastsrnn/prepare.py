@@ -10,8 +10,8 @@ Level is set once per source file (peak 0.9) or once for the whole dataset, neve
 per-chunk normalization would teach the model a loudness that the music does not have.
 
 Layout: DATA/{train,valid,test}/NNNNNN.flac (16-bit PCM, mono) and DATA/manifest.json,
-written last. DATA/.prepare.json records the preparation as soon as it starts, so that a
-re-run with the same sources and options finishes an interrupted one (chunks already written
+written last. DATA/.prepare.json records the preparation before any chunk is written, so
+that a re-run with the same sources and options finishes an interrupted one (chunks already written
 with the right checksum are kept untouched) and a different preparation is refused.
 """
 from __future__ import annotations
@@ -206,6 +206,12 @@ def _write_chunk(out: Path, c: dict, audio: np.ndarray, gain: float, sr: int) ->
     return sha, True
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomic write, skipped when the file already says the same (a re-run changes no mtime)."""
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
 def _seconds_to_samples(name: str, seconds: Optional[float], default: int, sr: int) -> int:
     if seconds is None:
         return default
@@ -256,16 +262,13 @@ def prepare(sources: Sequence, out_dir, *, sample_rate: int = 16000, chunk_secon
               "splits": dict(zip(SPLITS, fractions)), "sources": records}
     _check_out_dir(out, header)
     chunks = plan_chunks([r["samples"] for r in records], chunk, hop, block, fractions, int(seed))
-    atomic_write_text(out / PLAN_FILE, json.dumps(header, indent=1) + "\n")
+    _write_if_changed(out / PLAN_FILE, json.dumps(header, indent=1) + "\n")
     for stale in (p for s in SPLITS for p in (out / s).glob(".*.part")):
         stale.unlink()  # temporary files of ours left by a process that was killed mid-write
     for c in tqdm(chunks, desc="writing", unit="chunk", disable=not progress):
         c["sha256"], _ = _write_chunk(out, c, audios[c["source"]], records[c["source"]]["gain"], sr)
     manifest = {**header, "chunks": chunks}
-    text = json.dumps(manifest, indent=1) + "\n"
-    path = out / MANIFEST_FILE
-    if not path.is_file() or path.read_text() != text:  # keep the mtime of a finished dataset
-        atomic_write_text(path, text)
+    _write_if_changed(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
