@@ -16,6 +16,7 @@ with the right checksum are kept untouched) and a different preparation is refus
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -323,13 +324,15 @@ def add_arguments(p) -> None:
                      "valid/test audio is ever in a train chunk. Writes OUT/{train,valid,test}/*.flac and "
                      "OUT/manifest.json. Sources are never modified. Re-run the same command to finish an "
                      "interrupted run.")
-    p.epilog = "example: fastsrnn prepare album/ extra_song.mp3 --out data/album --chunk-seconds 8"
+    p.epilog = "example: fastsrnn prepare album/ bonus.mp3 --out data/album"
     p.add_argument("sources", nargs="+", metavar="SOURCES", help="audio files and/or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or an earlier run of the same command)")
+    p.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS, help="output folder (new, empty, or an earlier run of the same command)")
     p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the chunks, Hz")
     p.add_argument("--chunk-seconds", type=float, default=8.0, help="length of each chunk")
-    p.add_argument("--hop-seconds", type=float, default=None, help="step between chunk starts (default: the chunk length, no overlap)")
-    p.add_argument("--block-seconds", type=float, default=None, help="size of the timeline blocks dealt to the splits (default: the chunk length)")
+    p.add_argument("--hop-seconds", type=float, default=argparse.SUPPRESS,
+                   help="step between chunk starts; shorter than the chunk for overlapping train chunks (default: the chunk length)")
+    p.add_argument("--block-seconds", type=float, default=argparse.SUPPRESS,
+                   help="size of the timeline blocks dealt to the splits (default: the chunk length)")
     p.add_argument("--splits", type=float, nargs=3, default=(0.88, 0.06, 0.06), metavar=("TRAIN", "VALID", "TEST"), help="fractions of the blocks per split")
     p.add_argument("--seed", type=int, default=0, help="seed of the block and chunk shuffles")
     p.add_argument("--normalize", choices=NORMALIZE, default="file", help="peak 0.9 per source file, one gain for the whole dataset, or none")
@@ -339,7 +342,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     m = prepare(args.sources, args.out, sample_rate=args.sample_rate, chunk_seconds=args.chunk_seconds,
-                hop_seconds=args.hop_seconds, block_seconds=args.block_seconds, splits=tuple(args.splits),
+                hop_seconds=getattr(args, "hop_seconds", None), block_seconds=getattr(args, "block_seconds", None), splits=tuple(args.splits),
                 seed=args.seed, normalize=args.normalize, skip_bad=args.skip_bad, progress=not args.no_progress)
     counts = {s: sum(c["split"] == s for c in m["chunks"]) for s in SPLITS}
     minutes = sum(s["samples"] for s in m["sources"]) / m["sample_rate"] / 60

@@ -164,3 +164,20 @@ def test_stream_writer_append_checks(tmp_path):
         AudioStreamWriter(path, 8000, append=True)
     with pytest.raises(FileNotFoundError, match="gone.flac"):
         AudioStreamWriter(tmp_path / "gone.flac", 16000, append=True, keep_frames=10)
+
+
+def test_synth_album_is_seeded_music_not_noise(tmp_path):
+    from fastsrnn.synth import synth_song, write_album
+
+    x = synth_song(3.0, 16000, seed=5)
+    assert x.dtype == np.float32 and x.shape == (48000,)
+    assert np.abs(x).max() == pytest.approx(0.9, abs=1e-6)
+    assert np.array_equal(x, synth_song(3.0, 16000, seed=5)) and not np.array_equal(x, synth_song(3.0, 16000, seed=6))
+    power = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+    assert power[freqs < 1000].sum() > 0.8 * power.sum()  # white noise would put 1/8 below 1 kHz
+    flatness = np.exp(np.mean(np.log(power + 1e-12))) / power.mean()
+    assert flatness < 0.05  # tonal: peaks at the notes' harmonics, not a flat spectrum
+    paths = write_album(tmp_path, n_songs=2, seconds=1.0, sample_rate=8000, format="flac")
+    assert [p.name for p in paths] == ["song_00.flac", "song_01.flac"]
+    assert sf.info(str(paths[1])).samplerate == 8000 and sf.info(str(paths[1])).frames == 8000

@@ -261,5 +261,9 @@ def test_cli_help_and_run(tmp_path, album, capsys):
     assert cli_main(["prepare", *map(str, album), "--out", str(tmp_path / "d"), "--chunk-seconds", "0.25",
                      "--no-progress"]) == 0
     assert "train" in capsys.readouterr().out and read_manifest(tmp_path / "d")["chunk_samples"] == 4000
+    assert cli_main(["prepare", *map(str, album), "--out", str(tmp_path / "h"), "--chunk-seconds", "0.25",
+                     "--hop-seconds", "0.125", "--block-seconds", "0.5", "--no-progress"]) == 0
+    m = read_manifest(tmp_path / "h")
+    assert (m["hop_samples"], m["block_samples"]) == (2000, 8000)
     assert cli_main(["prepare", str(album[0]), "--out", str(tmp_path / "d"), "--no-progress"]) == 1
     assert "different preparation" in capsys.readouterr().err
