@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 
 from .atomic import atomic_path, atomic_write_text
+from .audio import AudioStreamWriter
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .generate import Generator, prime_levels
 from .memory import check_generation_fits
@@ -101,18 +102,15 @@ class GenerationRun:
 
     def _open_parts(self, levels: Optional[torch.Tensor]) -> None:
         sr = self.settings["sample_rate"]
-        self.files = [sf.SoundFile(p, "w", sr, 1, "PCM_16", format="WAV") for p in self.parts]
+        self.files = [AudioStreamWriter(p, sr, "wav") for p in self.parts]
         if levels is not None:  # the recording being continued starts each file, as the model heard it
             audio = self.gen.to_audio(levels[None]).repeat(self.settings["n_seq"], axis=0)
             self._write(audio)
 
     def _truncate_parts(self) -> None:
         """Drop whatever was written after the last saved state: it is generated again, identically."""
-        self.files = []
-        for p in self.parts:
-            f = sf.SoundFile(p, "r+")
-            f.truncate(self.stats["written"])
-            self.files.append(f)
+        sr = self.settings["sample_rate"]
+        self.files = [AudioStreamWriter(p, sr, "wav", append=True, keep_frames=self.stats["written"]) for p in self.parts]
 
     # ---- the loop ------------------------------------------------------------------------------
     def _write(self, audio: np.ndarray) -> None:
