@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List
 
 DEFAULT_OUT = "fastsrnn-demo"
-DEFAULT_STEPS = 1000  # about 2.5 minutes of training on 2 CPU cores (~150 ms a step)
+DEFAULT_STEPS = 800  # about 2 minutes of training on 2 quiet CPU cores (~150 ms a step)
 MARKER = ".fastsrnn-demo"  # tells a demo folder from a folder of someone's files
 
 
