@@ -37,6 +37,11 @@ def build_verbose() -> bool:
     return _get("FASTSRNN_BUILD_VERBOSE") == "1"
 
 
+def cxx_compiler() -> str:
+    """CXX (torch.utils.cpp_extension's own): the C++ compiler extensions are built with (default 'c++')."""
+    return _get("CXX") or "c++"
+
+
 def triton_interpret() -> bool:
     """TRITON_INTERPRET=1 (Triton's own): run Triton kernels on the CPU interpreter (tests)."""
     return _get("TRITON_INTERPRET") == "1"

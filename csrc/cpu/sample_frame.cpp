@@ -1,0 +1,271 @@
+// Fused CPU sample-frame kernel: the F sample steps of one frame for B sequences in one call.
+//
+// Same contract as fastsrnn/backends/reference.py::sample_frame_ref (the spec). Step j:
+//   a2 = relu(cond[:, j] + sum_k table[k, window_k])   F row gathers from the (F, Q, H) table
+//   a3 = relu(W3 a2 + b3); logits = Wo a3 + bo         the only matrix products left
+//   x  = forced[:, j] or the inverse-CDF draw of fastsrnn/sampling.py::sample_ref
+//   out[:, j] = x; window slides; logits_out[:, j] = logits when given.
+//
+// Threads: one OpenMP team per call (torch's own libgomp, so no second thread pool), kept for
+// all F steps, with barriers between the phases of a step. The rows of W3 and Wo are split
+// across threads (so that at B = 1 the two matrix-vector products use every core, and each
+// core streams only its share of the weights). The cheap per-sequence phases (gather, draw)
+// are either done redundantly by every thread (small B: saves two barriers per step) or split
+// by sequence (large B).
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <vector>
+
+#include "simd.h"
+
+namespace fastsrnn {
+namespace {
+
+template <typename T>
+struct Problem {
+  const T* table;  // (F, Q, H)
+  const float* cond;  // (B, F, H)
+  const T* w3;  // (H, H)
+  const float* b3;  // (H,)
+  const T* wo;  // (Q, H)
+  const float* bo;  // (Q,)
+  int64_t* window;  // (B, F)
+  const float* uniforms;  // (B, F)
+  const float* inv_t;  // (B,)
+  const int64_t* forced;  // (B, F) or null
+  int64_t* out;  // (B, F)
+  float* logits_out;  // (B, F, Q) or null
+  bool argmax;
+  int64_t B, F, Q, H;
+};
+
+// Y[s * N + r] = act(bias[r] + W[r] . X[s]) for rows [r0, r1) and all S sequences.
+// Row blocks outside, sequence tiles inside: a block of W stays in L1/L2 while every sequence
+// uses it, so the weights are streamed once per step whatever B is.
+template <int R, int S, typename T>
+inline void rows_tile(const T* W, const float* bias, const float* X, int64_t K, int64_t N,
+                      int64_t r, int64_t s, float* Y, bool relu) {
+  float acc[R][S];
+  dot_tile<R, S>(W + r * K, K, X + s * K, K, K, acc);
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < S; ++t) {
+      float y = acc[i][t] + bias[r + i];
+      Y[(s + t) * N + r + i] = relu ? std::max(y, 0.0f) : y;
+    }
+}
+
+template <int R, typename T>
+inline void rows_all_seqs(const T* W, const float* bias, const float* X, int64_t B, int64_t K,
+                          int64_t N, int64_t r, float* Y, bool relu) {
+  int64_t s = 0;
+  for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq>(W, bias, X, K, N, r, s, Y, relu);
+  for (; s < B; ++s) rows_tile<R, 1>(W, bias, X, K, N, r, s, Y, relu);
+}
+
+template <typename T>
+void linear_rows(const T* W, const float* bias, const float* X, int64_t B, int64_t K, int64_t N,
+                 int64_t r0, int64_t r1, float* Y, bool relu) {
+  constexpr int64_t kBlock = 32;  // rows per block: 128 KB of fp32 weights at K = 1024
+  for (int64_t rb = r0; rb < r1; rb += kBlock) {
+    const int64_t re = std::min(rb + kBlock, r1);
+    int64_t r = rb;
+    for (; r + kTileRows <= re; r += kTileRows) rows_all_seqs<kTileRows>(W, bias, X, B, K, N, r, Y, relu);
+    for (; r < re; ++r) rows_all_seqs<1>(W, bias, X, B, K, N, r, Y, relu);
+  }
+}
+
+// a2 = relu(cond + sum_k table[k, hist[k]]) for one sequence; hist points at its F samples.
+template <typename T>
+inline void gather_a2(const Problem<T>& p, const int32_t* hist, const float* cond, float* __restrict a2) {
+  const int64_t H = p.H;
+  for (int64_t h = 0; h < H; ++h) a2[h] = 0.0f;
+  for (int64_t k = 0; k < p.F; ++k) {
+    const T* __restrict row = p.table + (k * p.Q + hist[k]) * H;
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) a2[h] += to_float(row[h]);
+  }
+#pragma omp simd
+  for (int64_t h = 0; h < H; ++h) a2[h] = std::max(a2[h] + cond[h], 0.0f);
+}
+
+// sample_ref exactly: z = (l - max) * inv_t; running sum of exp(z) accumulated in double and
+// rounded to fp32 per element (as torch.cumsum does on the CPU); the first index whose sum
+// exceeds u * total, clamped to Q - 1. argmax: the first maximum.
+inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool argmax, float* scratch) {
+  float m = logits[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < Q; ++i) m = std::max(m, logits[i]);
+  if (argmax) {
+    for (int64_t i = 0; i < Q; ++i)
+      if (logits[i] == m) return i;
+    return 0;  // only when logits hold NaN
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < Q; ++i) scratch[i] = exp_nonpos((logits[i] - m) * inv_t);
+  double run = 0.0;
+  for (int64_t i = 0; i < Q; ++i) scratch[i] = static_cast<float>(run += scratch[i]);
+  const float threshold = u * scratch[Q - 1];
+  int64_t idx = 0;
+  while (idx < Q && scratch[idx] <= threshold) ++idx;
+  return std::min(idx, Q - 1);
+}
+
+inline void split(int64_t n, int64_t align, int tid, int nth, int64_t& lo, int64_t& hi) {
+  int64_t chunk = (n + nth - 1) / nth;
+  chunk = (chunk + align - 1) / align * align;
+  lo = std::min<int64_t>(n, tid * chunk);
+  hi = std::min<int64_t>(n, lo + chunk);
+}
+
+struct Scratch {
+  std::vector<int32_t> hist;  // per copy (B, 2F): the frame's window then its F new samples
+  std::vector<float> a2;  // per copy (B, H)
+  std::vector<float> a3;  // (B, H) shared
+  std::vector<float> logits;  // (B, Q) shared
+  std::vector<float> cdf;  // per thread (Q,)
+};
+
+// The body every thread of the team runs. `redundant`: every thread gathers and draws for all
+// sequences in its own copy of hist/a2 (identical arithmetic, so identical draws); otherwise
+// thread t owns sequences [s0, s1) and the shared copy.
+template <typename T>
+void frame_body(const Problem<T>& p, Scratch& sc, bool redundant, int tid, int nth) {
+  const int64_t B = p.B, F = p.F, H = p.H, Q = p.Q;
+  int64_t s0 = 0, s1 = B, h0, h1, q0, q1;
+  if (!redundant) split(B, 1, tid, nth, s0, s1);
+  split(H, kTileRows, tid, nth, h0, h1);
+  split(Q, kTileRows, tid, nth, q0, q1);
+  const int copy = redundant ? tid : 0;
+  int32_t* hist = sc.hist.data() + copy * B * 2 * F;
+  float* a2 = sc.a2.data() + copy * B * H;
+  float* cdf = sc.cdf.data() + tid * Q;
+  const bool writer = !redundant || tid == 0;
+  for (int64_t j = 0; j < F; ++j) {
+    for (int64_t b = s0; b < s1; ++b) gather_a2(p, hist + b * 2 * F + j, p.cond + (b * F + j) * H, a2 + b * H);
+    if (!redundant) {
+#pragma omp barrier
+    }
+    linear_rows(p.w3, p.b3, a2, B, H, H, h0, h1, sc.a3.data(), true);
+#pragma omp barrier
+    linear_rows(p.wo, p.bo, sc.a3.data(), B, H, Q, q0, q1, sc.logits.data(), false);
+#pragma omp barrier
+    for (int64_t b = s0; b < s1; ++b) {
+      const float* lg = sc.logits.data() + b * Q;
+      const int64_t x = p.forced ? p.forced[b * F + j]
+                                 : draw(lg, Q, p.uniforms[b * F + j], p.inv_t[b], p.argmax, cdf);
+      hist[b * 2 * F + F + j] = static_cast<int32_t>(x);
+      if (!writer) continue;
+      p.out[b * F + j] = x;
+      if (p.logits_out) std::memcpy(p.logits_out + (b * F + j) * Q, lg, Q * sizeof(float));
+    }
+  }
+  if (writer)  // after F steps the window is exactly the frame's F new samples
+    for (int64_t b = s0; b < s1; ++b)
+      for (int64_t k = 0; k < F; ++k) p.window[b * F + k] = hist[b * 2 * F + F + k];
+}
+
+// Threads worth using: a parallel region and its barriers cost microseconds, so tiny products
+// (H = 128 at B = 1: ~50 k multiply-adds per step) run on one thread.
+int pick_threads(int64_t B, int64_t H, int64_t Q, int64_t requested) {
+  const int avail = requested > 0 ? static_cast<int>(requested) : at::get_num_threads();
+  const int64_t macs = B * H * (H + Q);
+  const int64_t per_thread = 96 * 1024;  // below this, barriers cost more than they save
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(avail, macs / per_thread)));
+}
+
+template <typename T>
+void run(const Problem<T>& p, int64_t num_threads) {
+  const int64_t B = p.B, F = p.F, H = p.H, Q = p.Q;
+  const int nt = pick_threads(B, H, Q, num_threads);
+  const bool redundant = nt > 1 && B < 2 * nt;
+  const int copies = redundant ? nt : 1;
+  Scratch sc;
+  sc.hist.resize(copies * B * 2 * F);
+  sc.a2.resize(copies * B * H);
+  sc.a3.resize(B * H);
+  sc.logits.resize(B * Q);
+  sc.cdf.resize(nt * Q);
+  for (int c = 0; c < copies; ++c)
+    for (int64_t i = 0; i < B * F; ++i)
+      sc.hist[(c * B + i / F) * 2 * F + i % F] = static_cast<int32_t>(p.window[i]);
+  if (nt == 1) {
+    frame_body(p, sc, false, 0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    // The team may be smaller than asked (nested parallelism): split by the real size.
+    const int nth = omp_get_num_threads();
+    frame_body(p, sc, redundant && nth > 1, omp_get_thread_num(), nth);
+  }
+}
+
+void check(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "sample_frame: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, "sample_frame: ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "sample_frame: ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "sample_frame: ", name, " must be contiguous");
+}
+
+void check_samples(const at::Tensor& t, const char* name, int64_t Q) {
+  if (t.numel() == 0) return;
+  const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+  TORCH_CHECK_VALUE(lo >= 0 && hi < Q, "sample_frame: ", name, " holds samples outside [0, ", Q, "): min ", lo, ", max ", hi);
+}
+
+}  // namespace
+
+void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
+                  const at::Tensor& wo, const at::Tensor& bo, at::Tensor& window, const at::Tensor& uniforms,
+                  const at::Tensor& inv_temperature, bool argmax, at::Tensor& out,
+                  const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& logits_out,
+                  int64_t num_threads) {
+  TORCH_CHECK_VALUE(table.dim() == 3, "sample_frame: table must be (F, Q, H), got shape ", table.sizes());
+  const int64_t F = table.size(0), Q = table.size(1), H = table.size(2), B = window.size(0);
+  const auto wdt = table.scalar_type();
+  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "sample_frame: table must be float32 or bfloat16, got ", wdt);
+  check(table, "table", wdt, {F, Q, H});
+  check(w3, "w3", wdt, {H, H});
+  check(wo, "wo", wdt, {Q, H});
+  check(b3, "b3", at::kFloat, {H});
+  check(bo, "bo", at::kFloat, {Q});
+  check(window, "window", at::kLong, {B, F});
+  check(cond, "cond", at::kFloat, {B, F, H});
+  check(uniforms, "uniforms", at::kFloat, {B, F});
+  check(inv_temperature, "inv_temperature", at::kFloat, {B});
+  check(out, "out", at::kLong, {B, F});
+  check_samples(window, "window", Q);
+  if (forced) {
+    check(*forced, "forced", at::kLong, {B, F});
+    check_samples(*forced, "forced", Q);
+  }
+  if (logits_out) check(*logits_out, "logits_out", at::kFloat, {B, F, Q});
+  TORCH_CHECK_VALUE(num_threads >= 0, "sample_frame: num_threads must be >= 0 (0 = torch's), got ", num_threads);
+  if (B == 0) return;
+
+  auto fill = [&](auto* typed) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+    Problem<T> p{reinterpret_cast<const T*>(table.data_ptr()), cond.data_ptr<float>(),
+                 reinterpret_cast<const T*>(w3.data_ptr()), b3.data_ptr<float>(),
+                 reinterpret_cast<const T*>(wo.data_ptr()), bo.data_ptr<float>(),
+                 window.data_ptr<int64_t>(), uniforms.data_ptr<float>(), inv_temperature.data_ptr<float>(),
+                 forced ? forced->data_ptr<int64_t>() : nullptr, out.data_ptr<int64_t>(),
+                 logits_out ? logits_out->data_ptr<float>() : nullptr, argmax, B, F, Q, H};
+    run(p, num_threads);
+  };
+  if (wdt == at::kFloat) fill(static_cast<float*>(nullptr));
+  else fill(static_cast<bf16_bits*>(nullptr));
+}
+
+}  // namespace fastsrnn
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastsrnn fused CPU sample-frame kernel";
+  m.attr("isa") = fastsrnn::kIsa;
+  m.def("sample_frame", &fastsrnn::sample_frame,
+        "F sample steps of one frame for B sequences (see fastsrnn.backends.reference.sample_frame_ref)",
+        py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
+        py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
+        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
+}

@@ -1,0 +1,126 @@
+// Small SIMD layer for the fused CPU sample step: one vector type per ISA level, chosen at
+// compile time by the flags fastsrnn/build.py passes (-mavx512f..., -mavx2 -mfma, or none).
+//
+// Weights are fp32 or bf16 (raw uint16 bits); activations and accumulation are always fp32.
+// bf16 -> fp32 is exact (a 16-bit shift), so bf16 storage halves the bytes streamed per
+// sample without changing how anything is summed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace fastsrnn {
+
+using bf16_bits = uint16_t;
+
+inline float to_float(float v) { return v; }
+inline float to_float(bf16_bits v) {
+  uint32_t bits = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+#if defined(__AVX512F__)
+constexpr const char* kIsa = "avx512";
+struct Vec {
+  static constexpr int W = 16;
+  __m512 v;
+  static Vec zero() { return {_mm512_setzero_ps()}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec load(const bf16_bits* p) {
+    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  float sum() const { return _mm512_reduce_add_ps(v); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr const char* kIsa = "avx2";
+struct Vec {
+  static constexpr int W = 8;
+  __m256 v;
+  static Vec zero() { return {_mm256_setzero_ps()}; }
+  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static Vec load(const bf16_bits* p) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  }
+  static Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  float sum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+#else
+constexpr const char* kIsa = "generic";
+// Portable fallback: 8 independent lanes so that the compiler can still use SSE and the FMA
+// chains do not serialise.
+struct Vec {
+  static constexpr int W = 8;
+  float v[W];
+  static Vec zero() { Vec r; for (int i = 0; i < W; ++i) r.v[i] = 0.f; return r; }
+  template <typename T>
+  static Vec load(const T* p) { Vec r; for (int i = 0; i < W; ++i) r.v[i] = to_float(p[i]); return r; }
+  static Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+  float sum() const { float s = 0.f; for (int i = 0; i < W; ++i) s += v[i]; return s; }
+};
+#endif
+
+// Sequences per register tile of the matrix products: AVX-512 has 32 vector registers
+// (4 rows x 4 sequences of accumulators fit), AVX2 16 (4 x 2).
+constexpr int kTileSeq = Vec::W == 16 ? 4 : 2;
+constexpr int kTileRows = 4;
+
+// out[r][s] = sum_h w[r * ldw + h] * x[s * ldx + h] for an R x S tile.
+template <int R, int S, typename T>
+inline void dot_tile(const T* __restrict w, int64_t ldw, const float* __restrict x, int64_t ldx,
+                     int64_t K, float out[R][S]) {
+  Vec acc[R][S];
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) acc[r][s] = Vec::zero();
+  int64_t k = 0;
+  for (; k + Vec::W <= K; k += Vec::W) {
+    Vec xv[S];
+    for (int s = 0; s < S; ++s) xv[s] = Vec::load(x + s * ldx + k);
+    for (int r = 0; r < R; ++r) {
+      Vec wv = Vec::load(w + r * ldw + k);
+      for (int s = 0; s < S; ++s) acc[r][s] = Vec::fma(wv, xv[s], acc[r][s]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) out[r][s] = acc[r][s].sum();
+  for (; k < K; ++k)  // tail of K not a multiple of the vector width (H = 100)
+    for (int r = 0; r < R; ++r)
+      for (int s = 0; s < S; ++s) out[r][s] += to_float(w[r * ldw + k]) * x[s * ldx + k];
+}
+
+// exp for x <= 0 (softmax numerators), Cephes' polynomial: about 1 ulp, and written so that
+// `omp simd` loops over it vectorise (no libm call). Below -87 it returns ~1e-38 instead of
+// a denormal or 0: negligible next to the total, which is at least 1.
+inline float exp_nonpos(float x) {
+  x = std::min(std::max(x, -87.0f), 0.0f);
+  float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+}  // namespace fastsrnn

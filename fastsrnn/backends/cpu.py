@@ -1,0 +1,87 @@
+"""The ``cpu`` backend: the fused C++ sample-frame kernel (csrc/cpu/sample_frame.cpp).
+
+The frame step is FusedBackend's (torch BLAS); all F sample steps of a frame run in one call
+of the compiled op, multi-threaded and vectorized, with nothing returning to Python per
+sample. The extension is JIT-built on first use (fastsrnn.build) and cached on disk.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import env
+from ..build import BuildError, isa_level, load_extension
+from .fused import FusedBackend
+
+_SOURCES = ["cpu/sample_frame.cpp"]
+_HINT = "install g++ and ninja (pip install ninja), or use backend='eager'"
+
+
+def build_extension(isa: Optional[str] = None):
+    """Build (or load from the cache) the CPU extension; raises BuildError with a hint.
+
+    isa: 'avx512', 'avx2' or 'generic' to build a narrower variant than this CPU allows
+    (tests of the fallbacks); default: the widest this CPU has.
+    """
+    level, flags = isa_level()
+    if isa is not None and isa != level:
+        order = ("generic", "avx2", "avx512")
+        if isa not in order or order.index(isa) > order.index(level):
+            raise BuildError(f"isa={isa!r}: this CPU supports at most {level!r}")
+        flags = {"generic": [], "avx2": ["-mavx2", "-mfma", "-mf16c"]}[isa]
+    try:
+        return load_extension("cpu", _SOURCES, extra_cflags=["-O3", "-fopenmp", "-std=c++17", *flags],
+                              extra_ldflags=["-fopenmp"])
+    except BuildError as e:
+        raise BuildError(f"{e}\nTo fix: {_HINT}.") from e
+
+
+def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+                     forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+                     num_threads: int = 0) -> None:
+    """The fused op; same contract and shapes as reference.sample_frame_ref (its eager twin).
+
+    table: (F, Q, H), w3: (H, H), wo: (Q, H) all float32 or all bfloat16; cond: (B, F, H) float32;
+    b3: (H,), bo: (Q,) float32; window: (B, F) int64 updated in place; uniforms: (B, F) float32;
+    inv_temperature: (B,) float32; out: (B, F) int64; forced: (B, F) int64; logits_out: (B, F, Q)
+    float32. num_threads: 0 = torch's thread count (the op uses fewer for small products).
+    Bad dtypes or shapes raise TypeError / ValueError naming the argument.
+    """
+    build_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
+                                   bool(argmax), out, forced, logits_out, int(num_threads))
+
+
+class CpuBackend(FusedBackend):
+    name = "cpu"
+    _status: Optional[Tuple[bool, str]] = None  # the build's outcome, once per process
+
+    def __init__(self, model, device="cpu", dtype: torch.dtype = torch.float32,
+                 frame_dtype: Optional[torch.dtype] = None, num_threads: Optional[int] = None):
+        ok, why = self.is_available(torch.device(device))
+        if not ok:
+            raise RuntimeError(f"cpu backend unavailable: {why}")
+        super().__init__(model, device, dtype, frame_dtype)
+        self._op = build_extension()
+        self.num_threads = num_threads if num_threads is not None else (env.num_threads() or 0)
+        if env.num_threads():  # FASTSRNN_NUM_THREADS covers the torch frame step as well
+            torch.set_num_threads(env.num_threads())
+
+    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
+        w = self.w
+        self._op.sample_frame(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, uniforms, inv_temperature,
+                              bool(argmax), out, forced, logits_out, self.num_threads)
+
+    @classmethod
+    def is_available(cls, device) -> Tuple[bool, str]:
+        """(ok, reason): the device must be the CPU and the extension must build (cached)."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return False, f"the cpu backend runs on the CPU only, not on {device}"
+        if cls._status is None:
+            try:
+                mod = build_extension()
+                cls._status = (True, f"fused C++ kernel ({mod.isa}, {torch.get_num_threads()} threads)")
+            except BuildError as e:
+                cls._status = (False, str(e))
+        return cls._status

@@ -1,0 +1,181 @@
+"""JIT build and cache of fastsrnn's C++/CUDA extensions (torch.utils.cpp_extension + ninja).
+
+An extension is compiled on first use into ``FASTSRNN_BUILD_DIR`` (fastsrnn.env.build_dir()),
+in a folder keyed by the torch version, the sources' contents, the flags and, for CPU code,
+the instruction-set level the flags target: a cache built on an AVX-512 machine is never
+loaded on a CPU without AVX-512 (it would die of an illegal instruction). Results and failures
+are cached per process, so a missing compiler costs one attempt and then a clear message.
+
+Ahead of time (e.g. in a Docker image): ``python -m fastsrnn.build`` builds every extension
+this machine can build and reports each one.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import env
+
+_LOADED: Dict[str, object] = {}
+_FAILED: Dict[str, str] = {}
+# name -> module that offers build_extension(): `python -m fastsrnn.build` builds these.
+EXTENSIONS = {"cpu": "fastsrnn.backends.cpu", "cuda": "fastsrnn.backends.cuda"}
+
+
+class BuildError(RuntimeError):
+    """An extension could not be built; the message says why and what to do."""
+
+
+def csrc_dir() -> Path:
+    """The C++/CUDA sources as installed (``fastsrnn.csrc`` is the repository's csrc/)."""
+    import fastsrnn.csrc
+
+    return Path(fastsrnn.csrc.__file__).parent
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (from /proc/cpuinfo on Linux; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def isa_level(flags: Optional[frozenset] = None) -> Tuple[str, List[str]]:
+    """(level, compiler flags) for the widest vector ISA this CPU has that the kernels use."""
+    flags = cpu_flags() if flags is None else flags
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "generic", []
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return "avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
+    if {"avx2", "fma"} <= flags:
+        return "avx2", ["-mavx2", "-mfma", "-mf16c"]
+    return "generic", []
+
+
+def missing_tools(cuda: bool = False) -> List[str]:
+    """What a build needs and this machine lacks, as install hints (empty when all is there)."""
+    from torch.utils import cpp_extension
+
+    missing = []
+    if not cpp_extension.is_ninja_available():
+        missing.append("ninja (pip install ninja)")
+    if shutil.which(env.cxx_compiler()) is None:
+        missing.append(f"a C++ compiler: {env.cxx_compiler()!r} is not on PATH (install g++, or set CXX)")
+    if cuda and cpp_extension.CUDA_HOME is None:
+        missing.append("the CUDA toolkit (nvcc; set CUDA_HOME)")
+    return missing
+
+
+def _key(name: str, sources: Sequence[Path], flags: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (name, torch.__version__, sys.version.split()[0], platform.machine(), *map(str, flags)):
+        h.update(part.encode() + b"\0")
+    for src in sources:
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+        for header in sorted(src.parent.glob("*.h")) + sorted(src.parent.glob("*.cuh")):
+            h.update(header.name.encode() + b"\0" + header.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_extension(name: str, sources: Sequence, extra_cflags: Sequence[str] = (),
+                   extra_cuda_cflags: Optional[Sequence[str]] = None, extra_ldflags: Sequence[str] = (),
+                   verbose: Optional[bool] = None):
+    """Build (or load from the cache) the extension ``name`` from ``sources`` and import it.
+
+    sources: paths (absolute, or relative to csrc_dir()); headers beside them are part of the
+    cache key. Flags are part of the key too, so callers put ISA flags (isa_level()) in
+    extra_cflags. extra_cuda_cflags: a CUDA extension (nvcc) when not None.
+    Raises BuildError with an actionable message; a failure is remembered for the process.
+    """
+    srcs = [p if Path(p).is_absolute() else csrc_dir() / p for p in map(Path, sources)]
+    for p in srcs:
+        if not p.is_file():
+            raise BuildError(f"extension {name}: source {p} is missing (is fastsrnn installed with its csrc/?)")
+    cuda = extra_cuda_cflags is not None
+    key = _key(name, srcs, [*extra_cflags, "|", *(extra_cuda_cflags or []), "|", *extra_ldflags])
+    if key in _LOADED:
+        return _LOADED[key]
+    if key in _FAILED:
+        raise BuildError(_FAILED[key])
+    try:
+        module = _build(name, srcs, key, extra_cflags, extra_cuda_cflags, extra_ldflags, cuda, verbose)
+    except BuildError as e:
+        _FAILED[key] = str(e)
+        raise
+    _LOADED[key] = module
+    return module
+
+
+def _build(name, srcs, key, cflags, cuda_cflags, ldflags, cuda, verbose):
+    missing = missing_tools(cuda)
+    if missing:
+        raise BuildError(f"cannot build the {name} extension: missing {'; '.join(missing)}")
+    from torch.utils import cpp_extension
+
+    mod_name = f"fastsrnn_{name}_{key}"  # unique per variant: one process may load several
+    build_dir = env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return cpp_extension.load(
+            name=mod_name, sources=[str(p) for p in srcs], extra_cflags=list(cflags),
+            extra_cuda_cflags=list(cuda_cflags) if cuda else None, extra_ldflags=list(ldflags),
+            extra_include_paths=sorted({str(p.parent) for p in srcs}), build_directory=str(build_dir),
+            verbose=env.build_verbose() if verbose is None else verbose, with_cuda=cuda or None)
+    except Exception as e:  # compiler errors arrive as RuntimeError/CalledProcessError/ImportError
+        detail = str(e).strip().splitlines()
+        tail = "\n".join(detail[-15:])
+        raise BuildError(f"building the {name} extension in {build_dir} failed "
+                         f"(set FASTSRNN_BUILD_VERBOSE=1 for the compiler's output):\n{tail}") from e
+
+
+def build_all(names: Sequence[str] = tuple(EXTENSIONS)) -> Dict[str, Tuple[bool, str]]:
+    """Build every extension in ``names``; {name: (ok, message)}."""
+    report = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            mod = importlib.import_module(EXTENSIONS[name])
+            builder = getattr(mod, "build_extension", None)
+            if builder is None:
+                report[name] = (False, f"{EXTENSIONS[name]} offers no build_extension()")
+                continue
+            builder()
+            report[name] = (True, f"built in {time.perf_counter() - t0:.1f} s")
+        except Exception as e:  # report every extension, whatever fails
+            report[name] = (False, f"{type(e).__name__}: {e}")
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastsrnn.build",
+                                 description="Compile fastsrnn's C++/CUDA extensions now, into the cache "
+                                             f"({env.build_dir()}; FASTSRNN_BUILD_DIR moves it).")
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"extensions to build, of {sorted(EXTENSIONS)} (default: all); "
+                         "one that cannot be built here is reported, not fatal")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.names) - set(EXTENSIONS))
+    if unknown:
+        ap.error(f"unknown extension(s) {unknown}; choose from {sorted(EXTENSIONS)}")
+    report = build_all(args.names or list(EXTENSIONS))
+    for name, (ok, msg) in report.items():
+        print(f"{name:6s} {'ok    ' if ok else 'FAILED'} {msg}")
+    return 0 if any(ok for ok, _ in report.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
