@@ -52,6 +52,11 @@ def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperat
                                    bool(argmax), out, forced, logits_out, int(num_threads))
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself when contiguous, else a contiguous copy (written back by the caller)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
 class CpuBackend(FusedBackend):
     name = "cpu"
     _status: Optional[Tuple[bool, str]] = None  # the build's outcome, once per process
@@ -69,8 +74,14 @@ class CpuBackend(FusedBackend):
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         w = self.w
-        self._op.sample_frame(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, uniforms, inv_temperature,
-                              bool(argmax), out, forced, logits_out, self.num_threads)
+        # The op wants dense tensors; callers may pass views (a slice of a longer logits buffer).
+        win, o, lg = _dense(window), _dense(out), None if logits_out is None else _dense(logits_out)
+        self._op.sample_frame(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
+                              inv_temperature.contiguous(), bool(argmax), o,
+                              None if forced is None else forced.contiguous(), lg, self.num_threads)
+        for dst, src in ((window, win), (out, o), (logits_out, lg)):
+            if dst is not None and dst is not src:
+                dst.copy_(src)
 
     @classmethod
     def is_available(cls, device) -> Tuple[bool, str]:
