@@ -258,6 +258,36 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
   else fill(static_cast<bf16_bits*>(nullptr));
 }
 
+// y = x W^T + b for the frame step at small B: x (B, K) fp32, W (N, K) fp32 or bf16, b (N,)
+// fp32 -> (B, N) fp32. At B = 1 the frame tier is a chain of matrix-vector products over
+// 235 MB of weights, DRAM-bound; torch's gemv reaches about half the bandwidth that a plain
+// row-split stream (this) does. Activations stay fp32 even with bf16 weights.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t num_threads) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2, "linear: x must be (B, K) and w (N, K), got ", x.sizes(), " and ", w.sizes());
+  const int64_t B = x.size(0), K = x.size(1), N = w.size(0);
+  const auto wdt = w.scalar_type();
+  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "linear: w must be float32 or bfloat16, got ", wdt);
+  check(x, "x", at::kFloat, {B, K});
+  check(w, "w", wdt, {N, K});
+  check(b, "b", at::kFloat, {N});
+  at::Tensor y = at::empty({B, N}, x.options());
+  const int avail = num_threads > 0 ? static_cast<int>(num_threads) : at::get_num_threads();
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(avail, B * N * K / (256 * 1024))));
+  auto body = [&](auto* typed, int tid, int nth) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    int64_t r0, r1;
+    split(N, 32, tid, nth, r0, r1);
+    linear_rows(reinterpret_cast<const T*>(w.data_ptr()), b.data_ptr<float>(), x.data_ptr<float>(), B, K, N,
+                r0, r1, y.data_ptr<float>(), false);
+  };
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    if (wdt == at::kFloat) body(static_cast<float*>(nullptr), omp_get_thread_num(), omp_get_num_threads());
+    else body(static_cast<bf16_bits*>(nullptr), omp_get_thread_num(), omp_get_num_threads());
+  }
+  return y;
+}
+
 }  // namespace fastsrnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -268,4 +298,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
         py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
+  m.def("linear", &fastsrnn::linear, "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32 or bf16 weights",
+        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0);
 }

@@ -19,11 +19,14 @@ def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(x.to(w.dtype), w.t()).float() + b
 
 
-def frame_step(w: InferenceWeights, window: torch.Tensor, rnn: RNNState) -> torch.Tensor:
+def frame_step(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=None) -> torch.Tensor:
     """One frame step. window: (B, F) int64; rnn h, c (L, B, H) updated in place.
+
+    mm: a replacement for ``_mm`` (same contract), e.g. the cpu backend's streaming kernel.
 
     Returns cond (B, F, H) float32: W2 c_j + b2 for the F positions of the next frame.
     """
+    mm = mm or _mm
     cfg = w.cfg
     B, F, H = window.shape[0], cfg.frame_size, cfg.dim
     x_in = frame_input(window, cfg.q_levels)  # (B, F)
@@ -31,8 +34,8 @@ def frame_step(w: InferenceWeights, window: torch.Tensor, rnn: RNNState) -> torc
     for i in range(cfg.n_rnn):
         inp = torch.cat([x, x_in], dim=1) if (i > 0 and w.skip_w) else x
         h = rnn.h[i]
-        gi = _mm(inp, w.w_ih[i], w.b_ih[i])  # (B, G*H)
-        gh = _mm(h, w.w_hh[i], w.b_hh[i])  # (B, G*H)
+        gi = mm(inp, w.w_ih[i], w.b_ih[i])  # (B, G*H)
+        gh = mm(h, w.w_hh[i], w.b_hh[i])  # (B, G*H)
         if rnn.c is not None:  # LSTM, gate order i, f, g, o
             ig, fg, gg, og = (gi + gh).chunk(4, dim=1)
             c = torch.sigmoid(fg) * rnn.c[i] + torch.sigmoid(ig) * torch.tanh(gg)
@@ -48,7 +51,7 @@ def frame_step(w: InferenceWeights, window: torch.Tensor, rnn: RNNState) -> torc
         x = h_new
         if w.skip_w:
             zero = w.skip_b if i == 0 else torch.zeros_like(w.skip_b)
-            proj = _mm(x, w.skip_w[i], zero)
+            proj = mm(x, w.skip_w[i], zero)
             total = proj if total is None else total + proj
     out = total if w.skip_w else x  # (B, H)
-    return _mm(out, w.up_w, w.up_b).view(B, F, H)  # (B, F*H) -> (B, F, H)
+    return mm(out, w.up_w, w.up_b).view(B, F, H)  # (B, F*H) -> (B, F, H)
