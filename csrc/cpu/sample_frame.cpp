@@ -17,6 +17,8 @@
 
 #include <vector>
 
+#include "frame_step.h"
+#include "linear.h"
 #include "simd.h"
 
 namespace fastsrnn {
@@ -39,41 +41,6 @@ struct Problem {
   bool argmax;
   int64_t B, F, Q, H;
 };
-
-// Y[s * N + r] = act(bias[r] + W[r] . X[s]) for rows [r0, r1) and all S sequences.
-// Row blocks outside, sequence tiles inside: a block of W stays in L1/L2 while every sequence
-// uses it, so the weights are streamed once per step whatever B is.
-template <int R, int S, typename T>
-inline void rows_tile(const T* W, const float* bias, const float* X, int64_t K, int64_t N,
-                      int64_t r, int64_t s, float* Y, bool relu) {
-  float acc[R][S];
-  dot_tile<R, S>(W + r * K, K, X + s * K, K, K, acc);
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < S; ++t) {
-      float y = acc[i][t] + bias[r + i];
-      Y[(s + t) * N + r + i] = relu ? std::max(y, 0.0f) : y;
-    }
-}
-
-template <int R, typename T>
-inline void rows_all_seqs(const T* W, const float* bias, const float* X, int64_t B, int64_t K,
-                          int64_t N, int64_t r, float* Y, bool relu) {
-  int64_t s = 0;
-  for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq>(W, bias, X, K, N, r, s, Y, relu);
-  for (; s < B; ++s) rows_tile<R, 1>(W, bias, X, K, N, r, s, Y, relu);
-}
-
-template <typename T>
-void linear_rows(const T* W, const float* bias, const float* X, int64_t B, int64_t K, int64_t N,
-                 int64_t r0, int64_t r1, float* Y, bool relu) {
-  constexpr int64_t kBlock = 32;  // rows per block: 128 KB of fp32 weights at K = 1024
-  for (int64_t rb = r0; rb < r1; rb += kBlock) {
-    const int64_t re = std::min(rb + kBlock, r1);
-    int64_t r = rb;
-    for (; r + kTileRows <= re; r += kTileRows) rows_all_seqs<kTileRows>(W, bias, X, B, K, N, r, Y, relu);
-    for (; r < re; ++r) rows_all_seqs<1>(W, bias, X, B, K, N, r, Y, relu);
-  }
-}
 
 // a2 = relu(cond + sum_k table[k, hist[k]]) for one sequence; hist points at its F samples.
 template <typename T>
@@ -111,13 +78,6 @@ inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool a
   return std::min(idx, Q - 1);
 }
 
-inline void split(int64_t n, int64_t align, int tid, int nth, int64_t& lo, int64_t& hi) {
-  int64_t chunk = (n + nth - 1) / nth;
-  chunk = (chunk + align - 1) / align * align;
-  lo = std::min<int64_t>(n, tid * chunk);
-  hi = std::min<int64_t>(n, lo + chunk);
-}
-
 struct Scratch {
   std::vector<int32_t> hist;  // per copy (B, 2F): the frame's window then its F new samples
   std::vector<float> a2;  // per copy (B, H)
@@ -146,9 +106,9 @@ void frame_body(const Problem<T>& p, Scratch& sc, bool redundant, int tid, int n
     if (!redundant) {
 #pragma omp barrier
     }
-    linear_rows(p.w3, p.b3, a2, B, H, H, h0, h1, sc.a3.data(), true);
+    linear_rows(p.w3, p.b3, a2, B, H, H, h0, h1, sc.a3.data(), Epilogue::kRelu);
 #pragma omp barrier
-    linear_rows(p.wo, p.bo, sc.a3.data(), B, H, Q, q0, q1, sc.logits.data(), false);
+    linear_rows(p.wo, p.bo, sc.a3.data(), B, H, Q, q0, q1, sc.logits.data(), Epilogue::kStore);
 #pragma omp barrier
     for (int64_t b = s0; b < s1; ++b) {
       const float* lg = sc.logits.data() + b * Q;
@@ -199,13 +159,6 @@ void run(const Problem<T>& p, int64_t num_threads) {
     const int nth = omp_get_num_threads();
     frame_body(p, sc, redundant && nth > 1, omp_get_thread_num(), nth);
   }
-}
-
-void check(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "sample_frame: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == shape, "sample_frame: ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "sample_frame: ", name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK_VALUE(t.is_contiguous(), "sample_frame: ", name, " must be contiguous");
 }
 
 void check_samples(const at::Tensor& t, const char* name, int64_t Q) {
@@ -267,9 +220,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   const int64_t B = x.size(0), K = x.size(1), N = w.size(0);
   const auto wdt = w.scalar_type();
   TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "linear: w must be float32 or bfloat16, got ", wdt);
-  check(x, "x", at::kFloat, {B, K});
-  check(w, "w", wdt, {N, K});
-  check(b, "b", at::kFloat, {N});
+  check(x, "x", at::kFloat, {B, K}, "linear");
+  check(w, "w", wdt, {N, K}, "linear");
+  check(b, "b", at::kFloat, {N}, "linear");
   at::Tensor y = at::empty({B, N}, x.options());
   const int avail = num_threads > 0 ? static_cast<int>(num_threads) : at::get_num_threads();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(avail, B * N * K / (256 * 1024))));
@@ -278,7 +231,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
     int64_t r0, r1;
     split(N, 32, tid, nth, r0, r1);
     linear_rows(reinterpret_cast<const T*>(w.data_ptr()), b.data_ptr<float>(), x.data_ptr<float>(), B, K, N,
-                r0, r1, y.data_ptr<float>(), false);
+                r0, r1, y.data_ptr<float>(), Epilogue::kStore);
   };
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -298,6 +251,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
         py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
+  m.def("frame_step", &fastsrnn::frame_step,
+        "the frame-tier step (see fastsrnn.backends.frame_step.frame_step); h, c updated in place",
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),
+        py::arg("up_w"), py::arg("up_b"), py::arg("window"), py::arg("h"), py::arg("c"), py::arg("q_levels"),
+        py::arg("num_threads") = 0);
   m.def("linear", &fastsrnn::linear, "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32 or bf16 weights",
         py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0);
 }

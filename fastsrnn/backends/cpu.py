@@ -85,9 +85,23 @@ class CpuBackend(FusedBackend):
             return self._op.linear(x.contiguous(), w, b, self.num_threads)
         return _torch_mm(x, w, b)
 
+    def frame_step(self, state: DecodeState) -> torch.Tensor:
+        """The frame step: the op's fused C++ step where it is faster (see frame_mm), else
+        frame_step.py with the op's products. Updates state.rnn in place; cond (B, F, H)."""
+        w, rnn = self.w, state.rnn
+        if state.batch > (_FP32_STREAM_MAX_B if w.up_w.dtype == torch.float32 else _BF16_STREAM_MAX_B):
+            return frame_step(w, state.window, rnn, mm=self.frame_mm)
+        h, c = _dense(rnn.h), None if rnn.c is None else _dense(rnn.c)
+        cond = self._op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
+                                   state.window.contiguous(), h, c, self.cfg.q_levels, self.num_threads)
+        for dst, src in ((rnn.h, h), (rnn.c, c)):
+            if dst is not None and dst is not src:
+                dst.copy_(src)
+        return cond
+
     @torch.no_grad()
     def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
-        cond = frame_step(self.w, state.window, state.rnn, mm=self.frame_mm)  # (B, F, H)
+        cond = self.frame_step(state)  # (B, F, H)
         out = torch.empty_like(state.window)
         self.sample_frame(cond, state.window, uniforms, inv_temperature, argmax, out, forced, logits_out)
         return out

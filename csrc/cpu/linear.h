@@ -1,0 +1,70 @@
+// Row-split matrix products for small batches, shared by the sample step and the frame step.
+//
+// Row blocks outside, sequence tiles inside: a block of W stays in L1/L2 while every sequence
+// uses it, so the weights are streamed once per call whatever B is (the frame tier at B = 1
+// is DRAM-bound and the sample tier's W3/Wo should stay in cache).
+#pragma once
+
+#include <torch/extension.h>
+
+#include "simd.h"
+
+namespace fastsrnn {
+namespace {
+
+// What happens to W x + b: stored, stored after relu, or added to what Y holds (skip sums).
+enum class Epilogue { kStore, kRelu, kAdd };
+
+// Y[s * N + r] = epi(bias[r] + W[r] . X[s]) for rows [r0, r1) and all S sequences; bias may be null.
+template <int R, int S, typename T>
+inline void rows_tile(const T* W, const float* bias, const float* X, int64_t K, int64_t N,
+                      int64_t r, int64_t s, float* Y, Epilogue epi) {
+  float acc[R][S];
+  dot_tile<R, S>(W + r * K, K, X + s * K, K, K, acc);
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < S; ++t) {
+      const float y = bias ? acc[i][t] + bias[r + i] : acc[i][t];
+      float& dst = Y[(s + t) * N + r + i];
+      dst = epi == Epilogue::kRelu ? std::max(y, 0.0f) : epi == Epilogue::kAdd ? dst + y : y;
+    }
+}
+
+template <int R, typename T>
+inline void rows_all_seqs(const T* W, const float* bias, const float* X, int64_t B, int64_t K,
+                          int64_t N, int64_t r, float* Y, Epilogue epi) {
+  int64_t s = 0;
+  for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq>(W, bias, X, K, N, r, s, Y, epi);
+  for (; s < B; ++s) rows_tile<R, 1>(W, bias, X, K, N, r, s, Y, epi);
+}
+
+template <typename T>
+void linear_rows(const T* W, const float* bias, const float* X, int64_t B, int64_t K, int64_t N,
+                 int64_t r0, int64_t r1, float* Y, Epilogue epi) {
+  constexpr int64_t kBlock = 32;  // rows per block: 128 KB of fp32 weights at K = 1024
+  for (int64_t rb = r0; rb < r1; rb += kBlock) {
+    const int64_t re = std::min(rb + kBlock, r1);
+    int64_t r = rb;
+    for (; r + kTileRows <= re; r += kTileRows) rows_all_seqs<kTileRows>(W, bias, X, B, K, N, r, Y, epi);
+    for (; r < re; ++r) rows_all_seqs<1>(W, bias, X, B, K, N, r, Y, epi);
+  }
+}
+
+// [lo, hi) of n items for thread tid of nth, in chunks that are multiples of align.
+inline void split(int64_t n, int64_t align, int tid, int nth, int64_t& lo, int64_t& hi) {
+  int64_t chunk = (n + nth - 1) / nth;
+  chunk = (chunk + align - 1) / align * align;
+  lo = std::min<int64_t>(n, tid * chunk);
+  hi = std::min<int64_t>(n, lo + chunk);
+}
+
+// A readable error naming the op and the argument, never a crash inside a kernel.
+void check(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape,
+           const char* op = "sample_frame") {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+}  // namespace
+}  // namespace fastsrnn
