@@ -8,6 +8,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, backend_status, make_backend, resolve_backend
+from fastsrnn.backends.frame_step import frame_step
 from fastsrnn.backends.fused import FusedBackend
 from fastsrnn.backends.cpu import CpuBackend, build_extension, sample_frame_cpu
 from fastsrnn.backends.reference import sample_frame_ref
@@ -157,6 +158,7 @@ def _model_cases():
     for rnn in ("lstm", "gru"):
         for B in (1, 3):
             yield pytest.param(ODD, rnn, B, id=f"odd-{rnn}-B{B}")
+        yield pytest.param(dict(ODD, skip=False), rnn, 3, id=f"odd-{rnn}-noskip-B3")
     yield pytest.param({}, "lstm", 3, id="tiny-lstm-B3")
 
 
@@ -192,6 +194,57 @@ def test_backend_generation_matches_eager(over, rnn, B):
         torch.testing.assert_close(states[0].rnn.c, states[1].rnn.c, rtol=1e-4, atol=1e-5)
 
 
+def _frame_cases():
+    for rnn in ("lstm", "gru"):
+        for skip in (True, False):
+            for B in (1, 3):
+                for threads in (1, 2):
+                    yield pytest.param(rnn, skip, B, threads, id=f"{rnn}-{'skip' if skip else 'noskip'}-B{B}-threads{threads}")
+
+
+@pytest.mark.parametrize("rnn,skip,B,threads", list(_frame_cases()))
+def test_op_frame_step_matches_reference(op, rnn, skip, B, threads):
+    """The C++ frame step against frame_step.py (its spec) on the same exported weights:
+    cond and the updated h, c."""
+    cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
+    w = make_backend("ref", _random_model(cfg)).w
+    window = torch.randint(0, cfg.q_levels, (B, cfg.frame_size))
+    rnn_ref = _random_model(cfg).initial_state(B, "random", torch.Generator().manual_seed(2))
+    h, c = rnn_ref.h.clone(), None if rnn_ref.c is None else rnn_ref.c.clone()
+    want = frame_step(w, window, rnn_ref)
+    got = op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, h, c,
+                        cfg.q_levels, threads)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, rnn_ref.h, rtol=1e-5, atol=1e-6)
+    if rnn == "lstm":
+        torch.testing.assert_close(c, rnn_ref.c, rtol=1e-5, atol=1e-6)
+
+
+def test_op_frame_step_rejects_bad_inputs(op):
+    cfg = SampleRNNConfig(**ODD)
+    w = make_backend("ref", _random_model(cfg)).w
+    st = _random_model(cfg).initial_state(2)
+    window = torch.zeros(2, cfg.frame_size, dtype=torch.long)
+    with pytest.raises(ValueError, match=re.escape("frame_step: c must have shape")):
+        op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, st.h,
+                      st.c[:, :1].contiguous(), cfg.q_levels)
+    with pytest.raises(ValueError, match="expected 3 layers"):
+        op.frame_step(w.w_ih[:2], w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, st.h,
+                      st.c, cfg.q_levels)
+    with pytest.raises(TypeError, match=re.escape("frame_step: w_hh[i] must be Float")):
+        op.frame_step(w.w_ih, [t.double() for t in w.w_hh], w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
+                      window, st.h, st.c, cfg.q_levels)
+
+
+def test_op_linear_matches_torch(op):
+    x, wt, b = torch.randn(3, 100), torch.randn(37, 100), torch.randn(37)
+    torch.testing.assert_close(op.linear(x, wt, b, 2), torch.addmm(b, x, wt.t()), rtol=1e-5, atol=1e-5)
+    got = op.linear(x, wt.bfloat16(), b, 2)  # bf16 weights widened exactly, fp32 activations
+    torch.testing.assert_close(got, torch.addmm(b, x, wt.bfloat16().float().t()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="linear: b must have shape"):
+        op.linear(x, wt, b[:5], 0)
+
+
 @pytest.mark.parametrize("rnn,B", [("lstm", 1), ("gru", 3)], ids=["lstm-B1", "gru-B3"])
 def test_backend_teacher_forced_logits_match_parallel_forward(rnn, B):
     cfg = SampleRNNConfig(rnn_type=rnn, **ODD)
@@ -210,6 +263,34 @@ def test_backend_teacher_forced_logits_match_parallel_forward(rnn, B):
     torch.testing.assert_close(got, ref_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(state.rnn.h, ref_state.h, rtol=1e-4, atol=1e-5)
     assert torch.equal(state.window, x[:, -F:])
+
+
+def _forced_logits(be, model, x, B):
+    """Teacher-forced logits (B, T, Q) of backend `be` on samples x (B, F + T)."""
+    F, Q = model.cfg.frame_size, model.cfg.q_levels
+    state = DecodeState(model.initial_state(B), x[:, :F].clone())
+    got = torch.full((B, x.shape[1] - F, Q), float("nan"))
+    for n in range(x.shape[1] // F - 1):
+        be.step_frame(state, torch.rand(B, F), torch.ones(B), forced=x[:, F * (n + 1): F * (n + 2)],
+                      logits_out=got[:, n * F:(n + 1) * F])
+    return got
+
+
+@pytest.mark.parametrize("dtype,B", [(torch.float32, 65), (torch.bfloat16, 3), (torch.bfloat16, 6)],
+                         ids=["fp32-B65-torch-frame-step", "bf16-B3-fused-frame-step", "bf16-B6-torch-frame-step"])
+def test_backend_paths_by_batch_and_precision(dtype, B):
+    """Large batches hand the frame step to torch's BLAS, bf16 weights change the error: the
+    cpu backend's error against the fp32 model is at most twice the `ref` backend's in the
+    same precision (plain PyTorch on the same bf16 weights)."""
+    cfg = SampleRNNConfig.from_name("tiny", n_rnn=3)
+    model = _random_model(cfg)
+    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 4))
+    with torch.no_grad():
+        exact = model(x, model.initial_state(B))[0]
+    opts = dict(dtype=dtype, frame_dtype=dtype)
+    err = (_forced_logits(make_backend("cpu", model, **opts), model, x, B) - exact).abs().max().item()
+    err_ref = (_forced_logits(make_backend("ref", model, **opts), model, x, B) - exact).abs().max().item()
+    assert err <= 2 * err_ref + 1e-6, f"cpu error {err:.2e} vs plain PyTorch's {err_ref:.2e}"
 
 
 class _RefView(FusedBackend):
