@@ -34,7 +34,13 @@ inline void rows_all_seqs(const T* W, const float* bias, const float* X, int64_t
                           int64_t N, int64_t r, float* Y, Epilogue epi) {
   int64_t s = 0;
   for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq>(W, bias, X, K, N, r, s, Y, epi);
-  for (; s < B; ++s) rows_tile<R, 1>(W, bias, X, K, N, r, s, Y, epi);
+  // The remaining sequences in one tile too (B = 2, 3 would otherwise stream W per sequence).
+  switch (B - s) {
+    case 3: if constexpr (kTileSeq > 3) rows_tile<R, 3>(W, bias, X, K, N, r, s, Y, epi); break;
+    case 2: if constexpr (kTileSeq > 2) rows_tile<R, 2>(W, bias, X, K, N, r, s, Y, epi); break;
+    case 1: rows_tile<R, 1>(W, bias, X, K, N, r, s, Y, epi); break;
+    default: break;
+  }
 }
 
 template <typename T>
