@@ -43,23 +43,29 @@ struct Problem {
 };
 
 // a2 = relu(cond + sum_k table[k, hist[k]]) for one sequence; hist points at its F samples.
+// The F rows are summed first, then cond is added (the reference's order).
 template <typename T>
-inline void gather_a2(const Problem<T>& p, const int32_t* hist, const float* cond, float* __restrict a2) {
-  const int64_t H = p.H;
-  for (int64_t h = 0; h < H; ++h) a2[h] = 0.0f;
-  for (int64_t k = 0; k < p.F; ++k) {
-    const T* __restrict row = p.table + (k * p.Q + hist[k]) * H;
-#pragma omp simd
-    for (int64_t h = 0; h < H; ++h) a2[h] += to_float(row[h]);
+inline void gather_a2(const Problem<T>& p, const int32_t* hist, const float* cond, float* a2) {
+  const int64_t H = p.H, QH = p.Q * H;
+  int64_t h = 0;
+  for (; h + Vec::W <= H; h += Vec::W) {
+    Vec acc = Vec::load(p.table + hist[0] * H + h);
+    for (int64_t k = 1; k < p.F; ++k) acc = Vec::add(acc, Vec::load(p.table + k * QH + hist[k] * H + h));
+    Vec::add(acc, Vec::load(cond + h)).relu().store(a2 + h);
   }
-#pragma omp simd
-  for (int64_t h = 0; h < H; ++h) a2[h] = std::max(a2[h] + cond[h], 0.0f);
+  for (; h < H; ++h) {  // tail of H not a multiple of the vector width
+    float acc = to_float(p.table[hist[0] * H + h]);
+    for (int64_t k = 1; k < p.F; ++k) acc += to_float(p.table[k * QH + hist[k] * H + h]);
+    a2[h] = std::max(acc + cond[h], 0.0f);
+  }
 }
 
-// sample_ref exactly: z = (l - max) * inv_t; running sum of exp(z) accumulated in double and
+// sample_ref: z = (l - max) * inv_t; the running sum of exp(z) accumulated in double and
 // rounded to fp32 per element (as torch.cumsum does on the CPU); the first index whose sum
-// exceeds u * total, clamped to Q - 1. argmax: the first maximum.
-inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool argmax, float* scratch) {
+// exceeds u * total, clamped to Q - 1. argmax: the first maximum. The running sum is walked
+// in blocks of 16 (vectorised double sums), then element by element inside the block that
+// crosses: double rounding makes the block order invisible in fp32 but at 1e-16 ties.
+inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool argmax, float* e) {
   float m = logits[0];
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < Q; ++i) m = std::max(m, logits[i]);
@@ -69,13 +75,24 @@ inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool a
     return 0;  // only when logits hold NaN
   }
 #pragma omp simd
-  for (int64_t i = 0; i < Q; ++i) scratch[i] = exp_nonpos((logits[i] - m) * inv_t);
+  for (int64_t i = 0; i < Q; ++i) e[i] = exp_nonpos((logits[i] - m) * inv_t);
+  double total = 0.0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < Q; ++i) total += e[i];
+  const float threshold = u * static_cast<float>(total);
+  constexpr int64_t kBlock = 16;
   double run = 0.0;
-  for (int64_t i = 0; i < Q; ++i) scratch[i] = static_cast<float>(run += scratch[i]);
-  const float threshold = u * scratch[Q - 1];
-  int64_t idx = 0;
-  while (idx < Q && scratch[idx] <= threshold) ++idx;
-  return std::min(idx, Q - 1);
+  int64_t i = 0;
+  for (; i + kBlock <= Q; i += kBlock) {
+    double block = 0.0;
+#pragma omp simd reduction(+ : block)
+    for (int64_t k = 0; k < kBlock; ++k) block += e[i + k];
+    if (static_cast<float>(run + block) > threshold) break;
+    run += block;
+  }
+  for (; i < Q; ++i)
+    if (static_cast<float>(run += e[i]) > threshold) return i;
+  return Q - 1;
 }
 
 struct Scratch {
@@ -162,9 +179,10 @@ void run(const Problem<T>& p, int64_t num_threads) {
 }
 
 void check_samples(const at::Tensor& t, const char* name, int64_t Q) {
-  if (t.numel() == 0) return;
-  const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
-  TORCH_CHECK_VALUE(lo >= 0 && hi < Q, "sample_frame: ", name, " holds samples outside [0, ", Q, "): min ", lo, ", max ", hi);
+  const int64_t* x = t.data_ptr<int64_t>();  // dtype and layout checked before
+  for (int64_t i = 0; i < t.numel(); ++i)
+    TORCH_CHECK_VALUE(x[i] >= 0 && x[i] < Q, "sample_frame: ", name, " holds samples outside [0, ", Q,
+                      "): ", x[i], " at flat index ", i);
 }
 
 }  // namespace

@@ -39,6 +39,9 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
   }
   static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static Vec add(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  Vec relu() const { return {_mm512_max_ps(v, _mm512_setzero_ps())}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
   float sum() const { return _mm512_reduce_add_ps(v); }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -53,6 +56,9 @@ struct Vec {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
   }
   static Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static Vec add(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
+  Vec relu() const { return {_mm256_max_ps(v, _mm256_setzero_ps())}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
   float sum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -71,6 +77,9 @@ struct Vec {
   template <typename T>
   static Vec load(const T* p) { Vec r; for (int i = 0; i < W; ++i) r.v[i] = to_float(p[i]); return r; }
   static Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+  static Vec add(Vec a, Vec b) { for (int i = 0; i < W; ++i) a.v[i] += b.v[i]; return a; }
+  Vec relu() const { Vec r; for (int i = 0; i < W; ++i) r.v[i] = std::max(v[i], 0.0f); return r; }
+  void store(float* p) const { for (int i = 0; i < W; ++i) p[i] = v[i]; }
   float sum() const { float s = 0.f; for (int i = 0; i < W; ++i) s += v[i]; return s; }
 };
 #endif
@@ -108,7 +117,10 @@ inline void dot_tile(const T* __restrict w, int64_t ldw, const float* __restrict
 // a denormal or 0: negligible next to the total, which is at least 1.
 inline float exp_nonpos(float x) {
   x = std::min(std::max(x, -87.0f), 0.0f);
-  float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln 2); for x <= 0 a truncating conversion of a positive number is a floor,
+  // and unlike std::floor it vectorises without -fno-trapping-math
+  const int32_t ni = -static_cast<int32_t>(0.5f - x * 1.44269504088896341f);
+  const float n = static_cast<float>(ni);
   float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -117,9 +129,8 @@ inline float exp_nonpos(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
+  // 2^n from its exponent bits; a builtin bit cast, not memcpy, so that the loop vectorises
+  const float scale = __builtin_bit_cast(float, (ni + 127) << 23);
   return p * scale;
 }
 

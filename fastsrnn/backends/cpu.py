@@ -20,6 +20,9 @@ from .fused import FusedBackend
 _SOURCES = ["cpu/sample_frame.cpp"]
 # Largest batch at which the op's linear beats torch's for the frame step (see frame_mm).
 _FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B = 64, 4
+# -fno-trapping-math -fno-math-errno (as torch's own build): lets the select/floor/exp loops
+# vectorise; no -ffast-math, so sums keep their order and NaN/Inf keep their meaning.
+_CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 _HINT = "install g++ and ninja (pip install ninja), or use backend='eager'"
 
 
@@ -36,7 +39,7 @@ def build_extension(isa: Optional[str] = None):
             raise BuildError(f"isa={isa!r}: this CPU supports at most {level!r}")
         flags = {"generic": [], "avx2": ["-mavx2", "-mfma", "-mf16c"]}[isa]
     try:
-        return load_extension("cpu", _SOURCES, extra_cflags=["-O3", "-fopenmp", "-std=c++17", *flags],
+        return load_extension("cpu", _SOURCES, extra_cflags=[*_CFLAGS, *flags],
                               extra_ldflags=["-fopenmp"])
     except BuildError as e:
         raise BuildError(f"{e}\nTo fix: {_HINT}.") from e
