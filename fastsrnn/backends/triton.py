@@ -1,0 +1,80 @@
+"""The ``triton`` backend: the frame step in torch (cuBLAS), the F sample steps of a frame in one
+Triton launch (kernels/sample_frame.py), optionally the whole frame replayed as a CUDA graph.
+
+On a CUDA device it runs compiled; on the CPU it runs only under TRITON_INTERPRET=1 (Triton's
+interpreter, for tests: slow, but the same kernel code).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import env
+from .graphs import GraphedFusedBackend
+
+
+def _import_kernel():
+    from fastsrnn.kernels.sample_frame import sample_frame_triton
+
+    return sample_frame_triton
+
+
+class TritonBackend(GraphedFusedBackend):
+    name = "triton"
+
+    def __init__(self, model, device="cuda", dtype: torch.dtype = torch.float32,
+                 frame_dtype: Optional[torch.dtype] = None, graphs: Optional[bool] = None,
+                 block_b: Optional[int] = None):
+        """dtype: sample-tier weights (float32 or bfloat16); frame_dtype: frame-tier weights;
+        graphs: replay each frame as a CUDA graph (default: on CUDA devices); block_b: sequences
+        per Triton program (a power of two; default min(B, 4))."""
+        ok, why = self.is_available(torch.device(device))
+        if not ok:
+            raise RuntimeError(f"triton backend unavailable: {why}")
+        super().__init__(model, device, dtype, frame_dtype)
+        self._op = _import_kernel()
+        self.block_b = block_b
+        self._setup_graphs(graphs)
+
+    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
+        w = self.w
+        # The kernel wants dense tensors; callers may pass views (a slice of a longer logits buffer).
+        win = window if window.is_contiguous() else window.contiguous()
+        lg = logits_out if logits_out is None or logits_out.is_contiguous() else logits_out.contiguous()
+        self._op(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
+                 inv_temperature.contiguous(), bool(argmax), out,
+                 None if forced is None else forced.contiguous(), lg, block_b=self.block_b)
+        for dst, src in ((window, win), (logits_out, lg)):
+            if dst is not None and dst is not src:
+                dst.copy_(src)
+
+    @classmethod
+    def is_available(cls, device) -> Tuple[bool, str]:
+        """(ok, reason): a CUDA device with Triton, or the CPU under TRITON_INTERPRET=1."""
+        device = torch.device(device)
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            return False, f"triton is not installed ({e}); pip install triton"
+        if device.type == "cpu":
+            if not env.triton_interpret():
+                return False, ("the triton backend needs a CUDA device (on the CPU only with "
+                               "TRITON_INTERPRET=1, for tests)")
+            try:
+                from fastsrnn.kernels import sample_frame as kmod
+            except Exception as e:
+                return False, f"the Triton kernel failed to import: {e}"
+            if not kmod.INTERPRETED or kmod._MODE_MISMATCH:
+                return False, (kmod._MODE_MISMATCH or "TRITON_INTERPRET=1 was set after triton was imported "
+                               "(compiled mode); set it before anything imports triton")
+            return True, "Triton interpreter on the CPU (TRITON_INTERPRET=1; slow, for tests)"
+        if device.type != "cuda":
+            return False, f"the triton backend runs on CUDA devices, not {device}"
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device (CPU-only torch build or no driver)"
+        try:
+            _import_kernel()
+        except Exception as e:  # a Triton too old for the kernel's language features
+            return False, f"the Triton kernel failed to import: {e}"
+        return True, f"Triton kernel on {torch.cuda.get_device_name(device)}"
