@@ -127,6 +127,10 @@ def _build(name, srcs, key, cflags, cuda_cflags, ldflags, cuda, verbose):
     mod_name = f"fastsrnn_{name}_{key}"  # unique per variant: one process may load several
     build_dir = env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
     build_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(build_dir)
+    if not any(build_dir.glob(f"{mod_name}*.so")):
+        print(f"fastsrnn: compiling the {name} extension into {build_dir} (first use only, about a minute)",
+              file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
             name=mod_name, sources=[str(p) for p in srcs], extra_cflags=list(cflags),
@@ -138,6 +142,19 @@ def _build(name, srcs, key, cflags, cuda_cflags, ldflags, cuda, verbose):
         tail = "\n".join(detail[-15:])
         raise BuildError(f"building the {name} extension in {build_dir} failed "
                          f"(set FASTSRNN_BUILD_VERBOSE=1 for the compiler's output):\n{tail}") from e
+
+
+def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
+    """torch waits forever on the lock a killed build left behind: remove one that old."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > max_age_s:
+        print(f"fastsrnn: removing a stale build lock {lock} ({age:.0f} s old; a build was interrupted)",
+              file=sys.stderr, flush=True)
+        lock.unlink(missing_ok=True)
 
 
 def build_all(names: Sequence[str] = tuple(EXTENSIONS)) -> Dict[str, Tuple[bool, str]]:

@@ -373,3 +373,20 @@ def test_narrower_isa_builds_match_reference(isa):
     got, u = _run_frames(lambda *a, num_threads: mod.sample_frame(*a, num_threads), w, 3, 4, False, inv_t, False, 2)
     want, _ = _run_frames(sample_frame_ref, w, 3, 4, False, inv_t, False, None)
     _compare(got, want, u, inv_t)
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    """A build killed mid-way leaves torch's lock file, on which later builds would wait forever."""
+    import os
+    import time
+
+    from fastsrnn.build import _clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    _clear_stale_lock(tmp_path)
+    assert lock.exists()  # a build may be running: a fresh lock stays
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    _clear_stale_lock(tmp_path)
+    assert not lock.exists()
