@@ -1,8 +1,11 @@
-"""The ``cpu`` backend: the fused C++ sample-frame kernel (csrc/cpu/sample_frame.cpp).
+"""The ``cpu`` backend: fused C++ kernels (csrc/cpu/), JIT-built on first use and cached.
 
-The frame step is FusedBackend's (torch BLAS); all F sample steps of a frame run in one call
-of the compiled op, multi-threaded and vectorized, with nothing returning to Python per
-sample. The extension is JIT-built on first use (fastsrnn.build) and cached on disk.
+Per frame, two calls: the frame step (csrc/cpu/frame_step.h, the twin of frame_step.py) and
+all F sample steps (csrc/cpu/sample_frame.cpp, the twin of reference.sample_frame_ref), each
+multi-threaded (OpenMP, rows of every matrix split across cores) and vectorized (AVX-512,
+AVX2 or portable), with nothing returning to Python per sample. Large batches hand the frame
+step's products to torch's BLAS, which wins there. Weights: fp32, or bf16 storage (dtype,
+frame_dtype) widened exactly to fp32 in the kernels, activations and sums stay fp32.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from .fused import FusedBackend
 
 _SOURCES = ["cpu/sample_frame.cpp"]
 # Largest batch at which the op's linear beats torch's for the frame step (see frame_mm).
-_FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B = 64, 4
+_FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B = 128, 4
 # -fno-trapping-math -fno-math-errno (as torch's own build): lets the select/floor/exp loops
 # vectorise; no -ffast-math, so sums keep their order and NaN/Inf keep their meaning.
 _CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
@@ -73,7 +76,9 @@ class CpuBackend(FusedBackend):
                  frame_dtype: Optional[torch.dtype] = None, num_threads: Optional[int] = None):
         ok, why = self.is_available(torch.device(device))
         if not ok:
-            raise RuntimeError(f"cpu backend unavailable: {why}")
+            from . import BackendUnavailable
+
+            raise BackendUnavailable(f"cpu backend unavailable: {why}")
         super().__init__(model, device, dtype, frame_dtype)
         self._op = build_extension()
         self.num_threads = num_threads if num_threads is not None else (env.num_threads() or 0)
@@ -82,7 +87,7 @@ class CpuBackend(FusedBackend):
 
     def frame_mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x (B, K) @ w.T + b for the frame step: the op's weight-streaming kernel where it beats
-        torch's BLAS (measured on a 2-core EPYC: fp32 at every B up to 32, 2x at B = 1 where the
+        torch's BLAS (measured on a 2-core EPYC: fp32 at every B up to 128, 2x at B = 1 where the
         frame tier is DRAM-bound; bf16 up to B = 4), else frame_step's torch product."""
         if x.shape[0] <= (_FP32_STREAM_MAX_B if w.dtype == torch.float32 else _BF16_STREAM_MAX_B):
             return self._op.linear(x.contiguous(), w, b, self.num_threads)
