@@ -354,7 +354,7 @@ def test_build_reports_missing_tools(tmp_path, monkeypatch):
 
 def test_build_cli(op, capsys):
     assert main(["cpu"]) == 0
-    assert "cpu    ok" in capsys.readouterr().out
+    assert "cpu    ok     ready" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["nonsense"])
 
