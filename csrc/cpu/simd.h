@@ -130,7 +130,19 @@ inline float exp_nonpos(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // 2^n from its exponent bits; a builtin bit cast, not memcpy, so that the loop vectorises
-  const float scale = __builtin_bit_cast(float, (ni + 127) << 23);
+  // (compilers without it, GCC < 11, get a scalar but correct loop)
+  const int32_t bits = (ni + 127) << 23;
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_bit_cast)
+#define FASTSRNN_HAS_BIT_CAST 1
+#endif
+#endif
+#ifdef FASTSRNN_HAS_BIT_CAST
+  const float scale = __builtin_bit_cast(float, bits);
+#else
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+#endif
   return p * scale;
 }
 
