@@ -222,14 +222,15 @@ def check_backend_generation_matches_eager(over, rnn, B, n_frames):
 
 
 def _forced_logits(be, model, x, B):
-    """Teacher-forced logits (B, T, Q) of backend `be` on samples x (B, F + T), written into
-    slices (views) of one poisoned buffer."""
-    F, Q = model.cfg.frame_size, model.cfg.q_levels
+    """Teacher-forced logits (B, T, Q) of backend `be` on samples x (B, F + T) (on the model's
+    device), written into slices (views) of one poisoned buffer; also the final state."""
+    F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, x.device
     state = DecodeState(model.initial_state(B), x[:, :F].clone())
-    got = torch.full((B, x.shape[1] - F, Q), float("nan"))
+    got = torch.full((B, x.shape[1] - F, Q), float("nan"), device=dev)
     for n in range(x.shape[1] // F - 1):
         tgt = x[:, F * (n + 1): F * (n + 2)]
-        drawn = be.step_frame(state, torch.rand(B, F), torch.ones(B), forced=tgt, logits_out=got[:, n * F:(n + 1) * F])
+        drawn = be.step_frame(state, torch.rand(B, F, device=dev), torch.ones(B, device=dev), forced=tgt,
+                              logits_out=got[:, n * F:(n + 1) * F])
         assert torch.equal(drawn, tgt)
     assert torch.equal(state.window, x[:, -F:])
     return got, state
