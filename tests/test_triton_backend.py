@@ -49,6 +49,40 @@ def test_triton_interpreter_checks():
     assert m and int(m.group(1)) >= MIN_CHECKS and "skipped" not in r.stdout, f"checks were lost:\n{log}"
 
 
+COMPILE_CASES = {  # (F, Q, H, B, weights, mode, GPU arch)
+    "paper-bf16-sample-sm90": (16, 256, 1024, 3, "bf16", "sample", 90),
+    "paper-fp32-argmax-sm80": (16, 256, 1024, 1, "fp32", "argmax", 80),
+    "odd-fp32-forced-sm90": (3, 7, 100, 3, "fp32", "forced", 90),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILE_CASES))
+def test_kernel_compiles_for_gpu(case):
+    """The kernel through Triton's whole compiler (TTIR, TTGIR, LLVM, PTX, cubin) for a GPU
+    target, without a GPU: catches what the interpreter does not check (types of loop-carried
+    values, layouts, register limits)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastsrnn.kernels.sample_frame import _sample_frame_kernel, launch_config
+
+    if type(_sample_frame_kernel).__name__ == "InterpretedFunction":
+        pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
+    F, Q, H, B, wdt, mode, arch = COMPILE_CASES[case]
+    cfg = launch_config(B, F, Q, H)
+    warps = cfg.pop("num_warps")
+    w = "*bf16" if wdt == "bf16" else "*fp32"
+    types = [w, "*fp32", w, "*fp32", w, "*fp32", "*i64", "*fp32", "*fp32", "*i64", "*i64", "*fp32", "i32", "i32", "i32"]
+    names = ["table", "cond", "w3", "b3", "wo", "bo", "window", "uniforms", "inv_t", "out", "forced", "logits_out",
+             "B", "Q", "H"]
+    const = dict(F=F, ARGMAX=mode == "argmax", HAS_FORCED=mode == "forced", HAS_LOGITS=True, **cfg)
+    sig = dict(zip(names, types), **{k: "constexpr" for k in const})
+    src = ASTSource(fn=_sample_frame_kernel, signature=sig, constexprs=const)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps))
+    assert ".visible .entry _sample_frame_kernel" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
+
+
 def _weights(F, Q, H, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
