@@ -43,6 +43,14 @@ struct Vec {
   Vec relu() const { return {_mm512_max_ps(v, _mm512_setzero_ps())}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   float sum() const { return _mm512_reduce_add_ps(v); }
+  // The four horizontal sums of a[0..3] at once (a quarter of the shuffles of four sum()s).
+  static void sum4(const Vec* a, float* out) {
+    __m256 h[4];
+    for (int i = 0; i < 4; ++i)
+      h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i].v), _mm512_extractf32x8_ps(a[i].v, 1));
+    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
+  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr const char* kIsa = "avx2";
@@ -65,6 +73,10 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static void sum4(const Vec* a, float* out) {
+    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a[0].v, a[1].v), _mm256_hadd_ps(a[2].v, a[3].v));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
+  }
 };
 #else
 constexpr const char* kIsa = "generic";
@@ -81,6 +93,7 @@ struct Vec {
   Vec relu() const { Vec r; for (int i = 0; i < W; ++i) r.v[i] = std::max(v[i], 0.0f); return r; }
   void store(float* p) const { for (int i = 0; i < W; ++i) p[i] = v[i]; }
   float sum() const { float s = 0.f; for (int i = 0; i < W; ++i) s += v[i]; return s; }
+  static void sum4(const Vec* a, float* out) { for (int i = 0; i < 4; ++i) out[i] = a[i].sum(); }
 };
 #endif
 
@@ -105,8 +118,12 @@ inline void dot_tile(const T* __restrict w, int64_t ldw, const float* __restrict
       for (int s = 0; s < S; ++s) acc[r][s] = Vec::fma(wv, xv[s], acc[r][s]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int s = 0; s < S; ++s) out[r][s] = acc[r][s].sum();
+  if constexpr ((R * S) % 4 == 0) {  // acc and out are both r-major: reduce 4 at a time
+    for (int i = 0; i < R * S; i += 4) Vec::sum4(&acc[0][0] + i, &out[0][0] + i);
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int s = 0; s < S; ++s) out[r][s] = acc[r][s].sum();
+  }
   for (; k < K; ++k)  // tail of K not a multiple of the vector width (H = 100)
     for (int r = 0; r < R; ++r)
       for (int s = 0; s < S; ++s) out[r][s] += to_float(w[r * ldw + k]) * x[s * ldx + k];
