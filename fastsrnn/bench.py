@@ -1,0 +1,271 @@
+"""``fastsrnn bench``: samples per second of each generation backend against the eager reference.
+
+Correctness first (llm.c): every backend generates a few frames from the same model, state and
+uniforms as eager and must draw the same integers (a mismatch is accepted only at a CDF near-tie,
+and reported); a backend that disagrees is refused, not timed. Then per (preset, n_seq, backend):
+median seconds per frame over repeats, after warm-up, synchronised on GPUs. Units: samples/s per
+sequence and in aggregate, real-time factor, speedup over eager in the same run, achieved GB/s,
+and the fraction of this machine's floor (a matrix product and a memory copy measured in the
+same run). Variants: ``cpu:bf16`` (bf16 weights, fp32 accumulation), ``cuda:nograph``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .backends import DecodeState, available_backends, make_backend
+from .config import SampleRNNConfig
+from .export import export_inference
+from .model import SampleRNN
+from .sampling import cdf_margin
+
+NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)
+
+
+@dataclass
+class Row:
+    preset: str
+    n_seq: int
+    backend: str
+    ms_per_frame: float
+    samples_per_s_per_seq: float
+    samples_per_s: float
+    realtime_factor: float
+    speedup_vs_eager: Optional[float]
+    gb_per_s: float
+    floor_fraction: float
+    check: str
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_floor(device: torch.device, quick: bool = False) -> dict:
+    """This machine's limits, measured now: fp32 matmul GFLOP/s and copy GB/s (read + write)."""
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    src = torch.randn((64 if quick else 256) * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+
+    def best(fn, reps=5):
+        fn()
+        _sync(device)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    gflops = 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e9
+    gbs = 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9
+    return {"matmul_gflops": gflops, "copy_gb_per_s": gbs}
+
+
+def frame_cost(cfg: SampleRNNConfig, n_seq: int, weight_bytes: int) -> dict:
+    """Multiply-adds and the fewest bytes of one frame for n_seq sequences (after the folds)."""
+    F, H, Q, L, G = cfg.frame_size, cfg.dim, cfg.q_levels, cfg.n_rnn, cfg.gates
+    frame_macs = L * G * H * (2 * H + F) + (L * H * H if cfg.skip and L > 1 else 0) + F * H * H
+    sample_macs = F * (H * H + Q * H + F * H)  # W3, Wo, F table rows per step
+    return {"flops": 2 * n_seq * (frame_macs + sample_macs), "bytes": weight_bytes}
+
+
+def _parse_variant(variant: str):
+    name, _, opts = variant.partition(":")
+    kw = {}
+    for opt in filter(None, opts.split(",")):
+        if opt == "bf16":
+            kw.update(dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
+        elif opt == "nograph":
+            kw["graphs"] = False
+        else:
+            raise ValueError(f"backend variant {variant!r}: unknown option {opt!r} (bf16, nograph)")
+    return name, kw
+
+
+def _fresh_state(model, n_seq: int, device, seed: int) -> DecodeState:
+    g = torch.Generator().manual_seed(seed)
+    window = torch.randint(0, model.cfg.q_levels, (n_seq, model.cfg.frame_size), generator=g)
+    return DecodeState(model.initial_state(n_seq, "random", g), window).to(device)
+
+
+def check_against_eager(model, be, eager_be, n_seq: int, device, frames: int = 3) -> str:
+    """Generate ``frames`` frames with both; 'match', 'near-tie (margin m)' or raise."""
+    F, Q = model.cfg.frame_size, model.cfg.q_levels
+    g = torch.Generator().manual_seed(1234)
+    us = [torch.rand(n_seq, F, generator=g).to(device) for _ in range(frames)]
+    inv_t = torch.ones(n_seq, device=device)
+    s_ref, s_be = _fresh_state(model, n_seq, device, 7), _fresh_state(model, n_seq, device, 7)
+    for u in us:
+        logits = torch.empty(n_seq, F, Q, device=device)
+        x_ref = eager_be.step_frame(s_ref, u, inv_t, logits_out=logits)
+        x_be = be.step_frame(s_be, u, inv_t)
+        bad = (x_ref != x_be).nonzero()
+        if len(bad):
+            b, j = bad[0].tolist()
+            margin = float(cdf_margin(logits[b, j][None].cpu(), u[b, j][None].cpu(), inv_t[b][None].cpu())[0])
+            if margin > NEAR_TIE:
+                raise RuntimeError(f"backend {be.name} draws {int(x_be[b, j])} where eager draws {int(x_ref[b, j])} "
+                                   f"(sequence {b}, step {j}, CDF margin {margin:.2e}): refusing to time it")
+            return f"near-tie (margin {margin:.1e})"
+    return "match"
+
+
+def time_backend(model, be, n_seq: int, device, frames: int, repeats: int) -> float:
+    """Median seconds per frame; state allocated and uniforms drawn outside the timed region."""
+    F = model.cfg.frame_size
+    state = _fresh_state(model, n_seq, device, 3)
+    us = [torch.rand(n_seq, F, device=device) for _ in range(frames)]
+    inv_t = torch.ones(n_seq, device=device)
+    for u in us[:2]:  # warm-up: builds, graph captures, caches
+        be.step_frame(state, u, inv_t)
+    _sync(device)
+    per_frame = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for u in us:
+            be.step_frame(state, u, inv_t)
+        _sync(device)
+        per_frame.append((time.perf_counter() - t) / frames)
+    return statistics.median(per_frame)
+
+
+def _weight_bytes(model, variant_kw) -> int:
+    w = export_inference(model).to("cpu", variant_kw.get("dtype"), variant_kw.get("frame_dtype"))
+    return w.nbytes_frame_tier() + w.nbytes_sample_tier()
+
+
+def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, frames: int, repeats: int,
+                 floor: dict, progress=None) -> List[Row]:
+    cfg = SampleRNNConfig.from_name(preset)
+    torch.manual_seed(0)
+    model = SampleRNN(cfg).eval().to(device)
+    rows = []
+    for n_seq in n_seqs:
+        eager = make_backend("eager", model, device)
+        backends, checks = {}, {}
+        for variant in variants:  # correctness first: nothing is timed until every backend agrees
+            name, kw = _parse_variant(variant)
+            backends[variant] = eager if name == "eager" else make_backend(name, model, device, **kw)
+            checks[variant] = "reference" if name == "eager" else (
+                "bf16 weights" if "dtype" in kw else check_against_eager(model, backends[variant], eager, n_seq, device))
+        if progress is not None:
+            progress.write(f"{preset} n_seq={n_seq}: all results match ({', '.join(f'{v}: {c}' for v, c in checks.items())}). "
+                           "Starting benchmarks.")
+        t_eager = None
+        for variant, be in backends.items():
+            name, kw = _parse_variant(variant)
+            t = time_backend(model, be, n_seq, device, max(2, frames // (4 if name == "eager" else 1)), repeats)
+            t_eager = t if name == "eager" else t_eager
+            cost = frame_cost(cfg, n_seq, _weight_bytes(model, kw))
+            floor_t = max(cost["flops"] / (floor["matmul_gflops"] * 1e9), cost["bytes"] / (floor["copy_gb_per_s"] * 1e9))
+            per_seq = cfg.frame_size / t
+            rows.append(Row(preset, n_seq, variant, t * 1e3, per_seq, per_seq * n_seq, per_seq / cfg.sample_rate,
+                            (t_eager / t) if t_eager else None, cost["bytes"] / t / 1e9, floor_t / t, checks[variant]))
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix_str(f"{preset} B={n_seq} {variant}: {per_seq:,.0f} samples/s/seq")
+    return rows
+
+
+def machine_info(device) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def versions() -> dict:
+    from . import __version__
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "fastsrnn": __version__}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        v["triton"] = None
+    try:
+        v["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                         cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        v["git_commit"] = None
+    return v
+
+
+def format_table(rows: List[Row]) -> str:
+    head = ("| preset | n_seq | backend | ms/frame | samples/s/seq | samples/s total | x real time | vs eager "
+            "| GB/s | of floor | check |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines = [head]
+    for r in rows:
+        speed = f"{r.speedup_vs_eager:.1f}x" if r.speedup_vs_eager else "-"
+        lines.append(f"| {r.preset} | {r.n_seq} | {r.backend} | {r.ms_per_frame:.2f} | {r.samples_per_s_per_seq:,.0f} | "
+                     f"{r.samples_per_s:,.0f} | {r.realtime_factor:.3f} | {speed} | {r.gb_per_s:.1f} | "
+                     f"{100 * r.floor_fraction:.0f}% | {r.check} |")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__.split("\n\n")[0] + " Correctness is checked first; results print as a table."
+    p.add_argument("--presets", nargs="+", default=["tiny", "dadabots-2tier"], help="model presets to time")
+    p.add_argument("--n-seq", nargs="+", type=int, default=None, help="sequences in parallel [default: 1 8 32; 1 8 32 128 on GPU]")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="backends (variants: cpu:bf16, cuda:nograph, triton:bf16) [default: eager and every fused one available]")
+    p.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
+    p.add_argument("--frames", type=int, default=8, help="frames per timed repeat (eager uses a quarter) [default: 8]")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported [default: 3]")
+    p.add_argument("--quick", action="store_true", help="smaller floor measurement, 2 repeats (a smoke run)")
+    p.add_argument("--json", help="write machine, versions, config, floor and rows to this JSON file")
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    device = torch.device(args.device)
+    n_seqs = args.n_seq or ([1, 8, 32, 128] if device.type == "cuda" else [1, 8, 32])
+    variants = args.backends or ["eager"] + [n for n, (ok, _) in available_backends(device).items()
+                                             if ok and n not in ("eager", "ref")]
+    repeats = 2 if args.quick else args.repeats
+    floor = measure_floor(device, args.quick)
+    print(f"floor on this machine: {floor['matmul_gflops']:.1f} GFLOP/s fp32 matmul, {floor['copy_gb_per_s']:.1f} GB/s copy")
+    rows = []
+    with tqdm(total=len(args.presets) * len(n_seqs) * len(variants), desc="bench", unit="row") as bar:
+        for preset in args.presets:
+            rows += bench_preset(preset, n_seqs, variants, device, args.frames, repeats, floor, bar)
+    print(format_table(rows))
+    if args.json:
+        payload = {"machine": machine_info(device), "versions": versions(), "floor": floor,
+                   "config": {"presets": args.presets, "n_seq": n_seqs, "backends": variants, "frames": args.frames,
+                              "repeats": repeats, "device": str(device)}, "rows": [asdict(r) for r in rows]}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fastsrnn bench", formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
