@@ -1,0 +1,2 @@
+"""fastsrnn benchmarks: pytest-benchmark suites (``pytest benchmarks``) and the table runner
+(``python -m benchmarks`` = ``fastsrnn bench``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from fastsrnn.bench import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The benchmark runner: correctness first (refuses a disagreeing backend), then its table and JSON."""
+import json
+
+import pytest
+import torch
+
+from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn.backends import make_backend
+from fastsrnn.backends.fused import FusedBackend
+from fastsrnn.bench import check_against_eager, main
+
+SMALL = dict(frame_size=4, emb_size=8, dim=32, n_rnn=2, q_levels=16)
+
+
+def test_runner_writes_table_and_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("fastsrnn.config", fromlist=["PRESETS"]).PRESETS, "bench-small",
+                        SampleRNNConfig(**SMALL))
+    out = tmp_path / "b.json"
+    assert main(["--presets", "bench-small", "--n-seq", "1", "2", "--backends", "eager", "ref", "cpu",
+                 "--frames", "4", "--quick", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| bench-small | 2 | cpu |" in text and "all results match" in text.lower()
+    payload = json.loads(out.read_text())
+    assert {"machine", "versions", "floor", "config", "rows"} <= set(payload)
+    assert payload["versions"]["torch"] == torch.__version__
+    rows = payload["rows"]
+    assert len(rows) == 6 and all(r["samples_per_s_per_seq"] > 0 and r["floor_fraction"] > 0 for r in rows)
+    assert all(r["speedup_vs_eager"] for r in rows)
+
+
+class _WrongBackend(FusedBackend):
+    """Draws one level higher than it should: the runner must refuse to time it."""
+
+    name = "wrong"
+
+    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
+        super().sample_frame(cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+        out.add_(1).clamp_(max=self.cfg.q_levels - 1)
+
+
+def test_refuses_a_backend_that_disagrees():
+    torch.manual_seed(0)
+    model = SampleRNN(SampleRNNConfig(**SMALL)).eval()
+    eager = make_backend("eager", model, "cpu")
+    assert check_against_eager(model, make_backend("ref", model, "cpu"), eager, 3, "cpu").startswith(("match", "near-tie"))
+    with pytest.raises(RuntimeError, match="refusing to time it"):
+        check_against_eager(model, _WrongBackend(model, "cpu"), eager, 3, "cpu")
