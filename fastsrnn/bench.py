@@ -241,6 +241,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     device = torch.device(args.device)
+    if device.type == "cuda":  # fp32 means fp32: TF32 would make eager and the kernels disagree
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     n_seqs = args.n_seq or ([1, 8, 32, 128] if device.type == "cuda" else [1, 8, 32])
     variants = args.backends or ["eager"] + [n for n, (ok, _) in available_backends(device).items()
                                              if ok and n not in ("eager", "ref")]
