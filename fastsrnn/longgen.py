@@ -9,7 +9,6 @@ Memory is bounded by one chunk: nothing grows with the length generated.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -24,19 +23,12 @@ from .atomic import atomic_path, atomic_write_text
 from .audio import AudioStreamWriter
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .generate import Generator, prime_levels
+from .prepare import file_sha256
 from .memory import check_generation_fits
 
 SETTINGS, STATE = "generation.json", "state.pt"
 FORMAT = "fastsrnn-generation"
 PEAK_TARGET, MAX_GAIN, SILENT_RMS = 0.9, 10.0, 1e-3
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class GenerationRun:
@@ -66,7 +58,7 @@ class GenerationRun:
         levels = prime_levels(prime, model.cfg, prime_seconds) if prime is not None else None
         gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
                         backend=backend, device=device, prime=levels)
-        settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path), "checkpoint_sha256": _sha256(ckpt_path),
+        settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
                     "seconds": seconds, "n_samples": int(round(seconds * sr)), "sample_rate": sr, "n_seq": n_seq,
                     "temperature": temperature, "argmax": argmax, "h0": h0, "seed": seed,
                     "prime": None if prime is None else str(Path(prime).resolve()), "prime_seconds": prime_seconds,
@@ -89,7 +81,7 @@ class GenerationRun:
         if not (out / STATE).is_file():
             raise FileNotFoundError(f"{out}: no {STATE} to resume from (the run died before its first save); start it again in a new --out")
         ckpt_path = Path(settings["checkpoint"])
-        if not ckpt_path.is_file() or _sha256(ckpt_path) != settings["checkpoint_sha256"]:
+        if not ckpt_path.is_file() or file_sha256(ckpt_path) != settings["checkpoint_sha256"]:
             raise ValueError(f"{out}: its checkpoint {ckpt_path} is missing or has changed since the run started; cannot resume exactly")
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         gen = Generator(model, settings["n_seq"], temperature=settings["temperature"], argmax=settings["argmax"],
