@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 SILENT_DBFS = -50.0  # below this RMS a clip is silent
 NOISY_FLATNESS = 0.5  # spectral flatness of white noise is ~1, of music well under 0.3
 TRAP_CORRELATION = 0.95  # envelope self-similarity at one lag over the second half (riff-based music reaches ~0.92)
@@ -85,7 +87,8 @@ def plot_metrics(run_dir) -> Path:
     ax.grid(alpha=0.3)
     out = run_dir / "metrics.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out
 

@@ -314,6 +314,12 @@ def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
                "samples_dir": str(loop.run / "samples"), "train_seconds": round(pos.elapsed, 2)}
     if loop.dist.rank0:
         _append_metrics(loop.run / "metrics.jsonl", {"step": pos.step, "best_step": pos.best_step, "test_bits": test})
+        try:  # matplotlib is the optional 'plot' extra
+            from .analysis import plot_metrics
+
+            summary["plot"] = str(plot_metrics(loop.run))
+        except ImportError:
+            pass
         atomic_write_text(loop.run / "summary.json", json.dumps(summary, indent=2) + "\n")
         loop.log(f"done: best valid {summary['best_valid_bits']} bits at step {pos.best_step}, test {test} bits/sample")
     return summary

@@ -27,3 +27,14 @@ def test_verdicts():
     assert analyze_clip(rng.uniform(-0.5, 0.5, SR * 4), SR).verdict == "noise"
     assert analyze_clip(_riff(8, 1, vary=False), SR).verdict == "trap"
     assert analyze_clip(_riff(8, 2, vary=True), SR).verdict == "ok"
+
+
+def test_metrics_plot(tmp_path):
+    import json
+
+    rows = [{"step": s, "train_bits": 8 - s / 10, "valid_bits": 7.5 - s / 10} for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "test_bits": 4.0}\n')
+    from fastsrnn.analysis import plot_metrics
+
+    out = plot_metrics(tmp_path)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.part"))
