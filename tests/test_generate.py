@@ -135,3 +135,34 @@ def test_bad_inputs_are_clear_errors(tmp_path, ckpt):
         GenerationRun.create(ckpt, tmp_path / "o5", seconds=1, prime=tmp_path / "bad.wav", device="cpu")
     for name in ("o1", "o2", "o3", "o4", "o5"):  # nothing half-made left behind
         assert not (tmp_path / name / "generation.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_resume_after_sigkill_gives_the_uninterrupted_audio(tmp_path, ckpt):
+    """A real kill (SIGKILL mid-run) of `fastsrnn generate`, then `--resume`: identical files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fastsrnn.cli import main
+
+    args = [str(ckpt), "--seconds", "16", "--n-seq", "2", "--seed", "9", "--backend", "eager", "--device", "cpu",
+            "--chunk-seconds", "0.5", "--save-every", "1", "--no-progress"]
+    assert main(["generate", *args, "--out", str(tmp_path / "whole")]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "fastsrnn", "generate", *args, "--out", str(tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / STATE
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["stats"]["written"] >= 3 * 800:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the generation finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "seq_000.wav").exists()
+    assert main(["generate", "--resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    for a, b in zip(_final_audio(tmp_path / "whole"), _final_audio(tmp_path / "killed")):
+        assert len(a) == 16 * 800 and np.array_equal(a, b)
