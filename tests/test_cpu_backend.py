@@ -14,6 +14,7 @@ from fastsrnn.backends.cpu import CpuBackend, build_extension, sample_frame_cpu
 from fastsrnn.backends.reference import sample_frame_ref
 from fastsrnn.build import BuildError, _key, csrc_dir, isa_level, load_extension, main
 from fastsrnn.sampling import cdf_margin
+from model_helpers import random_model
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
 TINY = SampleRNNConfig.from_name("tiny")
@@ -145,14 +146,6 @@ def test_op_rejects_bad_inputs(op, case):
         sample_frame_cpu(**args)
 
 
-def _random_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = SampleRNN(cfg).eval()
-    with torch.no_grad():  # non-trivial h0 and weights, so nothing is hidden by zeros
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
-
 
 def _model_cases():
     for rnn in ("lstm", "gru"):
@@ -184,7 +177,7 @@ def test_backend_generation_matches_eager(over, rnn, B):
     """Whole generations (several frames) of the cpu backend against the eager model: same
     integers, logits within fp32 tolerance, and the same state (window, h, c)."""
     cfg = SampleRNNConfig.from_name("tiny", rnn_type=rnn, **over)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     F, Q = cfg.frame_size, cfg.q_levels
     cpu, eager = make_backend("cpu", model, num_threads=2), make_backend("eager", model)
     states = _generate([cpu, eager], model, B, 4, torch.linspace(0.8, 1.25, B))
@@ -207,9 +200,9 @@ def test_op_frame_step_matches_reference(op, rnn, skip, B, threads):
     """The C++ frame step against frame_step.py (its spec) on the same exported weights:
     cond and the updated h, c."""
     cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
-    w = make_backend("ref", _random_model(cfg)).w
+    w = make_backend("ref", random_model(cfg)).w
     window = torch.randint(0, cfg.q_levels, (B, cfg.frame_size))
-    rnn_ref = _random_model(cfg).initial_state(B, "random", torch.Generator().manual_seed(2))
+    rnn_ref = random_model(cfg).initial_state(B, "random", torch.Generator().manual_seed(2))
     h, c = rnn_ref.h.clone(), None if rnn_ref.c is None else rnn_ref.c.clone()
     want = frame_step(w, window, rnn_ref)
     got = op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, h, c,
@@ -222,8 +215,8 @@ def test_op_frame_step_matches_reference(op, rnn, skip, B, threads):
 
 def test_op_frame_step_rejects_bad_inputs(op):
     cfg = SampleRNNConfig(**ODD)
-    w = make_backend("ref", _random_model(cfg)).w
-    st = _random_model(cfg).initial_state(2)
+    w = make_backend("ref", random_model(cfg)).w
+    st = random_model(cfg).initial_state(2)
     window = torch.zeros(2, cfg.frame_size, dtype=torch.long)
     with pytest.raises(ValueError, match=re.escape("frame_step: c must have shape")):
         op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, st.h,
@@ -248,7 +241,7 @@ def test_op_linear_matches_torch(op):
 @pytest.mark.parametrize("rnn,B", [("lstm", 1), ("gru", 3)], ids=["lstm-B1", "gru-B3"])
 def test_backend_teacher_forced_logits_match_parallel_forward(rnn, B):
     cfg = SampleRNNConfig(rnn_type=rnn, **ODD)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     F, Q, n_frames = cfg.frame_size, cfg.q_levels, 5
     x = torch.randint(0, Q, (B, F * (n_frames + 1)))
     with torch.no_grad():
@@ -283,7 +276,7 @@ def test_backend_paths_by_batch_and_precision(dtype, B):
     cpu backend's error against the fp32 model is at most twice the `ref` backend's in the
     same precision (plain PyTorch on the same bf16 weights)."""
     cfg = SampleRNNConfig.from_name("tiny", n_rnn=3)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 4))
     with torch.no_grad():
         exact = model(x, model.initial_state(B))[0]

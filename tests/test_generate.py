@@ -6,22 +6,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.generate import Generator, generate
 from fastsrnn.longgen import STATE, GenerationRun
 from fastsrnn.quantize import dequantize, silence_level
+from model_helpers import random_model
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
 
 
 def _model(cfg=SMALL, seed=0):
-    torch.manual_seed(seed)
-    m = SampleRNN(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return m
+    return random_model(cfg, seed, scale=0.2)
 
 
 @pytest.fixture

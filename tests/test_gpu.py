@@ -13,7 +13,8 @@ import torch
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.backends.reference import sample_frame_ref
-from test_triton_backend import _compare, _forced_logits, _random_model, _run_frames, _weights
+from model_helpers import random_model
+from test_triton_backend import _compare, _forced_logits, _run_frames, _weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
@@ -101,7 +102,7 @@ def _generate(backends, model, B, n_frames, seed=0):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_matches_eager_fp32(name, preset, rnn, B):
     cfg = SampleRNNConfig.from_name(preset, rnn_type=rnn)
-    model = _random_model(cfg).cuda() if preset == "tiny" else SampleRNN(cfg).eval().cuda()
+    model = random_model(cfg).cuda() if preset == "tiny" else SampleRNN(cfg).eval().cuda()
     states = _generate([make_backend("eager", model, "cuda"), make_backend(name, model, "cuda")], model, B, 4)
     assert torch.equal(states[0].window, states[1].window)
     torch.testing.assert_close(states[1].rnn.h, states[0].rnn.h, rtol=1e-4, atol=1e-4)
@@ -115,7 +116,7 @@ def _forced_error(be, model, x, exact):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_bf16_error_at_most_twice_plain_pytorch(name):
     cfg = SampleRNNConfig.from_name("tiny", n_rnn=3)
-    model = _random_model(cfg, seed=5).cuda()
+    model = random_model(cfg, seed=5).cuda()
     B = 4
     x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 5), device="cuda")
     with torch.no_grad():
@@ -130,7 +131,7 @@ def test_backend_bf16_error_at_most_twice_plain_pytorch(name):
 def test_graphs_on_and_off_agree(name):
     """Graph replay (including a second state object, a second capture) equals plain launches."""
     cfg = SampleRNNConfig.from_name("tiny")
-    model = _random_model(cfg).cuda()
+    model = random_model(cfg).cuda()
     on, off = make_backend(name, model, "cuda", graphs=True), make_backend(name, model, "cuda", graphs=False)
     assert on.graphs and not off.graphs
     for B in (1, 3):

@@ -4,8 +4,9 @@ folded ``ref`` fused backend."""
 import pytest
 import torch
 
-from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import DecodeState, make_backend
+from model_helpers import random_model
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
 
@@ -17,20 +18,12 @@ def _cases():
                 yield pytest.param(rnn, skip, batch, id=f"{rnn}-{'skip' if skip else 'noskip'}-B{batch}")
 
 
-def _random_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = SampleRNN(cfg).eval()
-    with torch.no_grad():  # non-trivial h0 and weights, so nothing is hidden by zeros
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
-
 
 @pytest.mark.parametrize("rnn,skip,batch", list(_cases()))
 @pytest.mark.parametrize("backend", ["eager", "ref"])
 def test_step_logits_match_parallel_forward(rnn, skip, batch, backend):
     cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     F, Q, n_frames = cfg.frame_size, cfg.q_levels, 5
     x = torch.randint(0, Q, (batch, F * (n_frames + 1)))
     with torch.no_grad():

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import _AUTO_ORDER, DecodeState, backend_status, make_backend
 from fastsrnn.backends.reference import sample_frame_ref
 from fastsrnn.sampling import cdf_margin
+from model_helpers import random_model
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRETED:  # only in the child: importing the kernel imports triton
@@ -213,14 +214,6 @@ def check_launch_config():
         launch_config(B=3, F=3, Q=7, H=100, block_b=3)
 
 
-def _random_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = SampleRNN(cfg).eval()
-    with torch.no_grad():  # non-trivial h0 and weights, so nothing is hidden by zeros
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
-
 
 def _model_cases():
     for rnn in ("lstm", "gru"):
@@ -235,7 +228,7 @@ def check_backend_generation_matches_eager(over, rnn, B, n_frames):
     """Whole generations of the triton backend against the eager model, frame by frame: same
     integers, logits within fp32 tolerance, and the same state (window, h, c)."""
     cfg = SampleRNNConfig.from_name("tiny", rnn_type=rnn, **over)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     F, Q = cfg.frame_size, cfg.q_levels
     backends = [make_backend("triton", model, "cpu"), make_backend("eager", model)]
     window = torch.randint(0, Q, (B, F))
@@ -273,7 +266,7 @@ def _forced_logits(be, model, x, B):
 @pytest.mark.parametrize("rnn,B", [("lstm", 1), ("gru", 3)], ids=["lstm-B1", "gru-B3"])
 def check_backend_teacher_forced_logits_match_parallel_forward(rnn, B):
     cfg = SampleRNNConfig(rnn_type=rnn, **ODD)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 6))
     with torch.no_grad():
         ref_logits, ref_state = model(x, model.initial_state(B))
@@ -286,7 +279,7 @@ def check_backend_bf16_error_at_most_twice_plain_pytorch():
     """bf16 weights: the triton backend's logits error against the fp32 model is at most twice
     the `ref` backend's (plain PyTorch on the same bf16 weights), flash-attention's rule."""
     cfg = SampleRNNConfig(**ODD)
-    model = _random_model(cfg, seed=5)
+    model = random_model(cfg, seed=5)
     B = 3
     x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 5))
     with torch.no_grad():
@@ -300,7 +293,7 @@ def check_backend_bf16_error_at_most_twice_plain_pytorch():
 def check_dispatch_and_availability(monkeypatch):
     ok, why = backend_status("triton", "cpu")
     assert ok and "interpreter" in why
-    model = _random_model(SampleRNNConfig(**ODD))
+    model = random_model(SampleRNNConfig(**ODD))
     with pytest.raises(ValueError, match="graphs=True but CUDA graphs need a CUDA device"):
         TritonBackend(model, "cpu", graphs=True)
     assert TritonBackend(model, "cpu").graphs is False
