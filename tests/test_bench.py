@@ -45,3 +45,15 @@ def test_refuses_a_backend_that_disagrees():
     assert check_against_eager(model, make_backend("ref", model, "cpu"), eager, 3, "cpu").startswith(("match", "near-tie"))
     with pytest.raises(RuntimeError, match="refusing to time it"):
         check_against_eager(model, _WrongBackend(model, "cpu"), eager, 3, "cpu")
+
+
+def test_low_precision_check_measures_the_logits_error():
+    from fastsrnn.bench import check_low_precision
+
+    torch.manual_seed(0)
+    model = SampleRNN(SampleRNNConfig(**SMALL)).eval()
+    eager = make_backend("eager", model, "cpu")
+    bf16 = make_backend("ref", model, "cpu", dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
+    assert "rel. err" in check_low_precision(model, bf16, eager, 2, "cpu")
+    with pytest.raises(RuntimeError, match="relative error"):
+        check_low_precision(model, bf16, eager, 2, "cpu", limit=1e-7)  # bf16 cannot be that close
