@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("fastsrnn.demo", "synthesize a small album, prepare it, train the tiny preset briefly, generate clips"),
     "prepare": ("fastsrnn.prepare", "audio files or folders -> mono 16 kHz 8-second FLAC chunks split train/valid/test"),
-    "train": ("fastsrnn.train", "train a SampleRNN on a prepared dataset (truncated BPTT, checkpoints, resume)"),
+    "train": ("fastsrnn.train_cli", "train a SampleRNN on a prepared dataset (truncated BPTT, checkpoints, resume)"),
     "generate": ("fastsrnn.generate_cli", "generate minutes of audio from a checkpoint, streamed to disk, resumable"),
     "bench": ("fastsrnn.bench", "benchmark the generation backends against the eager reference on this machine"),
     "analyze": ("fastsrnn.analysis", "flag generated clips that are silent, white noise, or stuck in one riff"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -394,6 +394,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if rec.get("step", 0) <= step and "test_bits" not in rec:
             keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
-from .train_cli import add_arguments, run  # noqa: E402,F401  (the 'fastsrnn train' command)

@@ -178,7 +178,6 @@ def test_backend_generation_matches_eager(over, rnn, B):
     integers, logits within fp32 tolerance, and the same state (window, h, c)."""
     cfg = SampleRNNConfig.from_name("tiny", rnn_type=rnn, **over)
     model = random_model(cfg)
-    F, Q = cfg.frame_size, cfg.q_levels
     cpu, eager = make_backend("cpu", model, num_threads=2), make_backend("eager", model)
     states = _generate([cpu, eager], model, B, 4, torch.linspace(0.8, 1.25, B))
     assert torch.equal(states[0].window, states[1].window)

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from fastsrnn.checkpoint import load_checkpoint
 from fastsrnn.train import TrainConfig, train

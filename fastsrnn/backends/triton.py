@@ -54,7 +54,7 @@ class TritonBackend(GraphedFusedBackend):
         """(ok, reason): a CUDA device with Triton, or the CPU under TRITON_INTERPRET=1."""
         device = torch.device(device)
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401  (only whether it imports)
         except ImportError as e:
             return False, f"triton is not installed ({e}); pip install triton"
         if device.type == "cpu":
