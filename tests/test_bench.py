@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
-from fastsrnn.backends import make_backend
+from fastsrnn.backends import backend_status, make_backend
 from fastsrnn.backends.fused import FusedBackend
 from fastsrnn.bench import check_against_eager, main
 
@@ -16,16 +16,29 @@ def test_runner_writes_table_and_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("fastsrnn.config", fromlist=["PRESETS"]).PRESETS, "bench-small",
                         SampleRNNConfig(**SMALL))
     out = tmp_path / "b.json"
-    assert main(["--presets", "bench-small", "--n-seq", "1", "2", "--backends", "eager", "ref", "cpu",
-                 "--frames", "4", "--quick", "--json", str(out)]) == 0
+    backends = ["eager", "ref"] + (["cpu"] if backend_status("cpu", "cpu")[0] else [])  # cpu needs a C++ compiler
+    assert main(["--presets", "bench-small", "--n-seq", "1", "2", "--backends", *backends,
+                 "--frames", "4", "--quick", "--length-frames", "5", "40", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| bench-small | 2 | cpu |" in text and "all results match" in text.lower()
+    assert f"| bench-small | 2 | {backends[-1]} |" in text and "all results match" in text.lower()
     payload = json.loads(out.read_text())
     assert {"machine", "versions", "floor", "config", "rows"} <= set(payload)
     assert payload["versions"]["torch"] == torch.__version__
     rows = payload["rows"]
-    assert len(rows) == 6 and all(r["samples_per_s_per_seq"] > 0 and r["floor_fraction"] > 0 for r in rows)
+    assert len(rows) == 2 * len(backends) and all(r["samples_per_s_per_seq"] > 0 and r["floor_fraction"] > 0 for r in rows)
     assert all(r["speedup_vs_eager"] for r in rows)
+    assert all(r["peak_mib"] is None or r["peak_mib"] > 10 for r in rows)  # a process with torch loaded
+    length = payload["length"]
+    assert [(r["backend"], r["frames"]) for r in length] == [(b, n) for b in backends for n in (5, 40)]
+    assert all(r["peak_growth_mib"] is None or r["peak_growth_mib"] < 50 for r in length)
+
+
+def test_bad_arguments_fail_before_timing(capsys):
+    with pytest.raises(SystemExit, match="--backends"):
+        main(["--presets", "tiny", "--backends", "cpu:fp8"])
+    with pytest.raises(SystemExit, match="--n-seq"):
+        main(["--presets", "tiny", "--n-seq", "0"])
+    assert "floor on this machine" not in capsys.readouterr().out
 
 
 class _WrongBackend(FusedBackend):
