@@ -238,7 +238,8 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
         t_eager = None
         for variant, be in backends.items():
             is_eager = _parse_variant(variant)[0] == "eager"
-            t, peak = time_backend(model, be, n_seq, device, max(2, frames // (4 if is_eager else 1)), repeats)
+            slow = _parse_variant(variant)[0] in ("eager", "ref")  # torch ops per sample: a quarter of the frames
+            t, peak = time_backend(model, be, n_seq, device, max(2, frames // (4 if slow else 1)), repeats)
             t_eager = t if is_eager else t_eager
             rows.append(_row(model, preset, n_seq, variant, t, peak, t_eager, floor, checks[variant]))
             if progress is not None:
@@ -324,7 +325,7 @@ def format_length(rows: List[dict]) -> str:
 
 
 EPILOG = """examples:
-  fastsrnn bench                                   # tiny + dadabots-2tier, eager and every fused backend here
+  fastsrnn bench                                   # tiny + dadabots-2tier, every backend available here
   fastsrnn bench --backends eager cpu cpu:bf16 --json bench.json
   fastsrnn bench --device cuda --backends eager triton cuda cuda:nograph
   fastsrnn bench --presets tiny --n-seq 1 --quick  # a smoke run in seconds
@@ -343,10 +344,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model presets to time [default: tiny dadabots-2tier]")
     p.add_argument("--n-seq", nargs="+", type=int, default=None, metavar="N", help="sequences in parallel [default: 1 8 32; 1 8 32 128 on GPU]")
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
-                   help="backends (variants: cpu:bf16, cuda:nograph, triton:bf16) [default: eager and every fused one available]")
+                   help="backends (variants: cpu:bf16, cuda:nograph, triton:bf16) [default: every backend available here]")
     p.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
-    p.add_argument("--frames", type=int, default=8, help="frames per timed repeat (eager uses a quarter) [default: 8]")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported [default: 3]")
+    p.add_argument("--frames", type=int, default=16, help="frames per timed repeat (eager and ref use a quarter) [default: 16]")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported [default: 5]")
     p.add_argument("--length-frames", nargs="*", type=int, default=[50, 500], metavar="N",
                    help="frame counts for the length check on the first preset, n_seq 1; none to skip [default: 50 500]")
     p.add_argument("--quick", action="store_true", help="smaller floor measurement, 2 repeats (a smoke run)")
@@ -375,7 +376,7 @@ def run(args) -> int:
         torch.backends.cudnn.allow_tf32 = False
     n_seqs = args.n_seq or ([1, 8, 32, 128] if device.type == "cuda" else [1, 8, 32])
     variants = args.backends or ["eager"] + [n for n, (ok, _) in available_backends(device).items()
-                                             if ok and n not in ("eager", "ref")]
+                                             if ok and n != "eager"]
     _check_args(args, variants, n_seqs)
     variants = _ordered(variants)
     repeats = 2 if args.quick else args.repeats
