@@ -13,6 +13,7 @@ accumulation), ``cuda:nograph``. Last, a length check: the real generation drive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -237,10 +238,10 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
                            "Starting benchmarks.")
         t_eager = None
         for variant, be in backends.items():
-            is_eager = _parse_variant(variant)[0] == "eager"
-            slow = _parse_variant(variant)[0] in ("eager", "ref")  # torch ops per sample: a quarter of the frames
-            t, peak = time_backend(model, be, n_seq, device, max(2, frames // (4 if slow else 1)), repeats)
-            t_eager = t if is_eager else t_eager
+            name = _parse_variant(variant)[0]  # eager and ref run torch ops per sample: a quarter of the frames
+            n_frames = max(2, frames // (4 if name in ("eager", "ref") else 1))
+            t, peak = time_backend(model, be, n_seq, device, n_frames, repeats)
+            t_eager = t if name == "eager" else t_eager
             rows.append(_row(model, preset, n_seq, variant, t, peak, t_eager, floor, checks[variant]))
             if progress is not None:
                 progress.update(1)
@@ -285,20 +286,17 @@ def machine_info(device) -> dict:
 
 
 def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     from . import __version__
 
-    v = {"python": platform.python_version(), "torch": torch.__version__, "fastsrnn": __version__}
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        v["triton"] = None
-    try:
+    v = {"python": platform.python_version(), "torch": torch.__version__, "fastsrnn": __version__, "triton": None}
+    with contextlib.suppress(PackageNotFoundError):
+        v["triton"] = version("triton")
+    v["git_commit"] = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         v["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                          cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        v["git_commit"] = None
     return v
 
 
