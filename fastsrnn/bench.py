@@ -347,7 +347,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=16, help="frames per timed repeat (eager and ref use a quarter) [default: 16]")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported [default: 5]")
     p.add_argument("--length-frames", nargs="*", type=int, default=[50, 500], metavar="N",
-                   help="frame counts for the length check on the first preset, n_seq 1; none to skip [default: 50 500]")
+                   help="frame counts for the length check (tiny if timed, else the first preset; n_seq 1); "
+                        "none to skip [default: 50 500]")
     p.add_argument("--quick", action="store_true", help="smaller floor measurement, 2 repeats (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="write machine, versions, config, floor and rows to this JSON file")
 
@@ -385,7 +386,8 @@ def run(args) -> int:
         for preset in args.presets:
             rows += bench_preset(preset, n_seqs, variants, device, args.frames, repeats, floor, bar)
     print(format_table(rows))
-    length = length_check(args.presets[0], variants, device, args.length_frames) if args.length_frames else []
+    small = "tiny" if "tiny" in args.presets else args.presets[0]  # the length check needs no big model
+    length = length_check(small, variants, device, args.length_frames) if args.length_frames else []
     if length:
         print(f"\nlength check (generation driver, n_seq 1):\n{format_length(length)}")
     if args.json:
