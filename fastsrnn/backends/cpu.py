@@ -18,7 +18,7 @@ from ..build import BuildError, isa_level, load_extension
 from .base import DecodeState
 from .frame_step import _mm as _torch_mm
 from .frame_step import frame_step
-from .fused import FusedBackend
+from .fused import FusedBackend, dense
 
 _SOURCES = ["cpu/sample_frame.cpp"]
 # Largest batch at which the op's linear beats torch's for the frame step (see frame_mm).
@@ -63,11 +63,6 @@ def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperat
                                    bool(argmax), out, forced, logits_out, int(num_threads))
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself when contiguous, else a contiguous copy (written back by the caller)."""
-    return t if t.is_contiguous() else t.contiguous()
-
-
 class CpuBackend(FusedBackend):
     name = "cpu"
     _status: Optional[Tuple[bool, str]] = None  # the build's outcome, once per process
@@ -99,7 +94,7 @@ class CpuBackend(FusedBackend):
         w, rnn = self.w, state.rnn
         if state.batch > (_FP32_STREAM_MAX_B if w.up_w.dtype == torch.float32 else _BF16_STREAM_MAX_B):
             return frame_step(w, state.window, rnn, mm=self.frame_mm)
-        h, c = _dense(rnn.h), None if rnn.c is None else _dense(rnn.c)
+        h, c = dense(rnn.h), dense(rnn.c)
         cond = self._op.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
                                    state.window.contiguous(), h, c, self.cfg.q_levels, self.num_threads)
         for dst, src in ((rnn.h, h), (rnn.c, c)):
@@ -115,15 +110,8 @@ class CpuBackend(FusedBackend):
         return out
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        w = self.w
-        # The op wants dense tensors; callers may pass views (a slice of a longer logits buffer).
-        win, o, lg = _dense(window), _dense(out), None if logits_out is None else _dense(logits_out)
-        self._op.sample_frame(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
-                              inv_temperature.contiguous(), bool(argmax), o,
-                              None if forced is None else forced.contiguous(), lg, self.num_threads)
-        for dst, src in ((window, win), (out, o), (logits_out, lg)):
-            if dst is not None and dst is not src:
-                dst.copy_(src)
+        self.call_dense(lambda w, c, *rest: self._op.sample_frame(w.table, c, w.w3, w.b3, w.wo, w.bo, *rest, self.num_threads),
+                        cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
 
     @classmethod
     def is_available(cls, device) -> Tuple[bool, str]:

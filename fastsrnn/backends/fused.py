@@ -15,6 +15,11 @@ from .frame_step import frame_step
 from .reference import sample_frame_ref
 
 
+def dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t itself when None or contiguous, else a contiguous copy (written back by the caller)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
 class FusedBackend(Backend):
     name = "ref"
 
@@ -26,6 +31,19 @@ class FusedBackend(Backend):
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         sample_frame_ref(self.w.table, cond, self.w.w3, self.w.b3, self.w.wo, self.w.bo, window,
                          uniforms, inv_temperature, argmax, out, forced, logits_out)
+
+    def call_dense(self, op, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
+        """Call a kernel that needs dense tensors with the sample_frame arguments, which may be views
+        (a slice of a longer logits buffer); what the kernel wrote into a copy goes back to the view.
+
+        op(w, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out) with w = self.w.
+        """
+        win, o, lg = dense(window), dense(out), dense(logits_out)
+        op(self.w, cond.contiguous(), win, uniforms.contiguous(), inv_temperature.contiguous(), bool(argmax),
+           o, dense(forced), lg)
+        for dst, src in ((window, win), (out, o), (logits_out, lg)):
+            if dst is not None and dst is not src:
+                dst.copy_(src)
 
     @torch.no_grad()
     def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):

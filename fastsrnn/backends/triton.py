@@ -38,16 +38,8 @@ class TritonBackend(GraphedFusedBackend):
         self._setup_graphs(graphs)
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        w = self.w
-        # The kernel wants dense tensors; callers may pass views (a slice of a longer logits buffer).
-        win = window if window.is_contiguous() else window.contiguous()
-        lg = logits_out if logits_out is None or logits_out.is_contiguous() else logits_out.contiguous()
-        self._op(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
-                 inv_temperature.contiguous(), bool(argmax), out,
-                 None if forced is None else forced.contiguous(), lg, block_b=self.block_b)
-        for dst, src in ((window, win), (logits_out, lg)):
-            if dst is not None and dst is not src:
-                dst.copy_(src)
+        self.call_dense(lambda w, c, *rest: self._op(w.table, c, w.w3, w.b3, w.wo, w.bo, *rest, block_b=self.block_b),
+                        cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
 
     @classmethod
     def is_available(cls, device) -> Tuple[bool, str]:
