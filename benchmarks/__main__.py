@@ -1,5 +1,5 @@
 import sys
 
-from fastsrnn.bench import main
+from fastsrnn.tools.bench import main
 
 sys.exit(main())

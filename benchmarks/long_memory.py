@@ -18,7 +18,7 @@ from pathlib import Path
 
 _CHILD = r"""
 import json, resource, sys, time
-from fastsrnn.longgen import GenerationRun
+from fastsrnn.generation.longgen import GenerationRun
 ckpt, out, seconds, backend, n_seq = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 t0 = time.perf_counter()
 run = GenerationRun.create(ckpt, out, seconds=seconds, n_seq=n_seq, backend=backend, device="cpu")

@@ -12,7 +12,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import backend_status, make_backend
-from fastsrnn.bench import _fresh_state, _parse_variant
+from fastsrnn.tools.bench import _fresh_state, _parse_variant
 
 BACKENDS = ["eager", "ref", "cpu", "cpu:bf16", "triton", "triton:bf16", "cuda", "cuda:nograph"]
 

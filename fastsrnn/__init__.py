@@ -6,16 +6,53 @@
     model = fastsrnn.load("runs/album/checkpoints/best.pt")
     audio = fastsrnn.generate(model, 16000 * 30, n_seq=4)        # (4, T) float32
 
-The functions ``prepare``, ``train`` and ``generate`` share their names with the modules that
-define them; import the modules' other names with ``from fastsrnn.prepare import ...``.
+The public names are loaded on first use (PEP 562), so ``import fastsrnn`` and ``fastsrnn
+--help`` do not pay for torch, the audio libraries or the trainer until something needs them.
+The package's folders: data/ (audio I/O, preparation), training/, generation/ (the Generator,
+long runs), backends/ (dispatch), ops/ (one module per fused op: reference and launchers),
+tools/ (bench, analysis, demo). docs/DESIGN.md describes them.
 """
-from .checkpoint import load_model as load
-from .config import PRESETS, SampleRNNConfig
-from .generate import Generator, generate
-from .model import SampleRNN
-from .prepare import prepare
-from .train import TrainConfig, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "SampleRNNConfig", "SampleRNN", "TrainConfig", "Generator", "generate", "load",
-           "prepare", "train", "__version__"]
+
+__all__ = ["PRESETS", "SampleRNNConfig", "SampleRNN", "TrainConfig", "train", "prepare", "load",
+           "Generator", "generate", "__version__"]
+
+if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eagerly
+    from fastsrnn.checkpoint import load_model as load  # noqa: F401
+    from fastsrnn.config import PRESETS, SampleRNNConfig  # noqa: F401
+    from fastsrnn.data.prepare import prepare  # noqa: F401
+    from fastsrnn.generation.generator import Generator, generate  # noqa: F401
+    from fastsrnn.model import SampleRNN  # noqa: F401
+    from fastsrnn.training.trainer import TrainConfig, train  # noqa: F401
+
+
+def __getattr__(name: str):
+    # Plain imports, one per public name, so that readers and tools can follow them.
+    if name in ("PRESETS", "SampleRNNConfig"):
+        from fastsrnn import config as module
+    elif name == "SampleRNN":
+        from fastsrnn import model as module
+    elif name in ("TrainConfig", "train"):
+        from fastsrnn.training import trainer as module
+    elif name == "prepare":
+        from fastsrnn.data import prepare as module
+    elif name in ("Generator", "generate"):
+        from fastsrnn.generation import generator as module
+    elif name == "load":
+        from fastsrnn.checkpoint import load_model
+
+        globals()[name] = load_model
+        return load_model
+    else:
+        raise AttributeError(f"module 'fastsrnn' has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

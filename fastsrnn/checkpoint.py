@@ -8,9 +8,9 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .atomic import atomic_path
-from .config import SampleRNNConfig
-from .model import SampleRNN
+from fastsrnn.atomic import atomic_path
+from fastsrnn.config import SampleRNNConfig
+from fastsrnn.model import SampleRNN
 
 FORMAT = "fastsrnn-checkpoint"
 VERSION = 1

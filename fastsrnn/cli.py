@@ -1,24 +1,47 @@
-"""The ``fastsrnn`` command: prepare, train, generate, demo, bench, backends.
+"""The ``fastsrnn`` command: prepare, train, generate, analyze, demo, bench, backends.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
-modules are imported only when their command runs, so ``--help`` stays fast.
+:func:`command_module` imports only the module of the command being run, so ``--help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# name -> (module, one-line help)
+from fastsrnn import __version__
+
+# name -> one-line help, in the order ``--help`` lists them
 COMMANDS = {
-    "demo": ("fastsrnn.demo", "synthesize a small album, prepare it, train the tiny preset briefly, generate clips"),
-    "prepare": ("fastsrnn.prepare", "audio files or folders -> mono 16 kHz 8-second FLAC chunks split train/valid/test"),
-    "train": ("fastsrnn.train_cli", "train a SampleRNN on a prepared dataset (truncated BPTT, checkpoints, resume)"),
-    "generate": ("fastsrnn.generate_cli", "generate minutes of audio from a checkpoint, streamed to disk, resumable"),
-    "bench": ("fastsrnn.bench", "benchmark the generation backends against the eager reference on this machine"),
-    "analyze": ("fastsrnn.analysis", "flag generated clips that are silent, white noise, or stuck in one riff"),
-    "backends": ("fastsrnn.backends.cli", "list the generation backends and whether each works here"),
+    "demo": "synthesize a small album, prepare it, train the tiny preset briefly, generate clips",
+    "prepare": "audio files or folders -> mono 16 kHz 8-second FLAC chunks split train/valid/test",
+    "train": "train a SampleRNN on a prepared dataset (truncated BPTT, checkpoints, resume)",
+    "generate": "generate minutes of audio from a checkpoint, streamed to disk, resumable",
+    "bench": "benchmark the generation backends against the eager reference on this machine",
+    "analyze": "flag generated clips that are silent, white noise, or stuck in one riff",
+    "backends": "list the generation backends and whether each works here",
 }
+
+
+def command_module(name: str):
+    """The module that implements command ``name`` (imported here, on demand)."""
+    if name == "demo":
+        from fastsrnn.tools import demo as module
+    elif name == "prepare":
+        from fastsrnn.data import prepare as module
+    elif name == "train":
+        from fastsrnn.training import cli as module
+    elif name == "generate":
+        from fastsrnn.generation import cli as module
+    elif name == "bench":
+        from fastsrnn.tools import bench as module
+    elif name == "analyze":
+        from fastsrnn.tools import analysis as module
+    elif name == "backends":
+        from fastsrnn.backends import cli as module
+    else:
+        raise ValueError(f"unknown command {name!r}")
+    return module
+
 
 EPILOG = """workflow on a real album:
   fastsrnn prepare album/*.mp3 --out data/album
@@ -31,13 +54,13 @@ def build_parser(only: str = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastsrnn", description="SampleRNN on raw audio: prepare an album, train, and generate fast.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.import_module('fastsrnn').__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (mod_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if only is None or only == name:  # import just the module of the command being run
-            importlib.import_module(mod_name).add_arguments(p)
+            command_module(name).add_arguments(p)
     return parser
 
 
@@ -49,7 +72,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = command_module(args.command)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

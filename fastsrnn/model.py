@@ -1,4 +1,4 @@
-"""The eager SampleRNN (2 tiers), exactly the maths of DESIGN.md section 2.
+"""The eager SampleRNN (2 tiers), exactly the maths of docs/DESIGN.md §2.
 
 This file is the specification: the parallel teacher-forced forward trains the model, and the
 ``step`` methods are the eager reference that every fused generation backend is tested against.
@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as fnn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
-from .config import SampleRNNConfig
-from .quantize import frame_input
+from fastsrnn.config import SampleRNNConfig
+from fastsrnn.quantize import frame_input
 
 
 def _maybe_wn(module: nn.Module, on: bool, names=("weight",)) -> nn.Module:
@@ -144,7 +144,7 @@ class SampleLevelMLP(nn.Module):
         self.out = _maybe_wn(nn.Linear(H, Q), wn)
 
     def _head(self, a1: torch.Tensor) -> torch.Tensor:
-        a2 = torch.relu(self.w2(a1))  # no non-linearity between W1 and W2 (DESIGN.md 3.2)
+        a2 = torch.relu(self.w2(a1))  # no non-linearity between W1 and W2 (docs/DESIGN.md §3)
         a3 = torch.relu(self.w3(a2))
         return self.out(a3)
 

@@ -1,8 +1,8 @@
 """Triton kernel: all F sample steps of one frame for a block of sequences, in one launch.
 
-The eager twin and specification is fastsrnn.backends.reference.sample_frame_ref. Per step j:
+The eager twin and specification is fastsrnn.ops.sample_frame.sample_frame_ref. Per step j:
 a2 = relu(cond_j + sum_k table[k, window_k]); a3 = relu(W3 a2 + b3); logits = Wo a3 + bo;
-x = inverse-CDF sample (fastsrnn.sampling.sample_ref) or forced[:, j]; window slides by x.
+x = inverse-CDF sample (fastsrnn.ops.sampling.sample_ref) or forced[:, j]; window slides by x.
 
 Layout of one program (BLOCK_B sequences):
 - the window lives in registers as a ring: at step j ring position p holds slot (p - j) mod F,
@@ -120,46 +120,18 @@ def launch_config(B: int, F: int, Q: int, H: int, block_b: Optional[int] = None)
                 num_warps=8 if bh >= 512 else 4)
 
 
-def _check(name: str, t: torch.Tensor, shape, dtypes, device) -> None:
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"sample_frame_triton: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"sample_frame_triton: {name} must be {' or '.join(map(str, dtypes))}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"sample_frame_triton: {name} must be contiguous")
-    if t.device != device:
-        raise ValueError(f"sample_frame_triton: {name} is on {t.device}, the table on {device}")
-
-
-def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
-                        forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
-                        block_b: Optional[int] = None) -> None:
-    """The fused op in one launch; same contract and shapes as reference.sample_frame_ref.
-
-    table: (F, Q, H), w3: (H, H), wo: (Q, H) all float32 or all bfloat16; cond: (B, F, H) float32;
-    b3: (H,), bo: (Q,) float32; window: (B, F) int64 updated in place; uniforms: (B, F) float32;
-    inv_temperature: (B,) float32; out: (B, F) int64; forced: (B, F) int64; logits_out: (B, F, Q)
-    float32. All dense, on one device. Samples are not range-checked here (that would need a
-    host sync); out-of-range ones are clamped into the table instead of read out of bounds.
-    """
-    if table.dim() != 3:
-        raise ValueError(f"sample_frame_triton: table must be (F, Q, H), got shape {tuple(table.shape)}")
-    F, Q, H = table.shape
-    B, dev, wdt = cond.shape[0], table.device, table.dtype
-    if wdt not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"sample_frame_triton: table must be float32 or bfloat16, got {wdt}")
-    f32, i64 = (torch.float32,), (torch.int64,)
-    for name, t, shape, dts in (("cond", cond, (B, F, H), f32), ("w3", w3, (H, H), (wdt,)), ("b3", b3, (H,), f32),
-                                ("wo", wo, (Q, H), (wdt,)), ("bo", bo, (Q,), f32), ("window", window, (B, F), i64),
-                                ("uniforms", uniforms, (B, F), f32), ("inv_temperature", inv_temperature, (B,), f32),
-                                ("out", out, (B, F), i64), ("forced", forced, (B, F), i64),
-                                ("logits_out", logits_out, (B, F, Q), f32)):
-        if t is not None:
-            _check(name, t, shape, dts, dev)
-    cfg = launch_config(B, F, Q, H, block_b)
-    grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
+def launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+           forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+           block_b: Optional[int] = None) -> None:
+    """Launch the kernel on arguments that fastsrnn.ops.sample_frame.sample_frame_triton has
+    checked (its contract). Samples are not range-checked here (that would need a host sync);
+    out-of-range ones are clamped into the table instead of read out of bounds."""
     if _MODE_MISMATCH:
         raise RuntimeError(_MODE_MISMATCH)
+    F, Q, H = table.shape
+    B = cond.shape[0]
+    cfg = launch_config(B, F, Q, H, block_b)
+    grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
     # Absent optional tensors: pass a valid pointer; the constexpr flags keep the kernel off it.
     _sample_frame_kernel[grid](table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, out,
                                forced if forced is not None else out,

@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh
 # 1. installs fastsrnn in place (no dependency changes), 2. builds the CUDA extension,
 # 3. runs the GPU tests (tests/test_gpu.py) and the CUDA source checks, 4. benchmarks the
-# GPU backends with fastsrnn.bench (graphs on/off, fp32/bf16).
+# GPU backends with fastsrnn.tools.bench (graphs on/off, fp32/bf16).
 # Logs go to $GPU_CHECK_OUT (default ./gpu_check_out). Exit status: the tests' status.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,14 +25,14 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {tv}, "
 PY
 
 echo "== build the CUDA extension"
-python -m fastsrnn.build cuda 2>&1 | tee "$OUT/build.txt"
+python -m fastsrnn.ops.build cuda 2>&1 | tee "$OUT/build.txt"
 
 echo "== GPU tests"
 python -m pytest -q -rs tests/test_gpu.py tests/test_cuda_sources.py 2>&1 | tee "$OUT/tests.txt"
 TESTS=${PIPESTATUS[0]}
 
 echo "== benchmarks (correctness against eager first, then the table)"
-python -m fastsrnn.bench --device cuda --presets ${GPU_CHECK_PRESETS:-dadabots-2tier tiny} --n-seq 1 8 32 128 \
+python -m fastsrnn.tools.bench --device cuda --presets ${GPU_CHECK_PRESETS:-dadabots-2tier tiny} --n-seq 1 8 32 128 \
     --backends eager triton triton:nograph cuda cuda:nograph triton:bf16 cuda:bf16 \
     --json "$OUT/bench.json" ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
 BENCH=${PIPESTATUS[0]}

@@ -10,6 +10,6 @@ import pytest
 @pytest.fixture(scope="session")
 def album(tmp_path_factory) -> List[Path]:
     """A synthesized album: 3 songs of 4 s, 16 kHz mono 16-bit WAV (read-only: copy to modify)."""
-    from fastsrnn.synth import write_album
+    from fastsrnn.data.synth import write_album
 
     return write_album(tmp_path_factory.mktemp("album"), n_songs=3, seconds=4.0, sample_rate=16000, seed=0)

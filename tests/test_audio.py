@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastsrnn import audio as audio_mod
-from fastsrnn.audio import AudioError, AudioStreamWriter, audio_info, read_audio, write_audio
+from fastsrnn.data import audio as audio_mod
+from fastsrnn.data.audio import AudioError, AudioStreamWriter, audio_info, read_audio, write_audio
 
 # (extension, soundfile format, subtype): the formats a user's album comes in.
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -167,7 +167,7 @@ def test_stream_writer_append_checks(tmp_path):
 
 
 def test_synth_album_is_seeded_music_not_noise(tmp_path):
-    from fastsrnn.synth import synth_song, write_album
+    from fastsrnn.data.synth import synth_song, write_album
 
     x = synth_song(3.0, 16000, seed=5)
     assert x.dtype == np.float32 and x.shape == (48000,)

@@ -6,8 +6,8 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import backend_status, make_backend
-from fastsrnn.backends.fused import FusedBackend
-from fastsrnn.bench import check_against_eager, main
+from fastsrnn.backends.folded import FoldedBackend
+from fastsrnn.tools.bench import check_against_eager, main
 
 SMALL = dict(frame_size=4, emb_size=8, dim=32, n_rnn=2, q_levels=16)
 
@@ -16,7 +16,7 @@ def test_runner_writes_table_and_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("fastsrnn.config", fromlist=["PRESETS"]).PRESETS, "bench-small",
                         SampleRNNConfig(**SMALL))
     out = tmp_path / "b.json"
-    backends = ["eager", "ref"] + (["cpu"] if backend_status("cpu", "cpu")[0] else [])  # cpu needs a C++ compiler
+    backends = ["eager", "folded"] + (["cpu"] if backend_status("cpu", "cpu")[0] else [])  # cpu needs a C++ compiler
     assert main(["--presets", "bench-small", "--n-seq", "1", "2", "--backends", *backends,
                  "--frames", "4", "--quick", "--length-frames", "5", "40", "--json", str(out)]) == 0
     text = capsys.readouterr().out
@@ -41,7 +41,7 @@ def test_bad_arguments_fail_before_timing(capsys):
     assert "floor on this machine" not in capsys.readouterr().out
 
 
-class _WrongBackend(FusedBackend):
+class _WrongBackend(FoldedBackend):
     """Draws one level higher than it should: the runner must refuse to time it."""
 
     name = "wrong"
@@ -55,18 +55,18 @@ def test_refuses_a_backend_that_disagrees():
     torch.manual_seed(0)
     model = SampleRNN(SampleRNNConfig(**SMALL)).eval()
     eager = make_backend("eager", model, "cpu")
-    assert check_against_eager(model, make_backend("ref", model, "cpu"), eager, 3, "cpu").startswith(("match", "near-tie"))
+    assert check_against_eager(model, make_backend("folded", model, "cpu"), eager, 3, "cpu").startswith(("match", "near-tie"))
     with pytest.raises(RuntimeError, match="refusing to time it"):
         check_against_eager(model, _WrongBackend(model, "cpu"), eager, 3, "cpu")
 
 
 def test_low_precision_check_measures_the_logits_error():
-    from fastsrnn.bench import check_low_precision
+    from fastsrnn.tools.bench import check_low_precision
 
     torch.manual_seed(0)
     model = SampleRNN(SampleRNNConfig(**SMALL)).eval()
     eager = make_backend("eager", model, "cpu")
-    bf16 = make_backend("ref", model, "cpu", dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
+    bf16 = make_backend("folded", model, "cpu", dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
     assert "rel. err" in check_low_precision(model, bf16, eager, 2, "cpu")
     with pytest.raises(RuntimeError, match="relative error"):
         check_low_precision(model, bf16, eager, 2, "cpu", limit=1e-7)  # bf16 cannot be that close

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastsrnn.checkpoint import CheckpointError, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from fastsrnn.train import train
+from fastsrnn.training.trainer import train
 from train_helpers import SMALL, riff_dataset, small_train_config
 
 

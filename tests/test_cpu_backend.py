@@ -8,12 +8,12 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, backend_status, make_backend, resolve_backend
-from fastsrnn.backends.frame_step import frame_step
-from fastsrnn.backends.fused import FusedBackend
+from fastsrnn.ops.frame_step import frame_step
+from fastsrnn.backends.folded import FusedBackend
 from fastsrnn.backends.cpu import CpuBackend, build_extension, sample_frame_cpu
-from fastsrnn.backends.reference import sample_frame_ref
-from fastsrnn.build import BuildError, _key, csrc_dir, isa_level, load_extension, main
-from fastsrnn.sampling import cdf_margin
+from fastsrnn.ops.sample_frame import sample_frame_ref
+from fastsrnn.ops.build import BuildError, _key, csrc_dir, isa_level, load_extension, main
+from fastsrnn.ops.sampling import cdf_margin
 from model_helpers import random_model
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
@@ -330,7 +330,7 @@ def test_build_errors_are_clear_and_cached(tmp_path, monkeypatch):
     bad.write_text("this is not C++\n")
     with pytest.raises(BuildError, match="building the t_broken extension .* failed"):
         load_extension("t_broken", [bad])
-    monkeypatch.setattr("fastsrnn.build._build", lambda *a, **k: pytest.fail("a failed build was retried"))
+    monkeypatch.setattr("fastsrnn.ops.build._build", lambda *a, **k: pytest.fail("a failed build was retried"))
     with pytest.raises(BuildError, match="failed"):
         load_extension("t_broken", [bad])
 
@@ -372,7 +372,7 @@ def test_stale_build_lock_is_removed(tmp_path):
     import os
     import time
 
-    from fastsrnn.build import _clear_stale_lock
+    from fastsrnn.ops.build import _clear_stale_lock
 
     lock = tmp_path / "lock"
     lock.touch()

@@ -20,7 +20,7 @@ import torch
 
 from fastsrnn.backends import backend_status
 from fastsrnn.backends.cuda import CudaBackend, build_extension
-from fastsrnn.build import BuildError, csrc_dir
+from fastsrnn.ops.build import BuildError, csrc_dir
 
 CUDA_DIR = csrc_dir() / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))

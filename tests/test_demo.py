@@ -2,7 +2,7 @@
 import pytest
 import soundfile as sf
 
-from fastsrnn.demo import demo
+from fastsrnn.tools.demo import demo
 
 
 @pytest.mark.slow

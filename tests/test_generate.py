@@ -8,8 +8,8 @@ import torch
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
-from fastsrnn.generate import Generator, generate
-from fastsrnn.longgen import STATE, GenerationRun
+from fastsrnn.generation.generator import Generator, generate
+from fastsrnn.generation.longgen import STATE, GenerationRun
 from fastsrnn.quantize import dequantize, silence_level
 from model_helpers import random_model
 
@@ -25,7 +25,7 @@ def ckpt(tmp_path):
     return save_checkpoint(tmp_path / "model.pt", _model())
 
 
-@pytest.mark.parametrize("backend", ["eager", "ref"])
+@pytest.mark.parametrize("backend", ["eager", "folded"])
 def test_chunked_stream_equals_one_shot(backend):
     m = _model()
     one = Generator(m, 3, seed=7, backend=backend, device="cpu").frames(40)

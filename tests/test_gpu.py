@@ -12,7 +12,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
-from fastsrnn.backends.reference import sample_frame_ref
+from fastsrnn.ops.sample_frame import sample_frame_ref
 from model_helpers import random_model
 from test_triton_backend import _compare, _forced_logits, _run_frames, _weights
 

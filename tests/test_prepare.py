@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastsrnn.audio import AudioError, read_audio
+from fastsrnn.data.audio import AudioError, read_audio
 from fastsrnn.cli import main as cli_main
-from fastsrnn.prepare import plan_chunks, prepare, read_manifest, split_files
+from fastsrnn.data.prepare import plan_chunks, prepare, read_manifest, split_files
 
-prep = importlib.import_module("fastsrnn.prepare")  # the module: fastsrnn.prepare is also the function
+prep = importlib.import_module("fastsrnn.data.prepare")  # the module: fastsrnn.data.prepare is also the function
 
 CHUNK = 0.25  # seconds; 4000 samples at 16 kHz
 OPTS = dict(sample_rate=16000, chunk_seconds=CHUNK, progress=False)

@@ -20,7 +20,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("rnn,skip,batch", list(_cases()))
-@pytest.mark.parametrize("backend", ["eager", "ref"])
+@pytest.mark.parametrize("backend", ["eager", "folded"])
 def test_step_logits_match_parallel_forward(rnn, skip, batch, backend):
     cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
     model = random_model(cfg)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from fastsrnn.checkpoint import load_checkpoint
-from fastsrnn.train import TrainConfig, train
+from fastsrnn.training.trainer import TrainConfig, train
 from train_helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
 
 
@@ -83,7 +83,7 @@ def test_resume_after_sigkill_between_checkpoints(data, uninterrupted, tmp_path)
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, signal
-        from fastsrnn.train import train
+        from fastsrnn.training.trainer import train
         from train_helpers import SMALL, small_train_config
         def cb(info):
             if info["step"] == 17:  # after the step-14 checkpoint, before the next

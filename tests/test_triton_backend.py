@@ -21,8 +21,8 @@ import torch
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import _AUTO_ORDER, DecodeState, backend_status, make_backend
-from fastsrnn.backends.reference import sample_frame_ref
-from fastsrnn.sampling import cdf_margin
+from fastsrnn.ops.sample_frame import sample_frame_ref
+from fastsrnn.ops.sampling import cdf_margin
 from model_helpers import random_model
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from fastsrnn import SampleRNNConfig
-from fastsrnn.train import TrainConfig
+from fastsrnn.training.trainer import TrainConfig
 
 # Small enough that a step takes a few milliseconds on one core.
 SMALL = SampleRNNConfig.from_name("tiny", dim=32, emb_size=8, n_rnn=2)
@@ -27,7 +27,7 @@ def riff_dataset(root: Path, seconds: float = 6.0, chunk_seconds: float = 0.25, 
     audio = (0.5 * np.sign(np.sin(phase))).astype(np.float32)
     wav = root / "riff.wav"
     sf.write(str(wav), audio, sample_rate)
-    from fastsrnn.prepare import prepare
+    from fastsrnn.data.prepare import prepare
 
     prepare([wav], root / "data", sample_rate=sample_rate, chunk_seconds=chunk_seconds, seed=0, progress=False)
     return root / "data"

@@ -1,4 +1,4 @@
-// The frame-tier step in one call, the C++ twin of fastsrnn/backends/frame_step.py (the spec):
+// The frame-tier step in one call, the C++ twin of fastsrnn/ops/frame_step.py (the spec):
 // L LSTM/GRU layers (gate orders i,f,g,o and r,z,n), skip connections (layers > 0 also see
 // the frame input; the output is the sum of per-layer projections, only the first biased)
 // and the upsampling to cond (B, F, H). h and c (L, B, H) are updated in place.

@@ -1,6 +1,6 @@
 // Fused CPU sample-frame kernel: the F sample steps of one frame for B sequences in one call.
 //
-// Same contract as fastsrnn/backends/reference.py::sample_frame_ref (the spec). Step j:
+// Same contract as fastsrnn/ops/sample_frame.py::sample_frame_ref (the spec). Step j:
 //   a2 = relu(cond[:, j] + sum_k table[k, window_k])   F row gathers from the (F, Q, H) table
 //   a3 = relu(W3 a2 + b3); logits = Wo a3 + bo         the only matrix products left
 //   x  = forced[:, j] or the inverse-CDF draw of fastsrnn/sampling.py::sample_ref
@@ -178,13 +178,6 @@ void run(const Problem<T>& p, int64_t num_threads) {
   }
 }
 
-void check_samples(const at::Tensor& t, const char* name, int64_t Q) {
-  const int64_t* x = t.data_ptr<int64_t>();  // dtype and layout checked before
-  for (int64_t i = 0; i < t.numel(); ++i)
-    TORCH_CHECK_VALUE(x[i] >= 0 && x[i] < Q, "sample_frame: ", name, " holds samples outside [0, ", Q,
-                      "): ", x[i], " at flat index ", i);
-}
-
 }  // namespace
 
 void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
@@ -192,27 +185,10 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
                   const at::Tensor& inv_temperature, bool argmax, at::Tensor& out,
                   const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& logits_out,
                   int64_t num_threads) {
-  TORCH_CHECK_VALUE(table.dim() == 3, "sample_frame: table must be (F, Q, H), got shape ", table.sizes());
+  // Arguments (dtypes, shapes, layout, device, sample range) are checked once, in Python, by
+  // fastsrnn/ops/sample_frame.py:check_sample_frame_args before any launcher calls this.
   const int64_t F = table.size(0), Q = table.size(1), H = table.size(2), B = window.size(0);
   const auto wdt = table.scalar_type();
-  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "sample_frame: table must be float32 or bfloat16, got ", wdt);
-  check(table, "table", wdt, {F, Q, H});
-  check(w3, "w3", wdt, {H, H});
-  check(wo, "wo", wdt, {Q, H});
-  check(b3, "b3", at::kFloat, {H});
-  check(bo, "bo", at::kFloat, {Q});
-  check(window, "window", at::kLong, {B, F});
-  check(cond, "cond", at::kFloat, {B, F, H});
-  check(uniforms, "uniforms", at::kFloat, {B, F});
-  check(inv_temperature, "inv_temperature", at::kFloat, {B});
-  check(out, "out", at::kLong, {B, F});
-  check_samples(window, "window", Q);
-  if (forced) {
-    check(*forced, "forced", at::kLong, {B, F});
-    check_samples(*forced, "forced", Q);
-  }
-  if (logits_out) check(*logits_out, "logits_out", at::kFloat, {B, F, Q});
-  TORCH_CHECK_VALUE(num_threads >= 0, "sample_frame: num_threads must be >= 0 (0 = torch's), got ", num_threads);
   if (B == 0) return;
 
   auto fill = [&](auto* typed) {
@@ -265,12 +241,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastsrnn fused CPU sample-frame kernel";
   m.attr("isa") = fastsrnn::kIsa;
   m.def("sample_frame", &fastsrnn::sample_frame,
-        "F sample steps of one frame for B sequences (see fastsrnn.backends.reference.sample_frame_ref)",
+        "F sample steps of one frame for B sequences (see fastsrnn.ops.sample_frame.sample_frame_ref)",
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
         py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
   m.def("frame_step", &fastsrnn::frame_step,
-        "the frame-tier step (see fastsrnn.backends.frame_step.frame_step); h, c updated in place",
+        "the frame-tier step (see fastsrnn.ops.frame_step.frame_step); h, c updated in place",
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),
         py::arg("up_w"), py::arg("up_b"), py::arg("window"), py::arg("h"), py::arg("c"), py::arg("q_levels"),
         py::arg("num_threads") = 0);

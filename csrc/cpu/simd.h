@@ -1,5 +1,5 @@
 // Small SIMD layer for the fused CPU sample step: one vector type per ISA level, chosen at
-// compile time by the flags fastsrnn/build.py passes (-mavx512f..., -mavx2 -mfma, or none).
+// compile time by the flags fastsrnn/ops/build.py passes (-mavx512f..., -mavx2 -mfma, or none).
 //
 // Weights are fp32 or bf16 (raw uint16 bits); activations and accumulation are always fp32.
 // bf16 -> fp32 is exact (a 16-bit shift), so bf16 storage halves the bytes streamed per

@@ -1,7 +1,7 @@
 // The persistent CUDA sample-frame kernel: interface (no torch here; binding.cpp adapts tensors).
 //
 // One launch runs all F sample steps of a frame for B sequences. Its eager twin and
-// specification is fastsrnn/backends/reference.py:sample_frame_ref. Every array is dense,
+// specification is fastsrnn/ops/sample_frame.py:sample_frame_ref. Every array is dense,
 // row-major and on the current device. Shapes: B batch, F frame size, Q levels, H hidden.
 #pragma once
 

@@ -1,42 +1,60 @@
 """Backend dispatch: the one place that knows which backends exist (no plugin registry).
 
 ``resolve_backend(name, device)`` turns "auto" into the fastest backend that works on the
-device and turns an unavailable request into a clear error that says why.
+device and turns an unavailable request into :class:`BackendUnavailable`, whose message says why.
 """
 from __future__ import annotations
 
-import importlib
+import warnings
 from typing import Dict, Tuple
 
 import torch
 
-from .base import Backend, DecodeState
+from fastsrnn.backends.base import Backend, BackendUnavailable, DecodeState
 
-BACKENDS = ("eager", "ref", "cpu", "triton", "cuda")
+BACKENDS = ("eager", "folded", "cpu", "triton", "cuda")
+# Old names that still work, with a warning: old -> new.
+ALIASES = {"ref": "folded"}
 # Fastest first, per device type.
 _AUTO_ORDER = {"cpu": ("cpu", "eager"), "cuda": ("cuda", "triton", "eager")}
-_MODULES = {"eager": ("eager", "EagerBackend"), "ref": ("fused", "FusedBackend"),
-            "cpu": ("cpu", "CpuBackend"), "triton": ("triton", "TritonBackend"), "cuda": ("cuda", "CudaBackend")}
 
 
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message says why and what to do."""
+def backend_class(name: str) -> type:
+    """The class of backend ``name`` (one of BACKENDS), imported on demand: the kernel backends
+    import their compilers (Triton, the C++ build) only when asked for."""
+    if name == "eager":
+        from fastsrnn.backends.eager import EagerBackend as cls
+    elif name == "folded":
+        from fastsrnn.backends.folded import FoldedBackend as cls
+    elif name == "cpu":
+        from fastsrnn.backends.cpu import CpuBackend as cls
+    elif name == "triton":
+        from fastsrnn.backends.triton import TritonBackend as cls
+    elif name == "cuda":
+        from fastsrnn.backends.cuda import CudaBackend as cls
+    else:
+        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + BACKENDS}")
+    return cls
 
 
-def _load(name: str):
-    mod_name, cls_name = _MODULES[name]
-    return getattr(importlib.import_module(f"{__name__}.{mod_name}"), cls_name)
+def canonical_name(name: str) -> str:
+    """``name`` with an old alias replaced by the current name (and a DeprecationWarning)."""
+    if name in ALIASES:
+        warnings.warn(f"backend {name!r} is now called {ALIASES[name]!r}", DeprecationWarning, stacklevel=3)
+        return ALIASES[name]
+    return name
 
 
 def backend_status(name: str, device) -> Tuple[bool, str]:
     """(available, reason) for backend ``name`` on ``device``."""
+    name = canonical_name(name)
     if name not in BACKENDS:
         return False, f"unknown backend {name!r}; choose one of {('auto',) + BACKENDS}"
-    if name in ("eager", "ref"):
+    if name in ("eager", "folded"):
         return True, "always available"
     try:
-        cls = _load(name)
-    except Exception as e:  # an import error of an optional dependency
+        cls = backend_class(name)
+    except ImportError as e:  # an optional dependency (triton) that is absent or broken
         return False, f"{name} backend failed to import: {e}"
     return cls.is_available(torch.device(device))
 
@@ -56,6 +74,7 @@ def resolve_backend(name: str = "auto", device="cpu") -> str:
                 return cand
             reasons.append(f"{cand}: {why}")
         raise BackendUnavailable(f"no backend works on {dev}: " + "; ".join(reasons))
+    name = canonical_name(name)
     ok, why = backend_status(name, dev)
     if not ok:
         raise BackendUnavailable(f"backend {name!r} is not available on {dev}: {why}")
@@ -63,11 +82,12 @@ def resolve_backend(name: str = "auto", device="cpu") -> str:
 
 
 def make_backend(name: str, model, device="cpu", **options) -> Backend:
-    """Instantiate the backend ``name`` ('auto' allowed) for ``model`` on ``device``."""
+    """Instantiate the backend ``name`` ('auto' allowed) for ``model`` on ``device``.
+    options: the backend's own (dtype, frame_dtype, graphs, num_threads, block_b)."""
     concrete = resolve_backend(name, device)
-    cls = _load(concrete)
+    cls = backend_class(concrete)
     return cls(model, device, **options) if concrete != "eager" else cls(model, device)
 
 
-__all__ = ["Backend", "DecodeState", "BACKENDS", "BackendUnavailable", "available_backends",
-           "backend_status", "resolve_backend", "make_backend"]
+__all__ = ["Backend", "DecodeState", "BACKENDS", "ALIASES", "BackendUnavailable", "available_backends",
+           "backend_class", "backend_status", "resolve_backend", "make_backend"]

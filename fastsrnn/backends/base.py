@@ -1,4 +1,4 @@
-"""The contract every generation backend keeps (DESIGN.md section 3).
+"""The contract every generation backend keeps (docs/DESIGN.md §5).
 
 A backend advances a :class:`DecodeState` by one frame: one frame-tier step on the last F
 samples, then F sample steps, each drawing from its passed-in uniform. State lives on the
@@ -11,7 +11,11 @@ from typing import Optional
 
 import torch
 
-from ..model import RNNState
+from fastsrnn.model import RNNState
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to do."""
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import BACKENDS, available_backends, resolve_backend
+from fastsrnn.backends import BACKENDS, available_backends, resolve_backend
 
 
 def add_arguments(parser):

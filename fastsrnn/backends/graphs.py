@@ -20,8 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .base import DecodeState
-from .fused import FusedBackend
+from fastsrnn.backends.base import DecodeState
+from fastsrnn.backends.folded import FoldedBackend
 
 # Captures kept at once (each holds a private memory pool): enough for sampling + teacher forcing.
 _MAX_GRAPHS = 4
@@ -113,8 +113,8 @@ def graphs_usable(device: torch.device) -> tuple:
     return True, "CUDA graphs"
 
 
-class GraphedFusedBackend(FusedBackend):
-    """A FusedBackend whose ``step_frame`` may replay CUDA graphs (``graphs``: None = on where
+class GraphedBackend(FoldedBackend):
+    """A FoldedBackend whose ``step_frame`` may replay CUDA graphs (``graphs``: None = on where
     possible, True = required, False = off). A capture that fails falls back to plain launches
     with a warning, so that generation never stops on it."""
 

@@ -10,17 +10,13 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import env
-from .graphs import GraphedFusedBackend
+from fastsrnn import env
+from fastsrnn.backends.base import BackendUnavailable
+from fastsrnn.backends.graphs import GraphedBackend
+from fastsrnn.ops.sample_frame import sample_frame_triton
 
 
-def _import_kernel():
-    from fastsrnn.kernels.sample_frame import sample_frame_triton
-
-    return sample_frame_triton
-
-
-class TritonBackend(GraphedFusedBackend):
+class TritonBackend(GraphedBackend):
     name = "triton"
 
     def __init__(self, model, device="cuda", dtype: torch.dtype = torch.float32,
@@ -31,15 +27,14 @@ class TritonBackend(GraphedFusedBackend):
         per Triton program (a power of two; default min(B, 4))."""
         ok, why = self.is_available(torch.device(device))
         if not ok:
-            raise RuntimeError(f"triton backend unavailable: {why}")
+            raise BackendUnavailable(f"triton backend unavailable: {why}")
         super().__init__(model, device, dtype, frame_dtype)
-        self._op = _import_kernel()
         self.block_b = block_b
         self._setup_graphs(graphs)
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        self.call_dense(lambda w, c, *rest: self._op(w.table, c, w.w3, w.b3, w.wo, w.bo, *rest, block_b=self.block_b),
-                        cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+        self.call_dense(sample_frame_triton, cond, window, uniforms, inv_temperature, argmax, out, forced,
+                        logits_out, block_b=self.block_b)
 
     @classmethod
     def is_available(cls, device) -> Tuple[bool, str]:
@@ -66,7 +61,7 @@ class TritonBackend(GraphedFusedBackend):
         if not torch.cuda.is_available():
             return False, "torch sees no CUDA device (CPU-only torch build or no driver)"
         try:
-            _import_kernel()
+            from fastsrnn.kernels import sample_frame  # noqa: F401  (a Triton too old for the kernel?)
         except Exception as e:  # a Triton too old for the kernel's language features
             return False, f"the Triton kernel failed to import: {e}"
         return True, f"Triton kernel on {torch.cuda.get_device_name(device)}"

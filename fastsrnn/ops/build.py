@@ -6,13 +6,12 @@ the instruction-set level the flags target: a cache built on an AVX-512 machine 
 loaded on a CPU without AVX-512 (it would die of an illegal instruction). Results and failures
 are cached per process, so a missing compiler costs one attempt and then a clear message.
 
-Ahead of time (e.g. in a Docker image): ``python -m fastsrnn.build`` builds every extension
+Ahead of time (e.g. in a Docker image): ``python -m fastsrnn.ops.build`` builds every extension
 this machine can build and reports each one.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import platform
 import shutil
 import sys
@@ -22,12 +21,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import env
+from fastsrnn import env
 
 _LOADED: Dict[str, object] = {}
 _FAILED: Dict[str, str] = {}
-# name -> module that offers build_extension(): `python -m fastsrnn.build` builds these.
-EXTENSIONS = {"cpu": "fastsrnn.backends.cpu", "cuda": "fastsrnn.backends.cuda"}
+
+_CPU_SOURCES = ["cpu/sample_frame.cpp"]
+# -fno-trapping-math -fno-math-errno (as torch's own build): lets the select/floor/exp loops
+# vectorise; no -ffast-math, so sums keep their order and NaN/Inf keep their meaning.
+_CPU_CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+_CPU_HINT = "install g++ and ninja (pip install ninja), or use backend='eager'"
+_CUDA_SOURCES = ["cuda/binding.cpp", "cuda/sample_frame.cu"]
+_CUDA_HINT = ("install the CUDA toolkit matching torch.version.cuda (nvcc, CUDA_HOME) and ninja, "
+              "or use backend='triton'")
 
 
 class BuildError(RuntimeError):
@@ -157,18 +163,55 @@ def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
         lock.unlink(missing_ok=True)
 
 
+def cpu_extension(isa: Optional[str] = None):
+    """Build (or load from the cache) the CPU extension (csrc/cpu/); raises BuildError with a hint.
+
+    isa: 'avx512', 'avx2' or 'generic' to build a narrower variant than this CPU allows
+    (tests of the fallbacks); default: the widest this CPU has.
+    """
+    level, flags = isa_level()
+    if isa is not None and isa != level:
+        order = ("generic", "avx2", "avx512")
+        if isa not in order or order.index(isa) > order.index(level):
+            raise BuildError(f"isa={isa!r}: this CPU supports at most {level!r}")
+        flags = {"generic": [], "avx2": ["-mavx2", "-mfma", "-mf16c"]}[isa]
+    try:
+        return load_extension("cpu", _CPU_SOURCES, extra_cflags=[*_CPU_CFLAGS, *flags], extra_ldflags=["-fopenmp"])
+    except BuildError as e:
+        raise BuildError(f"{e}\nTo fix: {_CPU_HINT}.") from e
+
+
+def cuda_arch_flags() -> list:
+    """nvcc flags for the current GPU only (torch would otherwise build for every arch it knows);
+    being flags, they also key the build cache per architecture."""
+    major, minor = torch.cuda.get_device_capability()
+    return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+
+
+def cuda_extension():
+    """Build (or load from the cache) the CUDA extension (csrc/cuda/); raises BuildError with a hint."""
+    if torch.version.cuda is None:
+        raise BuildError(f"torch {torch.__version__} is a CPU-only build: the cuda backend needs a CUDA build of torch")
+    if not torch.cuda.is_available():
+        raise BuildError("torch sees no CUDA device: the cuda extension is built for the GPU it will run on")
+    try:
+        return load_extension("cuda", _CUDA_SOURCES, extra_cflags=["-O3"],
+                              extra_cuda_cflags=["-O3", "-lineinfo", *cuda_arch_flags()])
+    except BuildError as e:
+        raise BuildError(f"{e}\nTo fix: {_CUDA_HINT}.") from e
+
+
+# name -> builder: `python -m fastsrnn.ops.build` builds these.
+EXTENSIONS = {"cpu": cpu_extension, "cuda": cuda_extension}
+
+
 def build_all(names: Sequence[str] = tuple(EXTENSIONS)) -> Dict[str, Tuple[bool, str]]:
     """Build every extension in ``names``; {name: (ok, message)}."""
     report = {}
     for name in names:
         t0 = time.perf_counter()
         try:
-            mod = importlib.import_module(EXTENSIONS[name])
-            builder = getattr(mod, "build_extension", None)
-            if builder is None:
-                report[name] = (False, f"{EXTENSIONS[name]} offers no build_extension()")
-                continue
-            builder()
+            EXTENSIONS[name]()
             report[name] = (True, f"ready in {time.perf_counter() - t0:.1f} s (built, or loaded from the cache)")
         except Exception as e:  # report every extension, whatever fails
             report[name] = (False, f"{type(e).__name__}: {e}")
@@ -178,7 +221,7 @@ def build_all(names: Sequence[str] = tuple(EXTENSIONS)) -> Dict[str, Tuple[bool,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m fastsrnn.build",
+    ap = argparse.ArgumentParser(prog="python -m fastsrnn.ops.build",
                                  description="Compile fastsrnn's C++/CUDA extensions now, into the cache "
                                              f"({env.build_dir()}; FASTSRNN_BUILD_DIR moves it).")
     ap.add_argument("names", nargs="*", metavar="NAME",

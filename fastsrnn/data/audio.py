@@ -17,7 +17,7 @@ from typing import Optional, Union
 import numpy as np
 import soundfile as sf
 
-from .atomic import atomic_path
+from fastsrnn.atomic import atomic_path
 
 PathLike = Union[str, os.PathLike]
 

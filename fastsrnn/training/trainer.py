@@ -1,6 +1,6 @@
 """Training: truncated BPTT over the chunks of a prepared dataset, exact resume, clips at checkpoints.
 
-The Dadabots setup (DESIGN.md section 2): Adam lr 1e-3, gradients clipped element-wise to
+The Dadabots setup (docs/DESIGN.md §2): Adam lr 1e-3, gradients clipped element-wise to
 [-1, 1], batches of chunks cut into sub-sequences of 64 frames with the RNN state carried
 (detached) across the sub-sequences of the same chunks; one optimizer step per sub-sequence.
 
@@ -22,14 +22,14 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
-from . import env
-from .atomic import atomic_write_text
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import PRESETS, SampleRNNConfig
-from .model import RNNState, SampleRNN, nll_bits
-from .trainer_data import (ChunkSet, chunk_nll, data_path, describe, epoch_permutation, equal_length_train,
+from fastsrnn import env
+from fastsrnn.atomic import atomic_write_text
+from fastsrnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fastsrnn.config import PRESETS, SampleRNNConfig
+from fastsrnn.model import RNNState, SampleRNN, nll_bits
+from fastsrnn.training.data import (ChunkSet, chunk_nll, data_path, describe, epoch_permutation, equal_length_train,
                            load_split, n_subsequences, subsequence, with_context)
-from .trainer_dist import Dist
+from fastsrnn.training.dist import Dist
 
 LN2 = 0.6931471805599453
 DEFAULT_PRESET = "dadabots-2tier"
@@ -208,8 +208,8 @@ class _Loop:
         """n_clips clips of clip_seconds from the current weights, seeded by the step."""
         if not self.dist.rank0 or self.tcfg.n_clips == 0:
             return None
-        from .audio import write_audio
-        from .generate import generate
+        from fastsrnn.data.audio import write_audio
+        from fastsrnn.generation.generator import generate
 
         t = self.tcfg
         model = copy.deepcopy(self.raw)  # generation moves the model and sets eval mode: not the trained one
@@ -315,7 +315,7 @@ def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
     if loop.dist.rank0:
         _append_metrics(loop.run / "metrics.jsonl", {"step": pos.step, "best_step": pos.best_step, "test_bits": test})
         try:  # matplotlib is the optional 'plot' extra
-            from .analysis import plot_metrics
+            from fastsrnn.tools.analysis import plot_metrics
 
             summary["plot"] = str(plot_metrics(loop.run))
         except ImportError:
@@ -360,7 +360,7 @@ def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
 
 
 def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:
-    from .prepare import read_manifest
+    from fastsrnn.data.prepare import read_manifest
 
     sr = int(read_manifest(data_dir)["sample_rate"])
     if sr != cfg.sample_rate:
@@ -369,7 +369,7 @@ def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:
 
 
 def _write_run_config(run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, data_dir: Path) -> None:
-    from . import __version__
+    from fastsrnn import __version__
 
     text = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "data": str(data_dir),
                        "fastsrnn_version": __version__}, indent=2)

@@ -134,7 +134,7 @@ def write_album(out_dir, n_songs: int = 3, seconds: float = 20.0, sample_rate: i
 
     Song i uses seed ``seed * 1000 + i``, so albums of different seeds share no song.
     """
-    from .audio import write_audio
+    from fastsrnn.data.audio import write_audio
 
     if n_songs < 1:
         raise ValueError(f"n_songs must be at least 1, got {n_songs}")

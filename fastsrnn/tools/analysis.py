@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from fastsrnn.atomic import atomic_path
 
 SILENT_DBFS = -50.0  # below this RMS a clip is silent
 NOISY_FLATNESS = 0.5  # spectral flatness of white noise is ~1, of music well under 0.3

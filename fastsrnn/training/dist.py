@@ -12,8 +12,8 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as tdist
 
-from . import env
-from .model import RNNState
+from fastsrnn import env
+from fastsrnn.model import RNNState
 
 
 class Dist:

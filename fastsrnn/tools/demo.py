@@ -83,7 +83,7 @@ def demo(out=DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, seconds: float = 4.0, n
 
 
 def _album(folder: Path) -> List[Path]:
-    from .synth import write_album
+    from fastsrnn.data.synth import write_album
 
     # The synthesizer is seeded, so an existing album is the same album: keep it.
     have = sorted(folder.glob("*.wav")) if folder.exists() else []
@@ -93,7 +93,7 @@ def _album(folder: Path) -> List[Path]:
 
 
 def _prepare(songs: List[Path], data: Path, progress: bool) -> None:
-    from .prepare import prepare
+    from fastsrnn.data.prepare import prepare
 
     if (data / "manifest.json").exists():
         return
@@ -102,11 +102,11 @@ def _prepare(songs: List[Path], data: Path, progress: bool) -> None:
 
 
 def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
-    from .train import TrainConfig, train
+    from fastsrnn.training.trainer import TrainConfig, train
 
     last = run / "checkpoints" / "last.pt"
     if last.exists():
-        from .checkpoint import load_checkpoint
+        from fastsrnn.checkpoint import load_checkpoint
 
         print(f"[demo] continuing the training run in {run} from step {load_checkpoint(last)['step']}", flush=True)
     cfg = TrainConfig(batch_size=16, tbptt=64, max_steps=steps, checkpoint_every=max(1, steps // 4),
@@ -115,9 +115,9 @@ def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
 
 
 def _generate(ckpt: Path, folder: Path, seconds: float, n_clips: int, backend, progress: bool) -> List[Path]:
-    from .audio import write_audio
-    from .checkpoint import load_model
-    from .generate import generate
+    from fastsrnn.data.audio import write_audio
+    from fastsrnn.checkpoint import load_model
+    from fastsrnn.generation.generator import generate
 
     model = load_model(ckpt, "cpu")
     sr = model.cfg.sample_rate

@@ -1,4 +1,4 @@
-"""``fastsrnn train DATA --out RUN``: the command-line face of :func:`fastsrnn.train.train`."""
+"""``fastsrnn train DATA --out RUN``: the command-line face of :func:`fastsrnn.training.trainer.train`."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .config import PRESETS
+from fastsrnn.config import PRESETS
 
 # option -> TrainConfig field; None defaults mean "the run's saved value, else TrainConfig's default"
 _OPTIONS = {
@@ -28,7 +28,7 @@ _OPTIONS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from fastsrnn.training.trainer import TrainConfig
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # defaults are spelled out below
     defaults = TrainConfig()
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, _read_run_config, train
+    from fastsrnn.training.trainer import TrainConfig, _read_run_config, train
 
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import env
-from .backends import BACKENDS
-from .longgen import GenerationRun
+from fastsrnn import env
+from fastsrnn.backends import BACKENDS
+from fastsrnn.generation.longgen import GenerationRun
 
 
 def _temperature(text: str):

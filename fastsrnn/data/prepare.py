@@ -26,8 +26,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text
-from .audio import AUDIO_EXTENSIONS, AudioError, encode_audio, read_audio
+from fastsrnn.atomic import atomic_path, atomic_write_text
+from fastsrnn.data.audio import AUDIO_EXTENSIONS, AudioError, encode_audio, read_audio
 
 FORMAT, VERSION = "fastsrnn-dataset", 1
 SPLITS = ("train", "valid", "test")

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from .config import SampleRNNConfig
+from fastsrnn.config import SampleRNNConfig
 
 HEADROOM = 0.8  # use at most this fraction of the free memory
 

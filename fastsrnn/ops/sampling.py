@@ -1,4 +1,4 @@
-"""Sampling from logits by inverse CDF with passed-in uniforms (DESIGN.md section 3).
+"""Sampling from logits by inverse CDF with passed-in uniforms (docs/DESIGN.md §4).
 
 This is the reference every fused backend reproduces: with the same uniform ``u`` they draw
 the same integer, except at near-ties of the CDF (see :func:`cdf_margin`).

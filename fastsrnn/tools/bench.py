@@ -27,12 +27,12 @@ from typing import List, Optional
 
 import torch
 
-from .atomic import atomic_write_text
-from .backends import DecodeState, available_backends, make_backend
-from .config import SampleRNNConfig
-from .export import export_inference
-from .model import SampleRNN
-from .sampling import cdf_margin
+from fastsrnn.atomic import atomic_write_text
+from fastsrnn.backends import DecodeState, available_backends, make_backend
+from fastsrnn.config import SampleRNNConfig
+from fastsrnn.ops.export import export_inference
+from fastsrnn.model import SampleRNN
+from fastsrnn.ops.sampling import cdf_margin
 
 NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)
 
@@ -238,8 +238,8 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
                            "Starting benchmarks.")
         t_eager = None
         for variant, be in backends.items():
-            name = _parse_variant(variant)[0]  # eager and ref run torch ops per sample: a quarter of the frames
-            n_frames = max(2, frames // (4 if name in ("eager", "ref") else 1))
+            name = _parse_variant(variant)[0]  # eager and folded run torch ops per sample: a quarter of the frames
+            n_frames = max(2, frames // (4 if name in ("eager", "folded") else 1))
             t, peak = time_backend(model, be, n_seq, device, n_frames, repeats)
             t_eager = t if name == "eager" else t_eager
             rows.append(_row(model, preset, n_seq, variant, t, peak, t_eager, floor, checks[variant]))
@@ -250,9 +250,9 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
 
 
 def length_check(preset: str, variants: List[str], device, frame_counts=(50, 500)) -> List[dict]:
-    """Time and peak memory of the real driver (:class:`fastsrnn.generate.Generator`, chunks streamed
+    """Time and peak memory of the real driver (:class:`fastsrnn.generation.generator.Generator`, chunks streamed
     and dropped as a writer would) making each count of frames of one sequence, per variant."""
-    from .generate import Generator
+    from fastsrnn.generation.generator import Generator
 
     torch.manual_seed(0)
     model = SampleRNN(SampleRNNConfig.from_name(preset)).eval().to(device)
@@ -288,7 +288,7 @@ def machine_info(device) -> dict:
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from fastsrnn import __version__
 
     v = {"python": platform.python_version(), "torch": torch.__version__, "fastsrnn": __version__, "triton": None}
     with contextlib.suppress(PackageNotFoundError):
@@ -344,7 +344,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
                    help="backends (variants: cpu:bf16, cuda:nograph, triton:bf16) [default: every backend available here]")
     p.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
-    p.add_argument("--frames", type=int, default=16, help="frames per timed repeat (eager and ref use a quarter) [default: 16]")
+    p.add_argument("--frames", type=int, default=16, help="frames per timed repeat (eager and folded use a quarter) [default: 16]")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported [default: 5]")
     p.add_argument("--length-frames", nargs="*", type=int, default=[50, 500], metavar="N",
                    help="frame counts for the length check (tiny if timed, else the first preset; n_seq 1); "

@@ -19,12 +19,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .atomic import atomic_path, atomic_write_text
-from .audio import AudioStreamWriter
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .generate import Generator, prime_levels
-from .prepare import file_sha256
-from .memory import check_generation_fits
+from fastsrnn.atomic import atomic_path, atomic_write_text
+from fastsrnn.data.audio import AudioStreamWriter
+from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
+from fastsrnn.generation.generator import Generator, prime_levels
+from fastsrnn.data.prepare import file_sha256
+from fastsrnn.generation.memory import check_generation_fits
 
 SETTINGS, STATE = "generation.json", "state.pt"
 FORMAT = "fastsrnn-generation"

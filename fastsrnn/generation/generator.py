@@ -1,7 +1,7 @@
 """Generation: a persistent :class:`Generator` that advances n_seq sequences frame by frame.
 
 State (RNN states, the last-F window) lives on the backend's device for the whole run; the
-uniforms for sampling come from one seeded CPU ``torch.Generator``, one (B, F) draw per frame,
+uniforms for sampling come from one seeded CPU ``torch.Generator``, one (n_frames, B, F) draw per chunk,
 so a run is reproducible whatever the backend, the chunking or an interruption in between.
 Samples come back to the host once per chunk, so memory does not grow with length.
 """
@@ -13,11 +13,11 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 
-from . import env
-from .backends import DecodeState, make_backend
-from .model import SampleRNN
-from .quantize import dequantize, quantize, silence_level
-from .sampling import temperature_tensor
+from fastsrnn import env
+from fastsrnn.backends import DecodeState, make_backend
+from fastsrnn.model import SampleRNN
+from fastsrnn.quantize import dequantize, quantize, silence_level
+from fastsrnn.ops.sampling import temperature_tensor
 
 H0_MODES = ("learned", "random", "zeros")
 
@@ -79,9 +79,14 @@ class Generator:
         """Generate ``n_frames`` frames: (B, n_frames * F) int64 on the CPU."""
         F, B = self.cfg.frame_size, self.n_seq
         buf = torch.empty(B, n_frames, F, dtype=torch.long, device=self.device)  # stays on device
+        # One draw per chunk: the same numbers, in the same order, as one (B, F) draw per frame
+        # (torch's CPU generator fills element by element), copied to the device once.
+        u = torch.rand(n_frames, B, F, generator=self.rng)
+        if self.device.type == "cuda":
+            u = u.pin_memory()
+        u = u.to(self.device, non_blocking=True)
         for i in range(n_frames):
-            u = torch.rand(B, F, generator=self.rng).to(self.device, non_blocking=True)
-            buf[:, i] = self.backend.step_frame(self.state, u, self.inv_temperature, self.argmax)
+            buf[:, i] = self.backend.step_frame(self.state, u[i], self.inv_temperature, self.argmax)
         self.frames_done += n_frames
         return buf.view(B, n_frames * F).cpu()  # one copy to the host per chunk
 
@@ -126,7 +131,7 @@ def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:
 
     seconds: keep only the last ``seconds`` of it (the frame tier's state forgets the rest).
     """
-    from .audio import read_audio  # audio I/O only where a file is read
+    from fastsrnn.data.audio import read_audio  # audio I/O only where a file is read
 
     audio = read_audio(path, cfg.sample_rate)
     if seconds is not None:

@@ -1,4 +1,4 @@
-"""Export a trained SampleRNN into the inference layout of DESIGN.md section 3, once.
+"""Export a trained SampleRNN into the inference layout of docs/DESIGN.md §3, once.
 
 - weight norm folded into plain weights;
 - T2[k, q] = W2 W1_k Emb[q]: the embedding, the first layer and W2 as one (F, Q, H) table;
@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import torch
 
-from .config import SampleRNNConfig
-from .model import SampleRNN
+from fastsrnn.config import SampleRNNConfig
+from fastsrnn.model import SampleRNN
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Training data for :mod:`fastsrnn.train`: quantized chunks in memory, TBPTT slicing, NLL.
+"""Training data for :mod:`fastsrnn.training.trainer`: quantized chunks in memory, TBPTT slicing, NLL.
 
 A prepared dataset (``fastsrnn prepare``) is read once: every chunk of a split is quantized
 per the model config and kept as small integers (uint8 for Q <= 256), so an album of tens of
@@ -16,9 +16,9 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import SampleRNNConfig
-from .model import SampleRNN, nll_bits
-from .quantize import quantize, silence_level
+from fastsrnn.config import SampleRNNConfig
+from fastsrnn.model import SampleRNN, nll_bits
+from fastsrnn.quantize import quantize, silence_level
 
 
 @dataclass
@@ -43,8 +43,8 @@ def _storage_dtype(q_levels: int) -> torch.dtype:
 
 def load_split(data_dir, split: str, cfg: SampleRNNConfig) -> ChunkSet:
     """Read and quantize every chunk of ``split``; each is cut to a whole number of frames."""
-    from .audio import read_audio
-    from .prepare import split_files
+    from fastsrnn.data.audio import read_audio
+    from fastsrnn.data.prepare import split_files
 
     F, levels, dropped = cfg.frame_size, [], 0
     for path in split_files(data_dir, split):

@@ -1,0 +1,59 @@
+"""The ``folded`` backend, and the base of the kernel backends: exported (folded) weights,
+the frame step, and a sample-frame op.
+
+FoldedBackend runs both ops' torch twins (ops/frame_step.py, ops/sample_frame.py) on the folded
+weights of ops/export.py: it is how tests and the bench tell the folds' error from a kernel's.
+Subclasses (cpu, triton, cuda) override :meth:`FoldedBackend.sample_frame` (and the cpu one
+:meth:`frame_step`). The name ``ref`` is an old alias of ``folded``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastsrnn.backends.base import Backend, DecodeState
+from fastsrnn.ops.export import export_inference
+from fastsrnn.ops.frame_step import frame_step_ref
+from fastsrnn.ops.sample_frame import sample_frame_ref
+
+
+def dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t itself when None or contiguous, else a contiguous copy (written back by the caller)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+class FoldedBackend(Backend):
+    name = "folded"
+
+    def __init__(self, model, device, dtype: torch.dtype = torch.float32, frame_dtype: Optional[torch.dtype] = None):
+        super().__init__(model, device)
+        # Exported once per generation, never inside the loop (docs/DESIGN.md §3).
+        self.w = export_inference(model).to(self.device, dtype, frame_dtype or torch.float32)
+
+    def frame_step(self, state: DecodeState) -> torch.Tensor:
+        """Advance state.rnn in place by the frame in state.window; cond (B, F, H)."""
+        return frame_step_ref(self.w, state.window, state.rnn)
+
+    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
+        self.call_dense(sample_frame_ref, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+
+    def call_dense(self, op, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None,
+                   **options):
+        """Call the sample-frame ``op`` (any of ops/sample_frame.py's, same signature) on this
+        backend's weights. The arguments may be views (a slice of a longer logits buffer): the op
+        gets dense copies and what it wrote goes back to the views. ``options``: the op's own."""
+        w = self.w
+        win, o, lg = dense(window), dense(out), dense(logits_out)
+        op(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
+           inv_temperature.contiguous(), bool(argmax), o, dense(forced), lg, **options)
+        for dst, src in ((window, win), (out, o), (logits_out, lg)):
+            if dst is not None and dst is not src:
+                dst.copy_(src)
+
+    @torch.no_grad()
+    def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
+        cond = self.frame_step(state)  # (B, F, H)
+        out = torch.empty_like(state.window)
+        self.sample_frame(cond, state.window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+        return out

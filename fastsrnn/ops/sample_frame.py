@@ -1,0 +1,139 @@
+"""The sample-frame op: all F sample steps of one frame for B sequences. One home for it:
+
+- :func:`sample_frame_ref`, its eager twin in torch ops: the specification, the CPU fallback of
+  the ``folded`` backend and the oracle every kernel is tested against;
+- :func:`check_sample_frame_args`, the one argument check every launcher runs;
+- the launchers :func:`sample_frame_cpu` (csrc/cpu/sample_frame.cpp), :func:`sample_frame_triton`
+  (kernels/sample_frame.py) and :func:`sample_frame_cuda` (csrc/cuda/sample_frame.cu).
+
+Every variant has the same signature and contract:
+
+    table: (F, Q, H), w3: (H, H), wo: (Q, H) all float32 or all bfloat16; cond: (B, F, H) float32
+    = W2 c_j + b2; b3: (H,), bo: (Q,) float32; window: (B, F) int64, updated in place to the last
+    F samples; uniforms: (B, F) float32 in [0, 1); inv_temperature: (B,) float32; argmax: bool;
+    out: (B, F) int64 written with the drawn samples; forced: (B, F) int64 samples fed instead
+    of drawn (teacher forcing); logits_out: (B, F, Q) float32 written with every step's logits.
+
+    Step j: a2 = relu(cond_j + sum_k table[k, window_k]); a3 = relu(W3 a2 + b3);
+    logits = Wo a3 + bo; x = inverse-CDF sample (ops/sampling.py) or forced[:, j];
+    window <- window[1:] + [x].
+
+The kernels want dense tensors; the launchers refuse views rather than copying silently
+(backends/folded.py densifies a view and copies the result back).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastsrnn.ops.sampling import sample_ref
+
+
+def sample_frame_ref(
+    table: torch.Tensor, cond: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor,
+    wo: torch.Tensor, bo: torch.Tensor, window: torch.Tensor, uniforms: torch.Tensor,
+    inv_temperature: torch.Tensor, argmax: bool, out: torch.Tensor,
+    forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+) -> None:
+    """The F sample steps of one frame in torch ops (see the module docstring for the contract)."""
+    F = table.shape[0]
+    slots = torch.arange(F, device=window.device)
+    for j in range(F):
+        a2 = torch.relu(cond[:, j].float() + table[slots, window].float().sum(dim=1))  # (B, F, H) -> (B, H)
+        a3 = torch.relu(a2 @ w3.float().t() + b3)
+        logits = a3 @ wo.float().t() + bo  # (B, Q)
+        if logits_out is not None:
+            logits_out[:, j] = logits
+        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], inv_temperature, argmax)
+        out[:, j] = x
+        window.copy_(torch.cat([window[:, 1:], x[:, None]], dim=1))
+
+
+def _check(op: str, name: str, t: torch.Tensor, shape, dtypes, device) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be {' or '.join(map(str, dtypes))}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be contiguous")
+    if t.device != device:
+        raise ValueError(f"{op}: {name} is on {t.device}, the table on {device}")
+
+
+def _check_samples(op: str, name: str, t: torch.Tensor, q_levels: int) -> None:
+    bad = (t < 0) | (t >= q_levels)
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise ValueError(f"{op}: {name} holds samples outside [0, {q_levels}): "
+                         f"{int(t.flatten()[i])} at flat index {i}")
+
+
+def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, out,
+                            forced=None, logits_out=None) -> None:
+    """Raise TypeError/ValueError naming the argument (and ``op``) unless every tensor has the
+    contract's shape, dtype, density and device. Sample values (window, forced) are range-checked
+    on the CPU only: on a GPU that would synchronise with the host every frame, so the GPU kernels
+    clamp an index into the table instead of reading out of bounds."""
+    if table.dim() != 3:
+        raise ValueError(f"{op}: table must be (F, Q, H), got shape {tuple(table.shape)}")
+    F, Q, H = table.shape
+    B, dev, wdt = cond.shape[0], table.device, table.dtype
+    if wdt not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"{op}: table must be torch.float32 or torch.bfloat16, got {wdt}")
+    f32, i64 = (torch.float32,), (torch.int64,)
+    for name, t, shape, dts in (("table", table, (F, Q, H), (wdt,)), ("cond", cond, (B, F, H), f32),
+                                ("w3", w3, (H, H), (wdt,)), ("b3", b3, (H,), f32),
+                                ("wo", wo, (Q, H), (wdt,)), ("bo", bo, (Q,), f32), ("window", window, (B, F), i64),
+                                ("uniforms", uniforms, (B, F), f32), ("inv_temperature", inv_temperature, (B,), f32),
+                                ("out", out, (B, F), i64), ("forced", forced, (B, F), i64),
+                                ("logits_out", logits_out, (B, F, Q), f32)):
+        if t is not None:
+            _check(op, name, t, shape, dts, dev)
+    if dev.type == "cpu":
+        _check_samples(op, "window", window, Q)
+        if forced is not None:
+            _check_samples(op, "forced", forced, Q)
+
+
+def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+                     forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+                     num_threads: int = 0) -> None:
+    """The fused C++ op (OpenMP, AVX-512/AVX2/portable). num_threads: 0 = torch's thread count
+    (the op uses fewer for small products)."""
+    from fastsrnn.ops.build import cpu_extension
+
+    check_sample_frame_args("sample_frame_cpu", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
+                            out, forced, logits_out)
+    if num_threads < 0:
+        raise ValueError(f"sample_frame_cpu: num_threads must be >= 0 (0 = torch's), got {num_threads}")
+    cpu_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax),
+                                 out, forced, logits_out, int(num_threads))
+
+
+def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+                        forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+                        block_b: Optional[int] = None) -> None:
+    """The Triton kernel, one launch per frame (compiled on a GPU; TRITON_INTERPRET=1 on the CPU).
+    block_b: sequences per program, a power of two (default: kernels.sample_frame.launch_config's)."""
+    from fastsrnn.kernels.sample_frame import launch
+
+    check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
+                            out, forced, logits_out)
+    launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax), out, forced, logits_out,
+           block_b=block_b)
+
+
+def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+                      forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
+                      cooperative: Optional[bool] = None) -> None:
+    """The persistent CUDA kernel, one launch per frame. cooperative: a cooperative launch
+    (default: yes, except while a CUDA graph is being captured)."""
+    from fastsrnn.ops.build import cuda_extension
+
+    check_sample_frame_args("sample_frame_cuda", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
+                            out, forced, logits_out)
+    if cooperative is None:
+        cooperative = not torch.cuda.is_current_stream_capturing()
+    cuda_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax),
+                                  out, forced, logits_out, bool(cooperative))
