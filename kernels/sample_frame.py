@@ -29,7 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 # Elements of the (BLOCK_B, BLOCK_N, BLOCK_H) product tile a program holds at once.
 _TILE_ELEMS = 8192
 _MAX_BLOCK_B = 4

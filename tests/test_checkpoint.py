@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
+from train_helpers import SMALL, riff_dataset, small_train_config
 
 from fastsrnn.checkpoint import CheckpointError, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from fastsrnn.training.trainer import train
-from train_helpers import SMALL, riff_dataset, small_train_config
 
 
 @pytest.fixture(scope="module")

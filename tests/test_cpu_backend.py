@@ -5,16 +5,16 @@ import re
 
 import pytest
 import torch
+from model_helpers import random_model
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, backend_status, make_backend, resolve_backend
-from fastsrnn.ops.frame_step import frame_step
-from fastsrnn.backends.folded import FusedBackend
 from fastsrnn.backends.cpu import CpuBackend, build_extension, sample_frame_cpu
-from fastsrnn.ops.sample_frame import sample_frame_ref
+from fastsrnn.backends.folded import FusedBackend
 from fastsrnn.ops.build import BuildError, _key, csrc_dir, isa_level, load_extension, main
+from fastsrnn.ops.frame_step import frame_step
+from fastsrnn.ops.sample_frame import sample_frame_ref
 from fastsrnn.ops.sampling import cdf_margin
-from model_helpers import random_model
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
 TINY = SampleRNNConfig.from_name("tiny")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from model_helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.generation.generator import Generator, generate
 from fastsrnn.generation.longgen import STATE, GenerationRun
 from fastsrnn.quantize import dequantize, silence_level
-from model_helpers import random_model
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
 

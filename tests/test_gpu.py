@@ -9,12 +9,12 @@
 """
 import pytest
 import torch
+from model_helpers import random_model
+from test_triton_backend import _compare, _forced_logits, _run_frames, _weights
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.ops.sample_frame import sample_frame_ref
-from model_helpers import random_model
-from test_triton_backend import _compare, _forced_logits, _run_frames, _weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)

@@ -2,8 +2,8 @@
 clear errors. Albums are a few seconds long with 0.25 s chunks, so each prepare takes ~0.1 s."""
 from __future__ import annotations
 
-import importlib
 import hashlib
+import importlib
 import json
 import shutil
 from collections import Counter
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastsrnn.data.audio import AudioError, read_audio
 from fastsrnn.cli import main as cli_main
+from fastsrnn.data.audio import AudioError, read_audio
 from fastsrnn.data.prepare import plan_chunks, prepare, read_manifest, split_files
 
 prep = importlib.import_module("fastsrnn.data.prepare")  # the module: fastsrnn.data.prepare is also the function

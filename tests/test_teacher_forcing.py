@@ -3,10 +3,10 @@ as the parallel training forward (mamba's test_generation), for the eager refere
 folded ``ref`` fused backend."""
 import pytest
 import torch
+from model_helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import DecodeState, make_backend
-from model_helpers import random_model
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
 

@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from train_helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
 
 from fastsrnn.checkpoint import load_checkpoint
 from fastsrnn.training.trainer import TrainConfig, train
-from train_helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
 
 
 @pytest.fixture(scope="module")

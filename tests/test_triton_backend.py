@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import _AUTO_ORDER, DecodeState, backend_status, make_backend
 from fastsrnn.ops.sample_frame import sample_frame_ref
 from fastsrnn.ops.sampling import cdf_margin
-from model_helpers import random_model
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRETED:  # only in the child: importing the kernel imports triton

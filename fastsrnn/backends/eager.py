@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from fastsrnn.ops.sampling import sample_ref
 from fastsrnn.backends.base import Backend, DecodeState
+from fastsrnn.ops.sampling import sample_ref
 
 
 class EagerBackend(Backend):

@@ -16,8 +16,8 @@ import torch
 from fastsrnn import env
 from fastsrnn.backends import DecodeState, make_backend
 from fastsrnn.model import SampleRNN
-from fastsrnn.quantize import dequantize, quantize, silence_level
 from fastsrnn.ops.sampling import temperature_tensor
+from fastsrnn.quantize import dequantize, quantize, silence_level
 
 H0_MODES = ("learned", "random", "zeros")
 

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 
 from fastsrnn.atomic import atomic_path, atomic_write_text
-from fastsrnn.data.audio import AudioStreamWriter
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
-from fastsrnn.generation.generator import Generator, prime_levels
+from fastsrnn.data.audio import AudioStreamWriter
 from fastsrnn.data.prepare import file_sha256
+from fastsrnn.generation.generator import Generator, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
 
 SETTINGS, STATE = "generation.json", "state.pt"

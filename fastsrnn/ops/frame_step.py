@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from fastsrnn.ops.export import InferenceWeights
 from fastsrnn.model import RNNState
+from fastsrnn.ops.export import InferenceWeights
 from fastsrnn.quantize import frame_input
 
 

@@ -30,8 +30,8 @@ import torch
 from fastsrnn.atomic import atomic_write_text
 from fastsrnn.backends import DecodeState, available_backends, make_backend
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.ops.export import export_inference
 from fastsrnn.model import SampleRNN
+from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.sampling import cdf_margin
 
 NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)

@@ -115,8 +115,8 @@ def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
 
 
 def _generate(ckpt: Path, folder: Path, seconds: float, n_clips: int, backend, progress: bool) -> List[Path]:
-    from fastsrnn.data.audio import write_audio
     from fastsrnn.checkpoint import load_model
+    from fastsrnn.data.audio import write_audio
     from fastsrnn.generation.generator import generate
 
     model = load_model(ckpt, "cpu")

@@ -27,8 +27,18 @@ from fastsrnn.atomic import atomic_write_text
 from fastsrnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fastsrnn.config import PRESETS, SampleRNNConfig
 from fastsrnn.model import RNNState, SampleRNN, nll_bits
-from fastsrnn.training.data import (ChunkSet, chunk_nll, data_path, describe, epoch_permutation, equal_length_train,
-                           load_split, n_subsequences, subsequence, with_context)
+from fastsrnn.training.data import (
+    ChunkSet,
+    chunk_nll,
+    data_path,
+    describe,
+    epoch_permutation,
+    equal_length_train,
+    load_split,
+    n_subsequences,
+    subsequence,
+    with_context,
+)
 from fastsrnn.training.dist import Dist
 
 LN2 = 0.6931471805599453
