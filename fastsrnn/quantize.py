@@ -37,20 +37,21 @@ def mulaw_dequantize(q: torch.Tensor, q_levels: int) -> torch.Tensor:
     return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
 
 
-def quantize(x: torch.Tensor, q_levels: int, q_type: str = "linear") -> torch.Tensor:
+def _codec(q_type: str):
+    """(quantize, dequantize) for ``q_type``."""
     if q_type == "linear":
-        return linear_quantize(x, q_levels)
+        return linear_quantize, linear_dequantize
     if q_type == "mulaw":
-        return mulaw_quantize(x, q_levels)
+        return mulaw_quantize, mulaw_dequantize
     raise ValueError(f"unknown q_type {q_type!r} (expected 'linear' or 'mulaw')")
+
+
+def quantize(x: torch.Tensor, q_levels: int, q_type: str = "linear") -> torch.Tensor:
+    return _codec(q_type)[0](x, q_levels)
 
 
 def dequantize(q: torch.Tensor, q_levels: int, q_type: str = "linear") -> torch.Tensor:
-    if q_type == "linear":
-        return linear_dequantize(q, q_levels)
-    if q_type == "mulaw":
-        return mulaw_dequantize(q, q_levels)
-    raise ValueError(f"unknown q_type {q_type!r} (expected 'linear' or 'mulaw')")
+    return _codec(q_type)[1](q, q_levels)
 
 
 def frame_input(q: torch.Tensor, q_levels: int) -> torch.Tensor:

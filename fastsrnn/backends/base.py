@@ -65,3 +65,19 @@ class Backend:
         Returns the F samples of the frame: (B, F) int64 on the backend's device.
         """
         raise NotImplementedError
+
+    @torch.no_grad()
+    def step_frames(self, state: DecodeState, uniforms: torch.Tensor, inv_temperature: torch.Tensor,
+                    argmax: bool = False) -> torch.Tensor:
+        """Advance ``state`` by n frames, in place: what generation calls once per chunk.
+
+        uniforms: (n, B, F) float32 on the backend's device, frame i's draws at [i].
+        Returns the samples (B, n, F) int64 on the device. The same results as n calls of
+        :meth:`step_frame`; backends with CUDA graphs replay several frames per graph.
+        """
+        n, B, F = uniforms.shape
+        out = torch.empty(B, n, F, dtype=torch.long, device=uniforms.device)
+        for i in range(n):
+            out[:, i] = self.step_frame(state, uniforms[i], inv_temperature, argmax)
+        return out
+

@@ -1,15 +1,20 @@
-"""CUDA graphs around one frame's launches (the frame step's products and the sample-frame kernel).
+"""CUDA graphs around a frame's launches, and around whole runs of frames.
 
-A frame is a few dozen small launches (per RNN layer: two products, the gate maths, the skip
-projection; then the upsampling and the sample-frame kernel); at small batch the launch
-overhead is a large share of the frame. :class:`FrameGraph` captures them once into a
-``torch.cuda.CUDAGraph`` and replays it per frame.
+A frame is a handful of launches (the frame step's products and gate kernels, then the
+sample-frame kernel); at small batch launch overhead is a large share of it. :class:`FrameGraph`
+captures them once into ``torch.cuda.CUDAGraph`` objects and replays them:
+
+- one frame per replay (``__call__``), with every option (argmax, teacher forcing, logits):
+  what tests and the bench's correctness gate use;
+- ``frames_per_graph`` frames per replay (``frames``): what generation uses, so that a chunk of
+  frames costs one host launch per ``frames_per_graph`` frames. A chunk's uniforms arrive as
+  one (n, B, F) tensor and its samples leave as one (B, n, F) tensor.
 
 What stays fixed between replays: the state tensors (their addresses are captured, so the
-state must be updated in place, as the fused backends do) and static buffers for the per-frame
-inputs (uniforms, inverse temperatures, forced samples) and outputs (samples, logits). Each
-call copies its inputs into the static buffers, replays, and copies the outputs out. A new
-state object, batch size or mode (argmax, forced, logits) gets its own capture.
+state must be updated in place, as the fused backends do) and static buffers for the inputs
+(uniforms, inverse temperatures, forced samples) and outputs (samples, logits). Each call
+copies its inputs into the static buffers, replays, and copies the outputs out. A new state
+object, batch size, frame count or mode gets its own capture (at most ``_MAX_GRAPHS`` kept).
 """
 from __future__ import annotations
 
@@ -23,18 +28,20 @@ import torch
 from fastsrnn.backends.base import DecodeState
 from fastsrnn.backends.folded import FoldedBackend
 
-# Captures kept at once (each holds a private memory pool): enough for sampling + teacher forcing.
+# Captures kept at once (each holds a private memory pool): sampling, a chunk, teacher forcing.
 _MAX_GRAPHS = 4
+# Frames per replay in generation: 16 frames of 16 samples = 256 samples per host launch.
+FRAMES_PER_GRAPH = 16
 
 
 @dataclass
 class _Capture:
     graph: "torch.cuda.CUDAGraph"
-    uniforms: torch.Tensor  # (B, F) float32 static input
+    uniforms: torch.Tensor  # (n, B, F) float32 static input
     inv_temperature: torch.Tensor  # (B,) float32 static input
-    forced: Optional[torch.Tensor]  # (B, F) int64 static input, teacher forcing only
-    logits: Optional[torch.Tensor]  # (B, F, Q) float32 static output
-    out: torch.Tensor  # (B, F) int64 static output (written by the replay)
+    forced: Optional[torch.Tensor]  # (B, F) int64 static input, teacher forcing only (n = 1)
+    logits: Optional[torch.Tensor]  # (B, F, Q) float32 static output (n = 1)
+    out: torch.Tensor  # (B, n, F) int64 static output (written by the replay)
 
 
 class GraphCaptureError(RuntimeError):
@@ -53,38 +60,67 @@ class FrameGraph:
     update ``state`` in place and must not synchronise with the host (no ``.item()``).
     """
 
-    def __init__(self, step: Callable, q_levels: int, warmup: int = 2):
+    def __init__(self, step: Callable, q_levels: int, warmup: int = 2, frames_per_graph: int = FRAMES_PER_GRAPH):
         self.step = step
         self.q_levels = q_levels
         self.warmup = warmup
+        self.frames_per_graph = frames_per_graph
         self._captures: "OrderedDict[tuple, _Capture]" = OrderedDict()
 
     def __call__(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
         """Same contract as Backend.step_frame; returns a fresh (B, F) int64 tensor."""
-        key = (_state_key(state), bool(argmax), forced is not None, logits_out is not None)
-        cap = self._captures.get(key)
-        if cap is None:
-            cap = self._capture(state, uniforms, argmax, forced is not None, logits_out is not None)
-            self._captures[key] = cap
-            while len(self._captures) > _MAX_GRAPHS:
-                self._captures.popitem(last=False)
-        self._captures.move_to_end(key)
-        cap.uniforms.copy_(uniforms)
+        cap = self._get(state, 1, uniforms.shape, argmax, forced is not None, logits_out is not None)
+        cap.uniforms[0].copy_(uniforms)
         cap.inv_temperature.copy_(inv_temperature)
         if forced is not None:
             cap.forced.copy_(forced)
         cap.graph.replay()
         if logits_out is not None:
             logits_out.copy_(cap.logits)
-        return cap.out.clone()  # the static buffer is overwritten by the next replay
+        return cap.out[:, 0].clone()  # the static buffer is overwritten by the next replay
 
-    def _capture(self, state: DecodeState, uniforms, argmax: bool, has_forced: bool, has_logits: bool) -> _Capture:
-        B, F = uniforms.shape
+    def frames(self, state: DecodeState, uniforms, inv_temperature, argmax=False) -> torch.Tensor:
+        """Same contract as Backend.step_frames: uniforms (n, B, F) -> samples (B, n, F) int64.
+        Whole groups of ``frames_per_graph`` frames replay one graph each; the rest one per frame."""
+        n, B, F = uniforms.shape
+        out = torch.empty(B, n, F, dtype=torch.long, device=uniforms.device)
+        k, i = self.frames_per_graph, 0
+        if n >= k:
+            cap = self._get(state, k, (B, F), argmax, False, False)
+            cap.inv_temperature.copy_(inv_temperature)
+            for i in range(0, n - k + 1, k):
+                cap.uniforms.copy_(uniforms[i:i + k])
+                cap.graph.replay()
+                out[:, i:i + k] = cap.out
+            i = n - n % k
+        for j in range(i, n):
+            out[:, j] = self(state, uniforms[j], inv_temperature, argmax)
+        return out
+
+    def _get(self, state, n_frames: int, frame_shape, argmax: bool, has_forced: bool, has_logits: bool) -> _Capture:
+        key = (_state_key(state), n_frames, bool(argmax), has_forced, has_logits)
+        cap = self._captures.get(key)
+        if cap is None:
+            cap = self._capture(state, n_frames, frame_shape, argmax, has_forced, has_logits)
+            self._captures[key] = cap
+            while len(self._captures) > _MAX_GRAPHS:
+                self._captures.popitem(last=False)
+        self._captures.move_to_end(key)
+        return cap
+
+    def _run(self, state, u, inv_t, argmax, forced, logits, out) -> None:
+        for i in range(u.shape[0]):
+            out[:, i] = self.step(state, u[i], inv_t, argmax, forced, logits)
+
+    def _capture(self, state: DecodeState, n_frames: int, frame_shape, argmax: bool, has_forced: bool,
+                 has_logits: bool) -> _Capture:
+        B, F = frame_shape
         dev = state.window.device
-        u = torch.zeros(B, F, dtype=torch.float32, device=dev)
+        u = torch.zeros(n_frames, B, F, dtype=torch.float32, device=dev)
         inv_t = torch.ones(B, dtype=torch.float32, device=dev)
         forced = torch.zeros(B, F, dtype=torch.int64, device=dev) if has_forced else None
         logits = torch.zeros(B, F, self.q_levels, dtype=torch.float32, device=dev) if has_logits else None
+        out = torch.zeros(B, n_frames, F, dtype=torch.int64, device=dev)
         # Warm up on a copy of the state, on a side stream (torch's recipe): lazy initialisation
         # (cuBLAS workspaces, Triton compilation, the extension build) must not be captured,
         # and the real state must not advance.
@@ -93,12 +129,12 @@ class FrameGraph:
         with torch.cuda.stream(side):
             scratch = state.clone()
             for _ in range(self.warmup):
-                self.step(scratch, u, inv_t, argmax, forced, logits)
+                self._run(scratch, u[:1], inv_t, argmax, forced, logits, out)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                out = self.step(state, u, inv_t, argmax, forced, logits)
+                self._run(state, u, inv_t, argmax, forced, logits, out)
         except RuntimeError as e:  # capture is not execution: the real state is untouched
             raise GraphCaptureError(str(e)) from e
         return _Capture(graph, u, inv_t, forced, logits, out)
@@ -114,9 +150,9 @@ def graphs_usable(device: torch.device) -> tuple:
 
 
 class GraphedBackend(FoldedBackend):
-    """A FoldedBackend whose ``step_frame`` may replay CUDA graphs (``graphs``: None = on where
-    possible, True = required, False = off). A capture that fails falls back to plain launches
-    with a warning, so that generation never stops on it."""
+    """A FoldedBackend whose ``step_frame``/``step_frames`` may replay CUDA graphs (``graphs``:
+    None = on where possible, True = required, False = off). A capture that fails falls back to
+    plain launches with a warning, so that generation never stops on it."""
 
     def _setup_graphs(self, graphs: Optional[bool]) -> None:
         ok, why = graphs_usable(self.device)
@@ -125,12 +161,24 @@ class GraphedBackend(FoldedBackend):
         self.graphs = ok if graphs is None else bool(graphs)
         self._graph = FrameGraph(super().step_frame, self.cfg.q_levels) if self.graphs else None
 
+    def _capture_failed(self, e: GraphCaptureError) -> None:
+        warnings.warn(f"{self.name} backend: CUDA graph capture failed ({e}); using plain launches")
+        self._graph, self.graphs = None, False
+
     @torch.no_grad()
     def step_frame(self, state, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
         if self._graph is not None:
             try:
                 return self._graph(state, uniforms, inv_temperature, argmax, forced, logits_out)
             except GraphCaptureError as e:  # capture unsupported here (driver, MPS, ...): plain launches
-                warnings.warn(f"{self.name} backend: CUDA graph capture failed ({e}); using plain launches")
-                self._graph, self.graphs = None, False
+                self._capture_failed(e)
         return super().step_frame(state, uniforms, inv_temperature, argmax, forced, logits_out)
+
+    @torch.no_grad()
+    def step_frames(self, state, uniforms, inv_temperature, argmax=False):
+        if self._graph is not None:
+            try:
+                return self._graph.frames(state, uniforms, inv_temperature, argmax)
+            except GraphCaptureError as e:
+                self._capture_failed(e)
+        return super().step_frames(state, uniforms, inv_temperature, argmax)

@@ -6,6 +6,11 @@ Reading: WAV, FLAC, OGG (Vorbis/Opus), MP3 (libsndfile >= 1.1), AIFF and the res
 rate is resampled with soxr's 'HQ' quality, giving ``round(T * sample_rate / file_rate)``
 samples. Writing: WAV or FLAC, 16-bit PCM, mono (or (T, C)); samples are clipped to [-1, 1]
 first, since libsndfile's float -> int conversion does not clip by default.
+
+soundfile and soxr are imported only where a file is read, written or resampled
+(:func:`require_soundfile`, :func:`require_soxr`), so that generation to arrays, the bench, the
+backends and the GPU tests run on a machine without them; there, touching a file raises
+:class:`MissingAudioLibrary` naming the package and ``pip install soundfile soxr``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-import soundfile as sf
 
 from fastsrnn.atomic import atomic_path
 
@@ -29,6 +33,33 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 
 class AudioError(ValueError):
     """An audio file that cannot be read or written; the message names the file."""
+
+
+class MissingAudioLibrary(ImportError):
+    """soundfile or soxr is not installed (or libsndfile cannot be loaded): audio files cannot be used."""
+
+    def __init__(self, package: str, cause: Exception):
+        super().__init__(f"reading, writing or resampling audio files needs the '{package}' package, which cannot be "
+                         f"imported here ({cause}); install the audio libraries with: pip install soundfile soxr",
+                         name=package)
+
+
+def require_soundfile():
+    """The soundfile module, imported on first use; raises MissingAudioLibrary if it is absent."""
+    try:
+        import soundfile
+    except (ImportError, OSError) as e:  # OSError: soundfile is there but libsndfile cannot be loaded
+        raise MissingAudioLibrary("soundfile", e) from e
+    return soundfile
+
+
+def require_soxr():
+    """The soxr module (resampling), imported on first use; raises MissingAudioLibrary if it is absent."""
+    try:
+        import soxr
+    except ImportError as e:
+        raise MissingAudioLibrary("soxr", e) from e
+    return soxr
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,7 @@ def audio_info(path: PathLike) -> AudioInfo:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
+    sf = require_soundfile()
     try:
         i = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -65,8 +97,7 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """audio: (T,) float32 at from_rate -> (round(T * to_rate / from_rate),) float32 (soxr 'HQ')."""
     if from_rate == to_rate:
         return audio
-    import soxr  # imported here: only files at another rate need it
-
+    soxr = require_soxr()  # imported here: only files at another rate need it
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
@@ -81,6 +112,7 @@ def read_audio(path: PathLike, sample_rate: int) -> np.ndarray:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
+    sf = require_soundfile()
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
@@ -124,6 +156,7 @@ def write_audio(path: PathLike, audio: np.ndarray, sample_rate: int, format: Opt
     path = Path(path)
     fmt = _write_format(path, format)
     frames = _as_frames(audio, str(path))
+    sf = require_soundfile()
     with atomic_path(path, suffix="." + fmt.lower()) as tmp:
         sf.write(str(tmp), frames, int(sample_rate), subtype="PCM_16", format=fmt)
     return path
@@ -134,7 +167,8 @@ def encode_audio(audio: np.ndarray, sample_rate: int, format: str = "flac") -> b
     import io
 
     buf = io.BytesIO()
-    sf.write(buf, _as_frames(audio, "audio"), int(sample_rate), subtype="PCM_16", format=_write_format(Path("x"), format))
+    fmt = _write_format(Path("x"), format)
+    require_soundfile().write(buf, _as_frames(audio, "audio"), int(sample_rate), subtype="PCM_16", format=fmt)
     return buf.getvalue()
 
 
@@ -162,6 +196,7 @@ class AudioStreamWriter:
         self.path = Path(path)
         self.sample_rate = int(sample_rate)
         self.format = _write_format(self.path, format)
+        sf = require_soundfile()
         if append and self.path.exists():
             self._file, self.frames = self._reopen(keep_frames)
         else:
@@ -173,7 +208,7 @@ class AudioStreamWriter:
 
     def _reopen(self, keep: Optional[int]):
         if self.format == "WAV":
-            f = sf.SoundFile(str(self.path), "r+")
+            f = require_soundfile().SoundFile(str(self.path), "r+")
             self._check_same(f)
             keep = f.frames if keep is None else int(keep)
             if keep > f.frames:
@@ -187,6 +222,7 @@ class AudioStreamWriter:
     def _copy_prefix(self, keep: Optional[int]):
         """Copy the first ``keep`` frames into a new file that replaces the old one (FLAC)."""
         tmp = self.path.with_name(f".{self.path.name}.resume.{self.format.lower()}")
+        sf = require_soundfile()
         out = sf.SoundFile(str(tmp), "w", self.sample_rate, 1, "PCM_16", format=self.format)
         copied = 0
         with sf.SoundFile(str(self.path)) as src:
@@ -211,7 +247,7 @@ class AudioStreamWriter:
         os.replace(tmp, self.path)  # the open handle follows the file to its new name
         return out, copied
 
-    def _check_same(self, f: sf.SoundFile) -> None:
+    def _check_same(self, f) -> None:  # f: an open soundfile.SoundFile
         if f.samplerate != self.sample_rate or f.channels != 1:
             f.close()
             raise AudioError(f"{self.path}: cannot append, the file is {f.channels} channel(s) at {f.samplerate} Hz, "

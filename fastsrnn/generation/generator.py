@@ -78,15 +78,13 @@ class Generator:
     def frames(self, n_frames: int) -> torch.Tensor:
         """Generate ``n_frames`` frames: (B, n_frames * F) int64 on the CPU."""
         F, B = self.cfg.frame_size, self.n_seq
-        buf = torch.empty(B, n_frames, F, dtype=torch.long, device=self.device)  # stays on device
         # One draw per chunk: the same numbers, in the same order, as one (B, F) draw per frame
         # (torch's CPU generator fills element by element), copied to the device once.
         u = torch.rand(n_frames, B, F, generator=self.rng)
         if self.device.type == "cuda":
             u = u.pin_memory()
         u = u.to(self.device, non_blocking=True)
-        for i in range(n_frames):
-            buf[:, i] = self.backend.step_frame(self.state, u[i], self.inv_temperature, self.argmax)
+        buf = self.backend.step_frames(self.state, u, self.inv_temperature, self.argmax)  # (B, n, F) on device
         self.frames_done += n_frames
         return buf.view(B, n_frames * F).cpu()  # one copy to the host per chunk
 

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
-from fastsrnn.data.audio import AudioStreamWriter
+from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.prepare import file_sha256
 from fastsrnn.generation.generator import Generator, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
@@ -45,6 +44,7 @@ class GenerationRun:
                fmt="wav", normalize="peak", chunk_seconds=1.0, save_every_seconds=10.0) -> "GenerationRun":
         out = Path(out_dir)
         _check_new_output(out)
+        require_soundfile()  # the part files need it: say so before the model is loaded
         if not seconds or seconds <= 0:
             raise ValueError(f"--seconds must be > 0, got {seconds}")
         if fmt not in ("wav", "flac"):
@@ -58,7 +58,8 @@ class GenerationRun:
         levels = prime_levels(prime, model.cfg, prime_seconds) if prime is not None else None
         gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
                         backend=backend, device=device, prime=levels)
-        settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
+        settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path),
+                    "checkpoint_sha256": file_sha256(ckpt_path),
                     "seconds": seconds, "n_samples": int(round(seconds * sr)), "sample_rate": sr, "n_seq": n_seq,
                     "temperature": temperature, "argmax": argmax, "h0": h0, "seed": seed,
                     "prime": None if prime is None else str(Path(prime).resolve()), "prime_seconds": prime_seconds,
@@ -67,7 +68,8 @@ class GenerationRun:
                     "save_every_samples": int(save_every_seconds * sr), "backend": gen.backend_name, "complete": False}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / SETTINGS, json.dumps(settings, indent=2))
-        run = cls(out, settings, gen, {"written": 0, "sum": [0.0] * n_seq, "sumsq": [0.0] * n_seq, "peak": [0.0] * n_seq})
+        stats = {"written": 0, "sum": [0.0] * n_seq, "sumsq": [0.0] * n_seq, "peak": [0.0] * n_seq}
+        run = cls(out, settings, gen, stats)
         run._open_parts(levels)
         run.save_state()
         return run
@@ -76,13 +78,16 @@ class GenerationRun:
     def reopen(cls, out_dir, backend=None, device=None) -> "GenerationRun":
         out = Path(out_dir)
         settings = _read_settings(out)
+        require_soundfile()
         if settings.get("complete"):
             raise FileExistsError(f"{out}: this generation is already complete; nothing to resume")
         if not (out / STATE).is_file():
-            raise FileNotFoundError(f"{out}: no {STATE} to resume from (the run died before its first save); start it again in a new --out")
+            raise FileNotFoundError(f"{out}: no {STATE} to resume from (the run died before its first save); "
+                                    "start it again in a new --out")
         ckpt_path = Path(settings["checkpoint"])
         if not ckpt_path.is_file() or file_sha256(ckpt_path) != settings["checkpoint_sha256"]:
-            raise ValueError(f"{out}: its checkpoint {ckpt_path} is missing or has changed since the run started; cannot resume exactly")
+            raise ValueError(f"{out}: its checkpoint {ckpt_path} is missing or has changed since the run started; "
+                             "cannot resume exactly")
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         gen = Generator(model, settings["n_seq"], temperature=settings["temperature"], argmax=settings["argmax"],
                         h0=settings["h0"], seed=settings["seed"], backend=backend or settings["backend"], device=device)
@@ -102,7 +107,8 @@ class GenerationRun:
     def _truncate_parts(self) -> None:
         """Drop whatever was written after the last saved state: it is generated again, identically."""
         sr = self.settings["sample_rate"]
-        self.files = [AudioStreamWriter(p, sr, "wav", append=True, keep_frames=self.stats["written"]) for p in self.parts]
+        written = self.stats["written"]
+        self.files = [AudioStreamWriter(p, sr, "wav", append=True, keep_frames=written) for p in self.parts]
 
     # ---- the loop ------------------------------------------------------------------------------
     def _write(self, audio: np.ndarray) -> None:
@@ -111,7 +117,8 @@ class GenerationRun:
             f.flush()  # libsndfile rewrites the WAV header: the file is valid up to here
         self.stats["written"] += audio.shape[1]
         self.stats["sum"] = [s + float(a.sum(dtype=np.float64)) for s, a in zip(self.stats["sum"], audio)]
-        self.stats["sumsq"] = [s + float(np.square(a, dtype=np.float64).sum()) for s, a in zip(self.stats["sumsq"], audio)]
+        self.stats["sumsq"] = [s + float(np.square(a, dtype=np.float64).sum())
+                               for s, a in zip(self.stats["sumsq"], audio)]
         self.stats["peak"] = [max(p, float(np.abs(a).max())) for p, a in zip(self.stats["peak"], audio)]
 
     def save_state(self) -> None:
@@ -141,7 +148,8 @@ class GenerationRun:
                         self.save_state()
                         since_save = 0
                     rate = (self.generated - done0) / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix_str(f"{rate:,.0f} samples/s/seq, {rate * s['n_seq']:,.0f} total, {rate / sr:.2f}x real time")
+                    bar.set_postfix_str(f"{rate:,.0f} samples/s/seq, {rate * s['n_seq']:,.0f} total, "
+                                        f"{rate / sr:.2f}x real time")
                     bar.update(audio.shape[1] / sr)
                     if on_chunk is not None:
                         on_chunk(self)
@@ -173,7 +181,9 @@ class GenerationRun:
         n = max(self.stats["written"], 1)
         mean = self.stats["sum"][i] / n
         rms = max(self.stats["sumsq"][i] / n - mean * mean, 0.0) ** 0.5
-        note = f"sequence {i} is near-silent (RMS {rms:.2e}); try another seed, temperature or checkpoint" if rms < SILENT_RMS else None
+        note = None
+        if rms < SILENT_RMS:
+            note = f"sequence {i} is near-silent (RMS {rms:.2e}); try another seed, temperature or checkpoint"
         peak = self.stats["peak"][i]
         if self.settings["normalize"] == "none" or peak <= 0:
             return 1.0, note
@@ -181,6 +191,7 @@ class GenerationRun:
 
 
 def _copy_with_gain(src: Path, dst: Path, gain: float, fmt: str, block: int = 1 << 16) -> None:
+    sf = require_soundfile()
     with sf.SoundFile(src) as fin, atomic_path(dst) as tmp:
         with sf.SoundFile(tmp, "w", fin.samplerate, 1, "PCM_16", format=fmt.upper()) as fout:
             for chunk in fin.blocks(blocksize=block, dtype="float32"):
