@@ -1,3 +1,4 @@
+"""``python -m benchmarks`` = ``fastsrnn bench`` (same arguments)."""
 import sys
 
 from fastsrnn.tools.bench import main

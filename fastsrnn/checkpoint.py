@@ -38,11 +38,13 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a fastsrnn checkpoint (torch.load failed: {type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a fastsrnn checkpoint "
+                              f"(torch.load failed: {type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastsrnn checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (this fastsrnn reads {VERSION})")
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
+                              f"(this fastsrnn reads {VERSION})")
     try:
         SampleRNNConfig.from_dict(ckpt["config"])
     except (KeyError, TypeError, ValueError) as e:
@@ -63,7 +65,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], path: Union[str, os.PathLike] = 
     wrong = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} for this config"
              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
-        parts = ([f"missing {missing[:5]}"] if missing else []) + ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5]
+        parts = (([f"missing {missing[:5]}"] if missing else [])
+                 + ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5])
         raise CheckpointError(f"{path}: weights do not fit the saved config: " + "; ".join(parts))
     model.load_state_dict(state)
     return model.eval()

@@ -184,7 +184,8 @@ class SampleRNN(nn.Module):
         B, total = x.shape
         T = total - F
         if T <= 0 or T % F:
-            raise ValueError(f"SampleRNN.forward: input length {total} must be F + T with T a positive multiple of F={F}")
+            raise ValueError(f"SampleRNN.forward: input length {total} must be F + T "
+                             f"with T a positive multiple of F={F}")
         if state is None:
             state = self.initial_state(B)
         frames = x[:, :T].reshape(B, T // F, F)  # (B, N, F): frame n conditions targets x[F + nF + j]

@@ -1,10 +1,12 @@
-"""Shared fixtures. Keep this small: fixtures used by one test file belong in that file."""
+"""Shared fixtures and the `interpret` rule. Keep this small: fixtures used by one test file
+belong in that file, helpers used by several in helpers.py."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List
 
 import pytest
+from helpers import INTERPRET
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +15,17 @@ def album(tmp_path_factory) -> List[Path]:
     from fastsrnn.data.synth import write_album
 
     return write_album(tmp_path_factory.mktemp("album"), n_songs=3, seconds=4.0, sample_rate=16000, seed=0)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what it deselects
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `interpret` run Triton kernels on the CPU interpreter, which Triton enables
+    only when TRITON_INTERPRET=1 is set before it is imported: the normal run deselects them
+    (pyproject's addopts, -m "not interpret"); selecting one without the variable is an error."""
+    if INTERPRET:
+        return
+    chosen = [item.nodeid for item in items if item.get_closest_marker("interpret")]
+    if chosen:
+        raise pytest.UsageError(
+            f"{len(chosen)} selected tests (e.g. {chosen[0]}) are marked `interpret` and need TRITON_INTERPRET=1 "
+            "set before pytest starts: TRITON_INTERPRET=1 python -m pytest -m interpret tests")

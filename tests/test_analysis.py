@@ -33,7 +33,8 @@ def test_metrics_plot(tmp_path):
     import json
 
     rows = [{"step": s, "train_bits": 8 - s / 10, "valid_bits": 7.5 - s / 10} for s in (10, 20, 30)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "test_bits": 4.0}\n')
+    lines = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "test_bits": 4.0}\n'
+    (tmp_path / "metrics.jsonl").write_text(lines)
     from fastsrnn.tools.analysis import plot_metrics
 
     out = plot_metrics(tmp_path)

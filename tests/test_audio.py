@@ -12,7 +12,8 @@ from fastsrnn.data import audio as audio_mod
 from fastsrnn.data.audio import AudioError, AudioStreamWriter, audio_info, read_audio, write_audio
 
 # (extension, soundfile format, subtype): the formats a user's album comes in.
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
+           "mp3": ("MP3", "MPEG_LAYER_III")}
 STEP = 1.0 / 32768  # one 16-bit step
 
 
@@ -82,7 +83,8 @@ def test_zero_samples_missing_file_and_nan(tmp_path):
 def test_audio_info(tmp_path):
     sf.write(str(tmp_path / "i.flac"), np.zeros((2205, 2), np.float32), 22050, subtype="PCM_16")
     info = audio_info(tmp_path / "i.flac")
-    assert (info.sample_rate, info.channels, info.frames, info.format, info.subtype) == (22050, 2, 2205, "FLAC", "PCM_16")
+    got = (info.sample_rate, info.channels, info.frames, info.format, info.subtype)
+    assert got == (22050, 2, 2205, "FLAC", "PCM_16")
     assert info.seconds == pytest.approx(0.1)
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from train_helpers import SMALL, riff_dataset, small_train_config
+from helpers import SMALL, riff_dataset, small_train_config
 
 from fastsrnn.checkpoint import CheckpointError, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from fastsrnn.training.trainer import train

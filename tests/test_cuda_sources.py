@@ -2,6 +2,13 @@
 
 - csrc/cuda/*.cu compile with plain ``nvcc -c`` (no torch on the include path) for sm_90 (the
   H100/H200 the kernel is tuned for) and nvcc's default architecture, warnings as errors;
+- ptxas (sm_90) reports no register spill and no stack for any kernel, and the launch plan
+  (sample_frame_launch_plan, printed by a host program) fits an H100 at the dadabots-2tier
+  shapes: shared memory within 227 KB per block, every block co-resident at the registers
+  ptxas reports;
+- the kernel's schedule (P_j a step early, the ring indexed by absolute time, every block
+  drawing every sample) is the reference's recurrence: a torch twin of it matches
+  sample_frame_ref;
 - a small host program links against the launcher and, with no GPU, gets a message naming
   the failed CUDA call (every call's return code is checked);
 - binding.cpp compiles against torch's headers (syntax only: a CPU-only torch cannot link it);
@@ -19,8 +26,11 @@ import pytest
 import torch
 
 from fastsrnn.backends import backend_status
-from fastsrnn.backends.cuda import CudaBackend, build_extension
-from fastsrnn.ops.build import BuildError, csrc_dir
+from fastsrnn.backends.cuda import CudaBackend
+from fastsrnn.ops.build import BuildError, csrc_dir, cuda_extension
+from fastsrnn.ops.sample_frame import sample_frame_ref
+from fastsrnn.ops.sampling import sample_ref
+from fastsrnn.tools.gpu_compile import SMEM_LIMIT, parse_ptxas
 
 CUDA_DIR = csrc_dir() / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
@@ -61,14 +71,14 @@ DRIVER = r"""
 int main() {
   fastsrnn::SampleFrameParams p{};
   p.B = 0; p.F = 16; p.Q = 256; p.H = 1024;
-  const char* bad = fastsrnn::sample_frame_launch(p, nullptr, true);
+  const char* bad = fastsrnn::sample_frame_launch(p, nullptr, 0);
   std::printf("bad-sizes: %s\n", bad ? bad : "(null)");
-  static float f[16]; static long long l[16]; static unsigned u;
+  alignas(16) static float f[16]; static long long l[16];
   p.B = 1; p.table = p.w3 = p.wo = f; p.cond = p.b3 = p.bo = p.uniforms = p.inv_temperature = f;
-  p.window = p.out = reinterpret_cast<int64_t*>(l); p.workspace = f; p.barrier = &u;
-  const char* r = fastsrnn::sample_frame_launch(p, nullptr, true);
+  p.window = p.out = reinterpret_cast<int64_t*>(l); p.workspace = f;
+  const char* r = fastsrnn::sample_frame_launch(p, nullptr, 0);
   std::printf("launch: %s\n", r ? r : "(null)");
-  std::printf("workspace: %zu\n", fastsrnn::sample_frame_workspace_floats(3, 100, 7));
+  std::printf("workspace: %zu\n", fastsrnn::sample_frame_workspace_bytes(3, 100, 7));
   return 0;
 }
 """
@@ -85,12 +95,180 @@ def test_launcher_links_and_reports_errors(tmp_path):
     rc, log = _run([str(tmp_path / "driver")], tmp_path)
     assert rc == 0, log
     assert "bad-sizes: sample_frame (CUDA): need B, F, H >= 1 and Q >= 2" in log
-    assert "workspace: 621" in log  # 2 * 3 * 100 + 3 * 7
+    assert "workspace: 2720" in log  # 128 + 4 * 3 * (2 * 104 + 8): barrier header, P, a3 (H padded to 8), logits
     launch = re.search(r"launch: (.*)", log).group(1)
     if torch.cuda.is_available():  # with a GPU the dummy host pointers fail later, at the launch
         assert launch != "(null)"
     else:
         assert re.match(r"sample_frame \(CUDA\): cuda\w+\(.*\) failed: \S", launch), launch
+
+
+@pytest.fixture(scope="module")
+def ptxas_sm90(tmp_path_factory):
+    """{kernel entry (mangled): parse_ptxas numbers} of sample_frame.cu compiled for sm_90."""
+    if NVCC is None:
+        pytest.skip("nvcc is not installed (CI has it)")
+    d = tmp_path_factory.mktemp("ptxas")
+    entries = {}
+    for src in SOURCES:
+        rc, log = _run([NVCC, "-c", "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", str(src), "-o",
+                        str(d / "k.o")], d)
+        assert rc == 0, f"nvcc -Xptxas -v failed on {src.name}:\n{log[-4000:]}"
+        for part in log.split("Compiling entry function '")[1:]:
+            name = part.split("'", 1)[0]
+            entries[name] = parse_ptxas(part.split("Compiling entry function", 1)[0])
+    return entries
+
+
+def _variant(entries, dtype: str, F: str) -> dict:
+    """The entry of sample_frame_kernel<W, kF> (W: f = float, t = uint16_t bf16 bits; kF 16 or 0)."""
+    code = {"fp32": "If", "bf16": "It"}[dtype] + f"Li{F}E"
+    found = [v for k, v in entries.items() if "sample_frame_kernel" in k and code in k]
+    assert len(found) == 1, f"no single sample_frame_kernel<{dtype}, {F}> among {list(entries)}"
+    return found[0]
+
+
+@needs_nvcc
+def test_ptxas_no_spills_or_stack(ptxas_sm90):
+    """Every kernel instantiation (fp32/bf16 x F=16/any F) without spills or stack on sm_90, within
+    the register budget of one 256-thread block per SM."""
+    assert len(ptxas_sm90) >= 4, ptxas_sm90
+    for dtype in ("fp32", "bf16"):
+        for F in ("16", "0"):
+            _variant(ptxas_sm90, dtype, F)
+    for name, r in ptxas_sm90.items():
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{name} spills: {r}"
+        assert r["stack"] == 0, f"{name} uses {r['stack']} bytes of stack: {r}"
+        assert 0 < r["registers"] <= 255 and r["registers"] * 256 <= 65536, f"{name}: {r}"
+
+
+PLAN = r"""
+#include <cstdio>
+#include <cstdlib>
+#include "sample_frame.cuh"
+int main(int argc, char** argv) {
+  // An H100 SXM (sm_90): 132 SMs, 227 KB opt-in shared memory per block, 228 KB per SM.
+  const fastsrnn::SampleFrameDevice h100{132, 232448, 233472, 1024, 65536, 2048, 32};
+  for (int i = 1; i + 7 < argc + 1; i += 7) {
+    const int B = std::atoi(argv[i]), F = std::atoi(argv[i + 1]), Q = std::atoi(argv[i + 2]);
+    const int H = std::atoi(argv[i + 3]), bf16 = std::atoi(argv[i + 4]), regs = std::atoi(argv[i + 5]);
+    const int smem = std::atoi(argv[i + 6]);
+    const auto p = fastsrnn::sample_frame_launch_plan(B, F, Q, H, bf16 != 0, h100, regs, smem, 0);
+    std::printf("plan B=%d F=%d Q=%d H=%d bf16=%d grid=%d rows3=%d rowso=%d split3=%d splito=%d tile=%d smem=%zu "
+                "per_sm=%d resident=%d error=%s\n", B, F, Q, H, bf16, p.shape.grid, p.shape.rows3, p.shape.rowso,
+                p.shape.split3, p.shape.splito, p.shape.tile, p.smem, p.blocks_per_sm, p.resident, p.error);
+  }
+  return 0;
+}
+"""
+H100_SMS = 132
+
+
+@needs_nvcc
+def test_launch_plan_fits_h100(ptxas_sm90, tmp_path):
+    """At the dadabots-2tier shapes (F16 Q256 H1024; 1, 4, 8 sequences; fp32 and bf16 weights) the
+    plan asks for shared memory within sm_90's 227 KB and a grid that is co-resident at the
+    registers ptxas reports; odd shapes plan too, and weights that cannot fit say why."""
+    (tmp_path / "plan.cu").write_text(PLAN)
+    rc, log = _run([NVCC, "-std=c++17", f"-I{CUDA_DIR}", "plan.cu", "-o", "plan"], tmp_path)
+    assert rc == 0, f"the plan program does not build:\n{log[-4000:]}"
+    cases = []
+    for dtype in ("fp32", "bf16"):
+        r = _variant(ptxas_sm90, dtype, "16")
+        cases += [(B, 16, 256, 1024, dtype, r) for B in (1, 4, 8)]
+        g = _variant(ptxas_sm90, dtype, "0")
+        cases += [(3, 3, 7, 100, dtype, g), (200, 5, 3, 5, dtype, g), (9, 16, 256, 128, dtype, r),
+                  (1, 16, 256, 8192, dtype, r)]
+    args = [str(a) for B, F, Q, H, dtype, r in cases for a in (B, F, Q, H, int(dtype == "bf16"), r["registers"],
+                                                               r["smem"])]
+    rc, log = _run([str(tmp_path / "plan"), *args], tmp_path)
+    assert rc == 0, log
+    lines = [line for line in log.splitlines() if line.startswith("plan ")]
+    plans = [dict(kv.split("=", 1) for kv in line.split(" error=")[0].split()[1:]) | {"error": line.split(" error=")[1]}
+             for line in lines]
+    assert len(plans) == len(cases), log
+    print("\n".join(lines))
+    for (B, F, Q, H, dtype, r), plan in zip(cases, plans):
+        if H == 8192:  # 63 W3 rows of 16 or 32 KB each on 131 blocks cannot fit, and it says so
+            assert "bytes of shared memory per block" in plan["error"] and "232448" in plan["error"], plan
+            continue
+        assert plan["error"] == "", plan
+        grid, smem, per_sm = int(plan["grid"]), int(plan["smem"]), int(plan["per_sm"])
+        assert smem + r["smem"] <= SMEM_LIMIT[90], plan
+        assert 1 <= grid <= H100_SMS and per_sm >= 1 and grid <= int(plan["resident"]), plan
+        assert r["registers"] * 256 * per_sm <= 65536, (plan, r)
+        assert grid * int(plan["rows3"]) >= H and grid * int(plan["rowso"]) >= Q, plan
+        assert 1 <= int(plan["tile"]) <= min(B, 8), plan
+        if (F, Q, H) == (16, 256, 1024):  # the preset: 8 W3 rows and 2 Wo rows per block on 128 SMs
+            assert (grid, int(plan["rows3"]), int(plan["rowso"])) == (128, 8, 2), plan
+
+
+def _schedule_twin(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax, out, forced=None,
+                   logits_out=None):
+    """sample_frame.cu's schedule in torch ops: P_j = cond_j + sum_{k<F-1} T[k, s_{j-F+k}] computed a step
+    early, a2_j = relu(P_j + T[F-1, s_{j-1}]), s_{j-1} drawn at the start of step j, the ring indexed by
+    absolute time (s_t at slot t mod F). Same contract as sample_frame_ref."""
+    F, Q, H = table.shape
+    B = cond.shape[0]
+    T = table.float()
+    ring = window.clamp(0, Q - 1).clone()
+    bidx = torch.arange(B)
+
+    def p_of(jp):
+        s = cond[:, jp].float().clone()
+        for k in range(F - 1):
+            s = s + T[k, ring[:, (jp + k) % F]]
+        return s
+
+    def draw(jj, logits):
+        x = forced[:, jj].clamp(0, Q - 1) if forced is not None else sample_ref(logits, uniforms[:, jj],
+                                                                              inv_temperature, argmax)
+        ring[bidx, jj % F] = x
+        out[:, jj] = x
+
+    P, logits = p_of(0), None
+    for j in range(F):
+        if j > 0:
+            draw(j - 1, logits)
+        a2 = torch.relu(P + T[F - 1, ring[:, (j - 1) % F]])
+        a3 = torch.relu(a2 @ w3.float().t() + b3)
+        logits = a3 @ wo.float().t() + bo
+        if logits_out is not None:
+            logits_out[:, j] = logits
+        if j + 1 < F:
+            P = p_of(j + 1)
+    draw(F - 1, logits)
+    window.copy_(ring)
+
+
+@pytest.mark.parametrize("mode", ["sample", "argmax", "forced"])
+@pytest.mark.parametrize("F,Q,H", [(16, 32, 24), (3, 7, 10), (1, 5, 4), (2, 3, 5)])
+def test_kernel_schedule_is_the_reference(F, Q, H, mode):
+    g = torch.Generator().manual_seed(F * 100 + Q)
+    B = 3
+    w = dict(table=torch.randn(F, Q, H, generator=g), w3=torch.randn(H, H, generator=g) / H ** 0.5,
+             b3=torch.randn(H, generator=g), wo=torch.randn(Q, H, generator=g) / H ** 0.5,
+             bo=torch.randn(Q, generator=g))
+    window = torch.randint(0, Q, (B, F), generator=g)
+    results = []
+    for fn in (_schedule_twin, sample_frame_ref):
+        win = window.clone()
+        xs, lgs = [], []
+        for frame in range(3):
+            g2 = torch.Generator().manual_seed(frame)
+            cond = torch.randn(B, F, H, generator=g2)
+            u = torch.rand(B, F, generator=g2)
+            forced = torch.randint(0, Q, (B, F), generator=g2) if mode == "forced" else None
+            out = torch.full((B, F), -1, dtype=torch.long)
+            lg = torch.full((B, F, Q), float("nan"))
+            fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], win, u, torch.tensor([0.5, 1.0, 2.0]),
+               mode == "argmax", out, forced, lg)
+            xs.append(out)
+            lgs.append(lg)
+        results.append((torch.cat(xs, 1), torch.cat(lgs, 1), win))
+    (xs, lg, win), (xs_r, lg_r, win_r) = results
+    assert torch.equal(xs, xs_r) and torch.equal(win, win_r)
+    torch.testing.assert_close(lg, lg_r, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -122,4 +300,4 @@ def test_backend_unavailable_without_gpu_says_why():
     ok, why = CudaBackend.is_available(torch.device("cuda"))
     assert not ok and "no CUDA device" in why
     with pytest.raises(BuildError, match="CPU-only build|no CUDA device"):
-        build_extension()
+        cuda_extension()

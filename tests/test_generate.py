@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from model_helpers import random_model
+from helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint

@@ -29,7 +29,8 @@ def _sha(path: Path) -> str:
 
 def _snapshot(folder: Path) -> dict:
     """name -> (mtime_ns, sha256) of every file under ``folder``."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, _sha(p)) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, _sha(p))
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _intervals(m: dict, split: str) -> list:
@@ -113,7 +114,10 @@ def test_manifest_checksums_and_reading_back(prepared):
 def test_hop_gives_more_train_chunks_still_leak_free(tmp_path, album, prepared):
     m = prepare(album, tmp_path / "hop", hop_seconds=CHUNK / 4, block_seconds=1.0, **OPTS)
     plain = prepare(album, tmp_path / "plain", block_seconds=1.0, **OPTS)
-    n = lambda mm, s: sum(c["split"] == s for c in mm["chunks"])
+
+    def n(mm, s):
+        return sum(c["split"] == s for c in mm["chunks"])
+
     assert n(m, "train") > 3 * n(plain, "train")
     assert n(m, "valid") > n(plain, "valid")  # overlap inside the valid runs too, never across splits
     _assert_no_leak(m)

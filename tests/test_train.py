@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from train_helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
+from helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
 
 from fastsrnn.checkpoint import load_checkpoint
 from fastsrnn.training.trainer import TrainConfig, train
@@ -73,7 +73,10 @@ def test_resume_after_a_crash_is_bit_identical(data, uninterrupted, tmp_path):
                                load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
     full = (uninterrupted / "metrics.jsonl").read_text().splitlines()
     resumed = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("samples_per_s", "time")} for x in lines]  # noqa: E731
+
+    def strip(lines):
+        return [{k: v for k, v in json.loads(x).items() if k not in ("samples_per_s", "time")} for x in lines]
+
     assert strip(resumed) == strip(full)  # no duplicated or missing records
     assert summary["test_bits"] == json.loads(full[-1])["test_bits"]
 
@@ -84,7 +87,7 @@ def test_resume_after_sigkill_between_checkpoints(data, uninterrupted, tmp_path)
     script = textwrap.dedent(f"""
         import os, signal
         from fastsrnn.training.trainer import train
-        from train_helpers import SMALL, small_train_config
+        from helpers import SMALL, small_train_config
         def cb(info):
             if info["step"] == 17:  # after the step-14 checkpoint, before the next
                 os.kill(os.getpid(), signal.SIGKILL)

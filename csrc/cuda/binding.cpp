@@ -1,31 +1,53 @@
 // pybind11 binding of the persistent CUDA sample-frame kernel: torch tensors -> sample_frame.cu.
-// Built only on a machine with CUDA (fastsrnn/backends/cuda.py, through fastsrnn.build).
+// Built only on a machine with CUDA (fastsrnn/backends/cuda.py, through fastsrnn.ops.build).
 #include <torch/extension.h>
 
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "sample_frame.cuh"
 
 namespace {
 
-// Same contract as fastsrnn/ops/sample_frame.py:sample_frame_ref. Samples are not range-checked
-// (that would synchronise with the host); the kernel clamps them when it indexes the table.
+// The workspace of callers that pass none: one per (device, B, H, Q), zeroed once when created
+// and kept for the life of the process (never freed: a captured CUDA graph holds its address).
+// It is created outside stream capture only (zeroing it inside a capture would happen at replay,
+// too late for launches before it); launches that share one must be ordered on one stream.
+at::Tensor cached_workspace(const at::Device& dev, int64_t B, int64_t H, int64_t Q, cudaStream_t stream) {
+  static std::mutex mu;
+  static auto* cache = new std::map<std::tuple<int, int64_t, int64_t, int64_t>, at::Tensor>();  // never destroyed
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(static_cast<int>(dev.index()), B, H, Q);
+  const auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  TORCH_CHECK(cudaStreamIsCapturing(stream, &status) == cudaSuccess && status == cudaStreamCaptureStatusNone,
+              "sample_frame (CUDA): no workspace for B=", B, " H=", H, " Q=", Q, " on ", dev,
+              " yet, and the stream is capturing a CUDA graph: run this shape once outside capture first, "
+              "or pass workspace=");
+  const auto bytes = static_cast<int64_t>(fastsrnn::sample_frame_workspace_bytes(B, H, Q));
+  auto ws = at::zeros({bytes}, at::TensorOptions().dtype(at::kByte).device(dev));
+  cache->emplace(key, ws);
+  return ws;
+}
+
+// Same contract as fastsrnn/ops/sample_frame.py:sample_frame_ref. Arguments (dtypes, shapes,
+// layout, one device, the workspace's size) are checked once, in Python, by
+// fastsrnn/ops/sample_frame.py before this is called. Samples are not range-checked (that would
+// synchronise with the host); the kernel clamps them when it indexes the table.
 void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
                   const at::Tensor& wo, const at::Tensor& bo, at::Tensor& window, const at::Tensor& uniforms,
                   const at::Tensor& inv_temperature, bool argmax, at::Tensor& out,
                   const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& logits_out,
-                  bool cooperative) {
-  // Arguments (dtypes, shapes, layout, one device) are checked once, in Python, by
-  // fastsrnn/ops/sample_frame.py:check_sample_frame_args before any launcher calls this.
+                  const c10::optional<at::Tensor>& workspace, int64_t max_blocks) {
   const int64_t F = table.size(0), Q = table.size(1), H = table.size(2), B = cond.size(0);
-  const auto wdt = table.scalar_type();
-  const auto dev = table.device();
-  const c10::cuda::CUDAGuard guard(dev);
-  // Scratch from the caching allocator (a CUDA graph's private pool while capturing).
-  auto workspace = at::empty({static_cast<int64_t>(fastsrnn::sample_frame_workspace_floats(B, H, Q))},
-                             cond.options());
-  auto barrier = at::empty({1}, cond.options().dtype(at::kInt));
+  const c10::cuda::CUDAGuard guard(table.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor ws = workspace ? *workspace : cached_workspace(table.device(), B, H, Q, stream);
   fastsrnn::SampleFrameParams p{};
   p.table = table.data_ptr();
   p.cond = cond.data_ptr<float>();
@@ -39,15 +61,14 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
   p.out = out.data_ptr<int64_t>();
   p.forced = forced ? forced->data_ptr<int64_t>() : nullptr;
   p.logits_out = logits_out ? logits_out->data_ptr<float>() : nullptr;
-  p.workspace = workspace.data_ptr<float>();
-  p.barrier = reinterpret_cast<unsigned int*>(barrier.data_ptr<int>());
+  p.workspace = ws.data_ptr();
   p.B = static_cast<int>(B);
   p.F = static_cast<int>(F);
   p.Q = static_cast<int>(Q);
   p.H = static_cast<int>(H);
-  p.bf16 = wdt == at::kBFloat16;
+  p.bf16 = table.scalar_type() == at::kBFloat16;
   p.argmax = argmax;
-  const char* err = fastsrnn::sample_frame_launch(p, c10::cuda::getCurrentCUDAStream(), cooperative);
+  const char* err = fastsrnn::sample_frame_launch(p, stream, static_cast<int>(max_blocks));
   TORCH_CHECK(err == nullptr, err);
 }
 
@@ -55,8 +76,14 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastsrnn: persistent CUDA sample-frame kernel (csrc/cuda/sample_frame.cu)";
-  m.def("sample_frame", &sample_frame, "All F sample steps of a frame in one persistent launch",
+  m.def("sample_frame", &sample_frame, "All F sample steps of a frame in one cooperative persistent launch",
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
-        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("cooperative") = true);
+        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("workspace") = py::none(),
+        py::arg("max_blocks") = 0);
+  m.def("workspace_bytes", [](int64_t B, int64_t H, int64_t Q) {
+    return static_cast<int64_t>(fastsrnn::sample_frame_workspace_bytes(static_cast<int>(B), static_cast<int>(H),
+                                                                       static_cast<int>(Q)));
+  }, "Bytes of the zero-initialised workspace a launch for (B, H, Q) needs", py::arg("B"), py::arg("H"),
+        py::arg("Q"));
 }

@@ -1,238 +1,459 @@
-// The persistent CUDA sample-frame kernel (the approach of NVIDIA's nv-wavenet persistent kernel
-// and Baidu's persistent RNNs): one launch per frame, every block resident for the whole launch.
+// The persistent CUDA sample-frame kernel (the approach of NVIDIA's nv-wavenet persistent kernel and
+// Baidu's persistent RNNs): one cooperative launch per frame, every block resident throughout.
 //
-// Work split. Block i owns rows [i*r3, (i+1)*r3) of W3 and rows [i*ro, (i+1)*ro) of Wo and keeps
-// them in shared memory, loaded once per launch; across the F steps only activations move, via
-// global memory (L2), with a grid-wide barrier between phases. Per sample step j:
-//   W3 phase:  a3[b, rows of i] = relu(W3 a2[b] + b3)           (all blocks)   -> barrier
-//   Wo phase:  logits[b, rows of i] = Wo a3[b] + bo             (all blocks)   -> barrier
-//   draw:      block b % grid draws x_b (softmax + inverse CDF), writes out, logits_out, the
-//              window ring, and a2[b] for step j+1 (the F table rows + cond)   -> barrier
-// The window is a ring in global memory: at step j position p holds slot (p - j) mod F and
-// x_j overwrites position j, so after F steps it is the new window, in order.
+// Work split. Block i owns W3 rows R_i = [i*rows3, (i+1)*rows3) and Wo rows [i*rowso, (i+1)*rowso),
+// copied into shared memory once per launch (cp.async, 16 bytes at a time). Across the F steps
+// only activations move, through the workspace in global memory (L2).
+//
+// The recurrence is split so that each step needs two grid barriers. With s_t the sample drawn
+// at step t (s_t for t < 0: the incoming window) and T the (F, Q, H) table,
+//     a2_j = relu(P_j + T[F-1, s_{j-1}]),   P_j = cond_j + sum_{k < F-1} T[k, s_{j-F+k}],
+// P_j depends on samples up to s_{j-2} only, so it is computed a step early, distributed (block
+// i computes its columns R_i), while the step's one new term, T[F-1, s_{j-1}], is a single table
+// row that every block gathers itself. Every block also draws every s_t itself (redundantly and
+// identically: the same code on the same logits), so no barrier is needed to broadcast samples.
+//
+//   prologue: ring <- window; P_0[:, R_i] -> global                               barrier
+//   step j:   phase 1: [j > 0] draw s_{j-1} for every sequence from logits_{j-1}
+//                      a2_j = relu(P_j + T[F-1, s_{j-1}]) (full rows, in smem)
+//                      a3_j[:, R_i] = relu(W3[R_i] a2_j + b3) -> global           barrier A
+//             phase 2: logits_j[:, Wo rows of i] = Wo a3_j + bo -> global (+ logits_out)
+//                      [j+1 < F] P_{j+1}[:, R_i] -> global                         barrier B
+//   epilogue: draw s_{F-1}; block b % grid writes window[b] (and out[b, t] as it draws s_t).
+// That is 1 + 2F barriers per frame (2 per sample). Why each is enough (a buffer is only
+// written after every block has finished reading its previous contents):
+//   - a3 is written in phase 1 and read in phase 2 (after A); the next write (phase 1 of j+1)
+//     comes after B, when every block has finished phase 2's reads.
+//   - logits are written in phase 2 and read in the next phase 1 (after B); rewritten in the
+//     next phase 2, after the next A, when every block has drawn from them.
+//   - P_{j+1} is written in phase 2 of step j, read in phase 1 of step j+1 (after B); P_{j+2}
+//     is written after the A of step j+1, when every block has read P_{j+1}.
+//   - window is read by every block in the prologue (before the first barrier) and written in
+//     the epilogue, after 2F more barriers.
+// The ring (the last F samples of every sequence, in each block's shared memory) is indexed by
+// absolute time: s_t lives at slot t mod F, so the incoming window's position p is slot p, and
+// after the frame slot p holds s_p: the new window, in order.
 //
 // Numerics: fp32 or bf16 weights (bf16 widened exactly by a shift), fp32 accumulation, the
-// inverse CDF exactly as fastsrnn/sampling.py (first index whose running sum of
-// exp((l - max) * inv_t) exceeds u * total; the total is the scan's own last value).
+// inverse CDF of fastsrnn/ops/sampling.py: the number of running sums of exp((l - max) * inv_t)
+// that are <= u * total, clamped to Q - 1, the total being the scan's own last value.
 // No torch here (raw pointers, sizes, a stream): CI compiles this file with plain `nvcc -c`.
 #include "sample_frame.cuh"
+
+#include <cuda_pipeline_primitives.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace fastsrnn {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSeqTile = 8;  // sequences per pass over a block's weight rows (registers per warp)
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxDevices = 64;
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(uint16_t v) { return __uint_as_float(static_cast<unsigned>(v) << 16); }
 
-__host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~static_cast<size_t>(15); }
-
-// Dynamic shared memory: W3 rows, Wo rows | activations (tile, H) | ring (F,) | reduction scratch.
-__host__ __device__ inline size_t smem_bytes(int r3, int ro, int tile, int H, int F, int wsize) {
-  return align16(static_cast<size_t>(r3 + ro) * H * wsize) + align16(static_cast<size_t>(tile) * H * 4) +
-         align16(static_cast<size_t>(F) * 4) + 2 * kWarps * 4;
-}
-
-// Grid-wide barrier on a counter zeroed before the launch: the k-th barrier waits until k * grid
-// arrivals. Needs every block resident (cooperative launch, or grid <= what fits at once).
-// The fences order each block's global writes before its arrival and others' after the wait.
-__device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int& target) {
-  target += gridDim.x;
+// ---------------------------------------------------------------------------------------------
+// Grid barrier: the algorithm of cooperative_groups' grid.sync (one word, no reset).
+// Block 0 adds 0x80000000 - (G - 1), every other block adds 1: the sum of one round is exactly
+// 0x80000000, so the top bit flips at the G-th arrival (whatever the order: the low 31 bits
+// count up and carry into the top bit exactly then) and the low 31 bits return to what they
+// were. The word thus needs zeroing once, when the workspace is allocated, never per launch,
+// and any grid size may use it. A block waits for the top bit to differ from the value its own
+// add returned; it cannot miss the flip (the next flip needs its own next arrival).
+// Memory ordering: __syncthreads orders the block's writes before thread 0's add, which is a
+// release at gpu scope (cumulative: it publishes what the block's threads wrote); the polling
+// load is an acquire at gpu scope, and the closing __syncthreads extends it to the block. Data
+// written by other blocks is read with ld.global.cg (L2), never through a stale L1 line.
+__device__ __forceinline__ void grid_barrier(unsigned int* word) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1u);
-    while (*reinterpret_cast<volatile unsigned int*>(counter) < target) {
+    const unsigned int add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-      __nanosleep(32);
-#endif
+    unsigned int old, now;
+    asm volatile("atom.add.release.gpu.u32 %0,[%1],%2;" : "=r"(old) : "l"(word), "r"(add) : "memory");
+    for (;;) {
+      asm volatile("ld.acquire.gpu.u32 %0,[%1];" : "=r"(now) : "l"(word) : "memory");
+      if ((old ^ now) & 0x80000000u) break;
+      __nanosleep(20);
+    }
+#else
+    __threadfence();
+    const unsigned int old = atomicAdd(word, add);
+    while (!((old ^ *reinterpret_cast<volatile unsigned int*>(word)) & 0x80000000u)) {
     }
     __threadfence();
+#endif
   }
   __syncthreads();
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// ---------------------------------------------------------------------------------------------
+// Reductions.
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
   return v;
 }
-
-// Block-wide reductions: every thread gets the result. red: kWarps slots of shared memory.
-template <typename T, typename Op>
-__device__ T block_reduce(T v, T* red, Op op) {
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  __syncthreads();  // red may still be read by a previous reduction
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  T r = red[0];
-  for (int i = 1; i < kWarps; ++i) r = op(r, red[i]);
-  return r;
+__device__ __forceinline__ int warp_min_int(int v) {
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFull, v, o));
+  return v;
 }
 
-// Inclusive prefix sum in thread order; *total is the block's sum, equal (bit for bit) to the
-// last thread's prefix, so a scan's maximum is its total as in the reference.
-__device__ float block_scan(float v, float* red, float* total) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int o = 1; o < 32; o <<= 1) {
-    const float n = __shfl_up_sync(kFull, v, o);
-    if (lane >= o) v += n;
+// Sums a[t] over the warp's 32 lanes for the 8 values t at once in 9 shuffles (a transposing
+// reduction: each level halves the values a lane keeps). Lane l returns the sum for t = (l >> 2) & 7.
+__device__ __forceinline__ float warp_reduce8(const float (&a)[kSfTile]) {
+  static_assert(kSfTile == 8, "warp_reduce8 reduces 8 values");
+  const int lane = threadIdx.x & 31;
+  const bool h16 = lane & 16, h8 = lane & 8, h4 = lane & 4;
+  float b4[4], b2[2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    b4[i] = (h16 ? a[i + 4] : a[i]) + __shfl_xor_sync(kFull, h16 ? a[i] : a[i + 4], 16);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+    b2[i] = (h8 ? b4[i + 2] : b4[i]) + __shfl_xor_sync(kFull, h8 ? b4[i] : b4[i + 2], 8);
+  float v = (h4 ? b2[1] : b2[0]) + __shfl_xor_sync(kFull, h4 ? b2[0] : b2[1], 4);
+  v += __shfl_xor_sync(kFull, v, 2);
+  v += __shfl_xor_sync(kFull, v, 1);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector loads: 16 bytes of weights from shared memory -> V floats.
+__device__ __forceinline__ void load_vec(const float* row, int unit, float (&w)[4]) {
+  const float4 v = reinterpret_cast<const float4*>(row)[unit];
+  w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+}
+__device__ __forceinline__ void load_vec(const uint16_t* row, int unit, float (&w)[8]) {
+  const uint4 v = reinterpret_cast<const uint4*>(row)[unit];
+  const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[2 * i] = __uint_as_float(u[i] << 16), w[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+}
+
+// 4 consecutive table elements from global memory (k % 4 == 0; vec: 8/16-byte aligned and k + 3 < H).
+__device__ __forceinline__ void load4(const float* t, size_t at, bool vec, int valid, float (&v)[4]) {
+  if (vec) {
+    const float4 x = __ldg(reinterpret_cast<const float4*>(t + at));
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = e < valid ? __ldg(t + at + e) : 0.f;
   }
-  __syncthreads();
-  if (lane == 31) red[warp] = v;
-  __syncthreads();
-  float before = 0.f;
-  for (int i = 0; i < warp; ++i) before += red[i];
-  float all = before;
-  for (int i = warp; i < kWarps; ++i) all += red[i];
-  *total = all;
-  return before + v;
+}
+__device__ __forceinline__ void load4(const uint16_t* t, size_t at, bool vec, int valid, float (&v)[4]) {
+  if (vec) {
+    const uint2 x = __ldg(reinterpret_cast<const uint2*>(t + at));
+    v[0] = __uint_as_float(x.x << 16), v[1] = __uint_as_float(x.x & 0xffff0000u);
+    v[2] = __uint_as_float(x.y << 16), v[3] = __uint_as_float(x.y & 0xffff0000u);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = e < valid ? to_f32(__ldg(t + at + e)) : 0.f;
+  }
 }
 
-// out[b, row0 + r] = act(sum_k w[r, k] in[b, k] + bias[row0 + r]) for this block's nrows rows
-// (w in shared memory, (nrows, K)) and every sequence b; `in` (B, K) was written by other blocks.
+// Rows [0, n) of a (*, H) global matrix into shared memory with row stride hp (zero padding in
+// [H, hp)), asynchronously (cp.async where the rows are 16-byte aligned). The caller commits
+// and waits (__pipeline_commit / __pipeline_wait_prior) and then synchronises the block.
 template <typename W>
-__device__ void rows_phase(const W* w, const float* bias, int row0, int nrows, int N, int K, const float* in,
-                           float* out, int B, int tile, float* act, bool relu) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int b0 = 0; b0 < B; b0 += tile) {
-    const int nb = min(tile, B - b0);
-    for (int i = threadIdx.x; i < nb * K; i += blockDim.x) act[i] = __ldcg(in + static_cast<size_t>(b0) * K + i);
-    __syncthreads();
-    for (int r = warp; r < nrows; r += kWarps) {
-      float acc[kMaxSeqTile];
+__device__ void load_rows_async(W* dst, const W* src, int n, int H, int hp, bool vec) {
+  constexpr int kChunk = 16 / sizeof(W);  // elements per 16 bytes
+  if (vec) {  // H % kChunk == 0 and src 16-byte aligned (checked on the host)
+    const int per_row = H / kChunk;
+    for (int i = threadIdx.x; i < n * per_row; i += kSfThreads) {
+      const int r = i / per_row, c = (i - r * per_row) * kChunk;
+      __pipeline_memcpy_async(dst + static_cast<size_t>(r) * hp + c, src + static_cast<size_t>(r) * H + c, 16);
+    }
+  } else {
+    for (int i = threadIdx.x; i < n * H; i += kSfThreads) {
+      const int r = i / H, c = i - r * H;
+      dst[static_cast<size_t>(r) * hp + c] = src[static_cast<size_t>(r) * H + c];
+    }
+  }
+  const int pad = hp - H;
+  for (int i = threadIdx.x; i < n * pad; i += kSfThreads) {
+    const int r = i / pad;
+    dst[static_cast<size_t>(r) * hp + H + (i - r * pad)] = W(0);
+  }
+}
+
+// out(t, r, v) for r < nrows, t < nb: v = sum_k w[r, k] act[t, k] (w in smem, (nrows, hp); act
+// in smem, (nb, hp), zero in [H, hp)). `split` warps share a row (K in `split` segments, summed
+// through `red` in a fixed order); each warp keeps kSfTile accumulators, one per sequence.
+template <typename W, typename Out>
+__device__ __forceinline__ void matvec(const W* w, int nrows, int split, int hp, const float* act, int nb, float* red,
+                                       Out out) {
+  constexpr int V = 16 / sizeof(W);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int units = hp / V, seg = (units + split - 1) / split;
+  for (int task = warp; task < nrows * split; task += kSfWarps) {
+    const int r = task / split, part = task - r * split;
+    const int u1 = min(units, (part + 1) * seg);
+    float acc[kSfTile];
 #pragma unroll
-      for (int t = 0; t < kMaxSeqTile; ++t) acc[t] = 0.f;
-      const W* wr = w + static_cast<size_t>(r) * K;
-      for (int k = lane; k < K; k += 32) {
-        const float wk = to_f32(wr[k]);
+    for (int t = 0; t < kSfTile; ++t) acc[t] = 0.f;
+    const W* wr = w + static_cast<size_t>(r) * hp;
+    for (int u = part * seg + lane; u < u1; u += 32) {
+      float wv[V];
+      load_vec(wr, u, wv);
 #pragma unroll
-        for (int t = 0; t < kMaxSeqTile; ++t)
-          if (t < nb) acc[t] = fmaf(wk, act[t * K + k], acc[t]);
-      }
-      const float bv = __ldg(bias + row0 + r);
+      for (int t = 0; t < kSfTile; ++t) {
+        if (t < nb) {
+          const float4* a = reinterpret_cast<const float4*>(act + static_cast<size_t>(t) * hp + u * V);
 #pragma unroll
-      for (int t = 0; t < kMaxSeqTile; ++t) {
-        const float v = warp_sum(acc[t]) + bv;
-        if (lane == 0 && t < nb) out[static_cast<size_t>(b0 + t) * N + row0 + r] = relu ? fmaxf(v, 0.f) : v;
+          for (int c = 0; c < V / 4; ++c) {
+            const float4 x = a[c];
+            acc[t] = fmaf(wv[4 * c], x.x, acc[t]);
+            acc[t] = fmaf(wv[4 * c + 1], x.y, acc[t]);
+            acc[t] = fmaf(wv[4 * c + 2], x.z, acc[t]);
+            acc[t] = fmaf(wv[4 * c + 3], x.w, acc[t]);
+          }
+        }
       }
     }
-    __syncthreads();  // act is overwritten by the next tile
+    const float v = warp_reduce8(acc);
+    const int t = (lane >> 2) & 7;
+    if ((lane & 3) == 0 && t < nb) {
+      if (split == 1)
+        out(t, r, v);
+      else
+        red[task * kSfTile + t] = v;
+    }
+  }
+  if (split > 1) {  // block-uniform
+    __syncthreads();
+    for (int i = threadIdx.x; i < nrows * nb; i += kSfThreads) {
+      const int r = i / nb, t = i - r * nb;
+      float v = 0.f;
+      for (int part = 0; part < split; ++part) v += red[(r * split + part) * kSfTile + t];
+      out(t, r, v);
+    }
   }
 }
 
-// ring[p] = window[b, p], clamped into [0, Q) so that a bad sample cannot read out of bounds.
-__device__ void load_ring(const SampleFrameParams& p, int b, int* ring) {
-  __syncthreads();
-  for (int i = threadIdx.x; i < p.F; i += blockDim.x) {
-    const long long v = __ldcg(reinterpret_cast<const long long*>(p.window) + static_cast<size_t>(b) * p.F + i);
-    ring[i] = static_cast<int>(v < 0 ? 0 : (v >= p.Q ? p.Q - 1 : v));
-  }
-  __syncthreads();
-}
-
-// a2[b] = relu(cond[b, j] + sum_k table[k, slot k]) with slot k at ring position (k + j) mod F.
-template <typename W>
-__device__ void compute_a2(const SampleFrameParams& p, int b, int j, const int* ring, float* a2) {
+// P_jp[b, c] = cond[b, jp, c] + sum_{k < F-1} T[k, s_{jp-F+k}][c] for this block's columns c
+// (s_{jp-F+k} lives at ring slot (jp + k) mod F) and every sequence b.
+template <typename W, int kF>
+__device__ void compute_p(const SampleFrameParams& p, int F, int jp, const int* ring, int col0, int ncol, int hp,
+                          float* P) {
   const W* table = static_cast<const W*>(p.table);
-  for (int h = threadIdx.x; h < p.H; h += blockDim.x) {
-    float s = 0.f;
-    for (int k = 0; k < p.F; ++k)
-      s += to_f32(table[(static_cast<size_t>(k) * p.Q + ring[(k + j) % p.F]) * p.H + h]);
-    const float c = __ldg(p.cond + (static_cast<size_t>(b) * p.F + j) * p.H + h);
-    a2[static_cast<size_t>(b) * p.H + h] = fmaxf(c + s, 0.f);
+  const int Q = p.Q, H = p.H;
+  for (int i = threadIdx.x; i < p.B * ncol; i += kSfThreads) {
+    const int b = i / ncol, c = col0 + (i - b * ncol);
+    const int* rb = ring + static_cast<size_t>(b) * F;
+    float s = __ldg(p.cond + (static_cast<size_t>(b) * F + jp) * H + c);
+    if constexpr (kF > 0) {
+#pragma unroll
+      for (int k = 0; k < kF - 1; ++k)
+        s += to_f32(__ldg(table + (static_cast<size_t>(k) * Q + rb[(jp + k) % kF]) * H + c));
+    } else {
+      for (int k = 0; k < F - 1; ++k) {
+        const int slot = jp + k < F ? jp + k : jp + k - F;
+        s += to_f32(__ldg(table + (static_cast<size_t>(k) * Q + rb[slot]) * H + c));
+      }
+    }
+    P[static_cast<size_t>(b) * hp + c] = s;
   }
 }
 
-// Sample x for sequence b at step j from logits (Q,) (written by other blocks); writes logits_out.
-__device__ long long draw(const SampleFrameParams& p, const float* logits, int b, int j, float* red) {
-  const int Q = p.Q;
-  const size_t bj = static_cast<size_t>(b) * p.F + j;
-  float m = -INFINITY;
-  for (int q = threadIdx.x; q < Q; q += blockDim.x) {
-    const float l = __ldcg(logits + q);
-    if (p.logits_out) p.logits_out[bj * Q + q] = l;
-    m = fmaxf(m, l);
+// The sample of sequence b at step jj from its logits (Q,) in global memory (written by other
+// blocks), computed by one whole warp; every lane returns it. st: the warp's staging row.
+// Element q is staged at q + q / 32, which makes both access patterns below conflict-free.
+__device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, float* st, int b, int jj) {
+  const int lane = threadIdx.x & 31, Q = p.Q;
+  const size_t bj = static_cast<size_t>(b) * F + jj;
+  if (p.forced) {  // clamped: the sample indexes the table
+    const long long v = __ldg(reinterpret_cast<const long long*>(p.forced) + bj);
+    return static_cast<int>(v < 0 ? 0 : (v >= Q ? Q - 1 : v));
   }
-  if (p.forced) return p.forced[bj];
-  m = block_reduce(m, red, [](float a, float c) { return fmaxf(a, c); });
-  int* redi = reinterpret_cast<int*>(red + kWarps);
+  for (int q = lane; q < Q; q += 32) st[q + (q >> 5)] = __ldcg(lg + q);
+  __syncwarp();
+  float m = -INFINITY;
+  for (int q = lane; q < Q; q += 32) m = fmaxf(m, st[q + (q >> 5)]);
+  m = warp_max(m);
+  int x;
   if (p.argmax) {  // the first maximum, as torch.argmax
     int first = Q;
-    for (int q = threadIdx.x; q < Q; q += blockDim.x)
-      if (__ldcg(logits + q) == m) first = min(first, q);
-    return block_reduce(first, redi, [](int a, int c) { return min(a, c); });
+    for (int q = lane; q < Q; q += 32)
+      if (st[q + (q >> 5)] == m) {
+        first = q;
+        break;
+      }
+    x = warp_min_int(first);
+  } else {
+    // Lane l scans the contiguous run [l*E, l*E + E): a local running sum, offset by the
+    // exclusive warp scan of the runs' totals. cdf(q) = excl + run(q); the total is cdf(Q-1)
+    // computed by the same operations (so u < 1 puts the threshold at or below it).
+    const float inv_t = __ldg(p.inv_temperature + b);
+    const int E = (Q + 31) >> 5, q0 = min(lane * E, Q), q1 = min(q0 + E, Q);
+    float sum = 0.f;
+    for (int q = q0; q < q1; ++q) {
+      const float e = expf((st[q + (q >> 5)] - m) * inv_t);
+      st[q + (q >> 5)] = e;
+      sum += e;
+    }
+    float incl = sum;
+    for (int o = 1; o < 32; o <<= 1) {
+      const float n = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += n;
+    }
+    float excl = __shfl_up_sync(kFull, incl, 1);
+    if (lane == 0) excl = 0.f;
+    const float total = __shfl_sync(kFull, excl + sum, (Q - 1) / E);
+    const float threshold = __ldg(p.uniforms + bj) * total;
+    int below = 0;
+    float run = 0.f;
+    for (int q = q0; q < q1; ++q) {
+      run += st[q + (q >> 5)];
+      below += excl + run <= threshold ? 1 : 0;
+    }
+    x = warp_sum_int(below);
   }
-  const float inv_t = __ldg(p.inv_temperature + b);
-  float running = 0.f, chunk = 0.f;
-  for (int c0 = 0; c0 < Q; c0 += blockDim.x) {  // pass 1: the total, by the same scan as pass 2
-    const int q = c0 + threadIdx.x;
-    block_scan(q < Q ? expf((__ldcg(logits + q) - m) * inv_t) : 0.f, red, &chunk);
-    running += chunk;
-  }
-  const float threshold = __ldg(p.uniforms + bj) * running;
-  int below = 0;
-  running = 0.f;
-  for (int c0 = 0; c0 < Q; c0 += blockDim.x) {  // pass 2: count the CDF values <= threshold
-    const int q = c0 + threadIdx.x;
-    const float cdf = running + block_scan(q < Q ? expf((__ldcg(logits + q) - m) * inv_t) : 0.f, red, &chunk);
-    below += (q < Q && cdf <= threshold) ? 1 : 0;
-    running += chunk;
-  }
-  below = block_reduce(below, redi, [](int a, int c) { return a + c; });
-  return min(below, Q - 1);
+  __syncwarp();  // st is the warp's next sequence's
+  return min(x, Q - 1);
 }
 
-template <typename W>
-__global__ void __launch_bounds__(kThreads) sample_frame_kernel(SampleFrameParams p, int r3, int ro, int tile) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int B = p.B, F = p.F, Q = p.Q, H = p.H;
-  W* s_w3 = reinterpret_cast<W*>(smem);
-  W* s_wo = s_w3 + static_cast<size_t>(r3) * H;
-  float* act = reinterpret_cast<float*>(smem + align16(static_cast<size_t>(r3 + ro) * H * sizeof(W)));
-  int* ring = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(act) + align16(static_cast<size_t>(tile) * H * 4));
-  float* red = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ring) + align16(static_cast<size_t>(F) * 4));
-
-  const int row3 = blockIdx.x * r3, n3 = max(0, min(r3, H - row3));
-  const int rowo = blockIdx.x * ro, no = max(0, min(ro, Q - rowo));
-  const W* g_w3 = static_cast<const W*>(p.w3) + static_cast<size_t>(row3) * H;
-  const W* g_wo = static_cast<const W*>(p.wo) + static_cast<size_t>(rowo) * H;
-  for (size_t i = threadIdx.x; i < static_cast<size_t>(n3) * H; i += blockDim.x) s_w3[i] = g_w3[i];
-  for (size_t i = threadIdx.x; i < static_cast<size_t>(no) * H; i += blockDim.x) s_wo[i] = g_wo[i];
-
-  float* a2 = p.workspace;                          // (B, H)
-  float* a3 = a2 + static_cast<size_t>(B) * H;      // (B, H)
-  float* logits = a3 + static_cast<size_t>(B) * H;  // (B, Q)
-  unsigned int target = 0;
-  for (int b = blockIdx.x; b < B; b += gridDim.x) {
-    load_ring(p, b, ring);
-    compute_a2<W>(p, b, 0, ring, a2);
-  }
-  grid_barrier(p.barrier, target);  // also publishes the shared-memory weights within the block
-  for (int j = 0; j < F; ++j) {
-    rows_phase(s_w3, p.b3, row3, n3, H, H, a2, a3, B, tile, act, true);
-    grid_barrier(p.barrier, target);
-    rows_phase(s_wo, p.bo, rowo, no, Q, H, a3, logits, B, tile, act, false);
-    grid_barrier(p.barrier, target);
-    for (int b = blockIdx.x; b < B; b += gridDim.x) {
-      const long long x = draw(p, logits + static_cast<size_t>(b) * Q, b, j, red);
-      if (threadIdx.x == 0) {
-        p.out[static_cast<size_t>(b) * F + j] = x;
-        p.window[static_cast<size_t>(b) * F + j] = x;
-      }
-      if (j + 1 < F) {
-        load_ring(p, b, ring);  // its leading barrier publishes thread 0's window write
-        compute_a2<W>(p, b, j + 1, ring, a2);
-      }
-      __syncthreads();  // red and ring are reused for the next sequence
+// Draws s_jj of every sequence (warp w: sequences w, w + 8, ...) into ring slot jj mod F; the
+// block that owns sequence b (b % grid) also writes out[b, jj]. The caller synchronises the block.
+__device__ void draw_all(const SampleFrameParams& p, int F, int jj, const float* logits, int qp, float* stage,
+                         int stage_floats, int* ring) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* st = stage + warp * stage_floats;
+  for (int b = warp; b < p.B; b += kSfWarps) {
+    const int x = warp_draw(p, F, logits + static_cast<size_t>(b) * qp, st, b, jj);
+    if (lane == 0) {
+      ring[static_cast<size_t>(b) * F + jj % F] = x;
+      if (b % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x)) p.out[static_cast<size_t>(b) * F + jj] = x;
     }
-    if (j + 1 < F) grid_barrier(p.barrier, target);
+  }
+}
+
+template <typename W, int kF>
+__global__ void __launch_bounds__(kSfThreads, 1) sample_frame_kernel(const SampleFrameParams p, const SampleFrameShape s) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int F = kF > 0 ? kF : p.F;
+  const int B = p.B, Q = p.Q, H = p.H, hp = s.hp, qp = s.qp;
+  W* s_w3 = reinterpret_cast<W*>(smem);
+  W* s_wo = reinterpret_cast<W*>(smem + s.off_wo);
+  float* act = reinterpret_cast<float*>(smem + s.off_act);
+  float* stage = reinterpret_cast<float*>(smem + s.off_stage);
+  int* ring = reinterpret_cast<int*>(smem + s.off_ring);
+  float* red = reinterpret_cast<float*>(smem + s.off_red);
+
+  const int row3 = blockIdx.x * s.rows3, n3 = max(0, min(s.rows3, H - row3));
+  const int rowo = blockIdx.x * s.rowso, no = max(0, min(s.rowso, Q - rowo));
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  unsigned int* barrier = reinterpret_cast<unsigned int*>(ws);
+  float* P = reinterpret_cast<float*>(ws + kSfWorkspaceHeader);  // (B, hp)
+  float* a3 = P + static_cast<size_t>(B) * hp;                   // (B, hp)
+  float* logits = a3 + static_cast<size_t>(B) * hp;              // (B, qp)
+  const W* table = static_cast<const W*>(p.table);
+
+  // Prologue. The weight copies run in the background while the ring and P_0 are computed.
+  load_rows_async(s_w3, static_cast<const W*>(p.w3) + static_cast<size_t>(row3) * H, n3, H, hp, p.vec_w3);
+  load_rows_async(s_wo, static_cast<const W*>(p.wo) + static_cast<size_t>(rowo) * H, no, H, hp, p.vec_wo);
+  __pipeline_commit();
+  for (int i = threadIdx.x; i < B * F; i += kSfThreads) {  // clamped: a bad sample must not index out of bounds
+    const long long v = __ldcg(reinterpret_cast<const long long*>(p.window) + i);
+    ring[i] = static_cast<int>(v < 0 ? 0 : (v >= Q ? Q - 1 : v));
+  }
+  __syncthreads();
+  compute_p<W, kF>(p, F, 0, ring, row3, n3, hp, P);
+  __pipeline_wait_prior(0);  // this thread's copies have landed; the barrier's __syncthreads publishes all
+  grid_barrier(barrier);     // P_0 complete
+
+  const int units4 = hp / 4;
+  for (int j = 0; j < F; ++j) {
+    // ---- phase 1: draw s_{j-1}; a2_j; a3_j for this block's rows.
+    if (j > 0) {
+      draw_all(p, F, j - 1, logits, qp, stage, s.stage, ring);
+      __syncthreads();  // ring slot (j-1) mod F is read below by every thread
+    }
+    const int slot = j > 0 ? (j - 1) % F : F - 1;  // s_{j-1}
+    for (int b0 = 0; b0 < B; b0 += s.tile) {
+      const int nb = min(s.tile, B - b0);
+      if (b0 > 0) __syncthreads();  // the previous tile's matvec has finished reading act
+      for (int i = threadIdx.x; i < nb * units4; i += kSfThreads) {
+        const int t = i / units4, u = i - t * units4, k = 4 * u, b = b0 + t;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (k < H) {
+          const float4 pv = __ldcg(reinterpret_cast<const float4*>(P + static_cast<size_t>(b) * hp) + u);
+          const size_t row = (static_cast<size_t>(F - 1) * Q + ring[static_cast<size_t>(b) * F + slot]) * H;
+          float tv[4];
+          load4(table, row + k, p.vec_table, H - k, tv);
+          v.x = fmaxf(pv.x + tv[0], 0.f);
+          v.y = k + 1 < H ? fmaxf(pv.y + tv[1], 0.f) : 0.f;
+          v.z = k + 2 < H ? fmaxf(pv.z + tv[2], 0.f) : 0.f;
+          v.w = k + 3 < H ? fmaxf(pv.w + tv[3], 0.f) : 0.f;
+        }
+        reinterpret_cast<float4*>(act)[static_cast<size_t>(t) * units4 + u] = v;
+      }
+      __syncthreads();
+      matvec(s_w3, n3, s.split3, hp, act, nb, red, [&](int t, int r, float v) {
+        a3[static_cast<size_t>(b0 + t) * hp + row3 + r] = fmaxf(v + __ldg(p.b3 + row3 + r), 0.f);
+      });
+    }
+    grid_barrier(barrier);  // A: a3_j complete
+
+    // ---- phase 2: logits_j for this block's Wo rows; P_{j+1} for its columns.
+    for (int b0 = 0; b0 < B; b0 += s.tile) {
+      const int nb = min(s.tile, B - b0);
+      if (b0 > 0) __syncthreads();
+      for (int i = threadIdx.x; i < nb * units4; i += kSfThreads) {
+        const int t = i / units4, u = i - t * units4, k = 4 * u;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (k < H) {
+          v = __ldcg(reinterpret_cast<const float4*>(a3 + static_cast<size_t>(b0 + t) * hp) + u);
+          if (k + 3 >= H) {  // the zero padding past H is not stored in a3
+            v.y = k + 1 < H ? v.y : 0.f;
+            v.z = k + 2 < H ? v.z : 0.f;
+            v.w = 0.f;
+          }
+        }
+        reinterpret_cast<float4*>(act)[static_cast<size_t>(t) * units4 + u] = v;
+      }
+      __syncthreads();
+      matvec(s_wo, no, s.splito, hp, act, nb, red, [&](int t, int r, float v) {
+        const float l = v + __ldg(p.bo + rowo + r);
+        logits[static_cast<size_t>(b0 + t) * qp + rowo + r] = l;
+        if (p.logits_out) p.logits_out[(static_cast<size_t>(b0 + t) * F + j) * Q + rowo + r] = l;
+      });
+    }
+    if (j + 1 < F) compute_p<W, kF>(p, F, j + 1, ring, row3, n3, hp, P);
+    grid_barrier(barrier);  // B: logits_j and P_{j+1} complete
+  }
+
+  // Epilogue: s_{F-1}; the ring now holds s_0 .. s_{F-1} at slots 0 .. F-1.
+  draw_all(p, F, F - 1, logits, qp, stage, s.stage, ring);
+  __syncthreads();
+  for (int b = blockIdx.x; b < B; b += gridDim.x)
+    for (int i = threadIdx.x; i < F; i += kSfThreads)
+      p.window[static_cast<size_t>(b) * F + i] = ring[static_cast<size_t>(b) * F + i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side: per-device and per-kernel facts are queried once and cached; a launch is the plan's
+// arithmetic and one cudaLaunchKernelEx (no allocation, memset, attribute or occupancy call).
+
+using Kernel = void (*)(SampleFrameParams, SampleFrameShape);
+constexpr int kVariants = 4;  // fp32 F=16, bf16 F=16, fp32 any F, bf16 any F
+constexpr int kSpecialisedF = 16;
+
+Kernel kernel_variant(int v) {
+  switch (v) {
+    case 0: return sample_frame_kernel<float, kSpecialisedF>;
+    case 1: return sample_frame_kernel<uint16_t, kSpecialisedF>;
+    case 2: return sample_frame_kernel<float, 0>;
+    default: return sample_frame_kernel<uint16_t, 0>;
   }
 }
 
@@ -249,52 +470,142 @@ const char* fail(const char* what, cudaError_t e) {
     if (e_ != cudaSuccess) return fail(#call, e_); \
   } while (0)
 
-int ceil_div(int a, int b) { return (a + b - 1) / b; }
+struct DeviceInfo {
+  std::once_flag once;
+  SampleFrameDevice dev{};
+  int cooperative = 0;
+  char error[512] = {0};
+};
+
+struct KernelInfo {
+  std::once_flag once;
+  int regs = 0, static_smem = 0;
+  char error[512] = {0};
+};
+
+DeviceInfo g_devices[kMaxDevices];
+KernelInfo g_kernels[kMaxDevices][kVariants];
+
+const char* query_device(int d, DeviceInfo& info) {
+  SampleFrameDevice& v = info.dev;
+  SF_CHECK(cudaDeviceGetAttribute(&v.sm_count, cudaDevAttrMultiProcessorCount, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.reserved_smem_per_block, cudaDevAttrReservedSharedMemoryPerBlock, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.regs_per_sm, cudaDevAttrMaxRegistersPerMultiprocessor, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.max_threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, d));
+  SF_CHECK(cudaDeviceGetAttribute(&v.max_blocks_per_sm, cudaDevAttrMaxBlocksPerMultiprocessor, d));
+  SF_CHECK(cudaDeviceGetAttribute(&info.cooperative, cudaDevAttrCooperativeLaunch, d));
+  return nullptr;
+}
+
+// Must run with device d current (cudaFuncSetAttribute applies to the current device).
+const char* query_kernel(int d, Kernel k, KernelInfo& info) {
+  cudaFuncAttributes a{};
+  SF_CHECK(cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(k)));
+  info.regs = a.numRegs;
+  info.static_smem = static_cast<int>(a.sharedSizeBytes);
+  const int dynamic_max = g_devices[d].dev.smem_per_block - info.static_smem;
+  SF_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(k), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                dynamic_max));
+  return nullptr;
+}
+
+// Exact residency (the occupancy API) per (device, variant, smem): cached, as the plan's smem
+// depends only on the shapes.
+const char* blocks_per_sm(int d, int variant, Kernel k, size_t smem, int* out) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, size_t>, int>* cache = new std::map<std::tuple<int, int, size_t>, int>();
+  const auto key = std::make_tuple(d, variant, smem);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache->find(key);
+    if (it != cache->end()) return *out = it->second, nullptr;
+  }
+  int n = 0;
+  SF_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kSfThreads, smem));
+  std::lock_guard<std::mutex> lock(mu);
+  (*cache)[key] = n;
+  *out = n;
+  return nullptr;
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 }  // namespace
 
-size_t sample_frame_workspace_floats(int B, int H, int Q) {
-  return 2 * static_cast<size_t>(B) * H + static_cast<size_t>(B) * Q;
-}
-
-const char* sample_frame_launch(const SampleFrameParams& p, cudaStream_t stream, bool cooperative) {
-  if (p.B < 1 || p.F < 1 || p.H < 1 || p.Q < 2) return "sample_frame (CUDA): need B, F, H >= 1 and Q >= 2";
-  if (!p.table || !p.cond || !p.w3 || !p.b3 || !p.wo || !p.bo || !p.window || !p.uniforms ||
-      !p.inv_temperature || !p.out || !p.workspace || !p.barrier)
+const char* sample_frame_launch(const SampleFrameParams& params, cudaStream_t stream, int max_blocks) {
+  if (params.B < 1 || params.F < 1 || params.H < 1 || params.Q < 2)
+    return "sample_frame (CUDA): need B, F, H >= 1 and Q >= 2";
+  if (!params.table || !params.cond || !params.w3 || !params.b3 || !params.wo || !params.bo || !params.window ||
+      !params.uniforms || !params.inv_temperature || !params.out || !params.workspace)
     return "sample_frame (CUDA): a required pointer is null";
-  int dev = 0, sms = 0, optin = 0, coop = 0;
-  SF_CHECK(cudaGetDevice(&dev));
-  SF_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  SF_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  SF_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  // At least 4 W3 rows per block: for small H, fewer blocks make each barrier cheaper.
-  const int grid = std::max(1, std::min(sms, ceil_div(p.H, 4)));
-  int r3 = ceil_div(p.H, grid), ro = ceil_div(p.Q, grid), tile = std::min(p.B, kMaxSeqTile);
-  const int wsize = p.bf16 ? 2 : 4;
-  size_t smem = smem_bytes(r3, ro, tile, p.H, p.F, wsize);
-  while (smem > static_cast<size_t>(optin) && tile > 1) smem = smem_bytes(r3, ro, --tile, p.H, p.F, wsize);
-  if (smem > static_cast<size_t>(optin)) {
-    std::snprintf(g_message, sizeof(g_message),
-                  "sample_frame (CUDA): %d W3 rows + %d Wo rows of H=%d per block need %zu bytes of shared "
-                  "memory; this device allows %d per block on %d SMs (use bf16 weights or the triton backend)",
-                  r3, ro, p.H, smem, optin, sms);
+  if (!aligned16(params.workspace)) return "sample_frame (CUDA): the workspace must be 16-byte aligned";
+  int d = 0;
+  SF_CHECK(cudaGetDevice(&d));
+  if (d < 0 || d >= kMaxDevices) return "sample_frame (CUDA): device ordinal out of the supported range";
+  DeviceInfo& dev = g_devices[d];
+  std::call_once(dev.once, [&] {
+    const char* e = query_device(d, dev);
+    if (e) std::snprintf(dev.error, sizeof(dev.error), "%s", e);
+  });
+  if (dev.error[0]) return dev.error;
+  if (!dev.cooperative)
+    return "sample_frame (CUDA): this device does not support cooperative launches, which the persistent kernel "
+           "needs (every block resident for its grid barriers); use the triton backend";
+  const int variant = (params.bf16 ? 1 : 0) + (params.F == kSpecialisedF ? 0 : 2);
+  const Kernel kernel = kernel_variant(variant);
+  KernelInfo& kinfo = g_kernels[d][variant];
+  std::call_once(kinfo.once, [&] {
+    const char* e = query_kernel(d, kernel, kinfo);
+    if (e) std::snprintf(kinfo.error, sizeof(kinfo.error), "%s", e);
+  });
+  if (kinfo.error[0]) return kinfo.error;
+
+  const SampleFrameLaunchPlan plan = sample_frame_launch_plan(params.B, params.F, params.Q, params.H, params.bf16,
+                                                              dev.dev, kinfo.regs, kinfo.static_smem, max_blocks);
+  if (plan.error[0]) {
+    std::snprintf(g_message, sizeof(g_message), "%s", plan.error);
     return g_message;
   }
-  void (*kernel)(SampleFrameParams, int, int, int) = p.bf16 ? sample_frame_kernel<uint16_t> : sample_frame_kernel<float>;
-  SF_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
-  SF_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  if (per_sm < 1) return "sample_frame (CUDA): the kernel does not fit on one SM (registers or shared memory)";
-  SF_CHECK(cudaMemsetAsync(p.barrier, 0, sizeof(unsigned int), stream));
-  if (cooperative && coop) {
-    SampleFrameParams args = p;
-    void* argv[] = {&args, &r3, &ro, &tile};
-    SF_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), argv,
-                                         smem, stream));
-  } else {  // grid <= SMs and one block fits per SM: all blocks are resident at once
-    kernel<<<grid, kThreads, smem, stream>>>(p, r3, ro, tile);
-    SF_CHECK(cudaGetLastError());
+  const char* e = blocks_per_sm(d, variant, kernel, plan.smem, &per_sm);
+  if (e) return e;
+  if (plan.shape.grid > per_sm * dev.dev.sm_count) {
+    std::snprintf(g_message, sizeof(g_message),
+                  "sample_frame (CUDA): the grid of %d blocks cannot be co-resident: %d SMs x %d blocks per SM "
+                  "(%d registers per thread, %zu + %d bytes of shared memory per block)",
+                  plan.shape.grid, dev.dev.sm_count, per_sm, kinfo.regs, plan.smem, kinfo.static_smem);
+    return g_message;
   }
+
+  SampleFrameParams p = params;
+  const size_t wsize = p.bf16 ? 2 : 4;
+  const bool rows16 = (static_cast<size_t>(p.H) * wsize) % 16 == 0;
+  p.vec_w3 = rows16 && aligned16(p.w3);
+  p.vec_wo = rows16 && aligned16(p.wo);
+  p.vec_table = rows16 && aligned16(p.table);
+
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(plan.shape.grid);
+  cfg.blockDim = dim3(kSfThreads);
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, p, plan.shape);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    std::snprintf(g_message, sizeof(g_message),
+                  "sample_frame (CUDA): the driver refused a cooperative grid of %d blocks (%zu bytes of shared "
+                  "memory each; %d SMs x %d blocks per SM by the occupancy calculator): fewer SMs are available "
+                  "to this context (MPS or green-context limits?); pass max_blocks to use fewer blocks",
+                  plan.shape.grid, plan.smem, dev.dev.sm_count, per_sm);
+    return g_message;
+  }
+  if (err != cudaSuccess) return fail("cudaLaunchKernelEx(cooperative)", err);
   return nullptr;
 }
 

@@ -35,8 +35,12 @@ class AudioError(ValueError):
     """An audio file that cannot be read or written; the message names the file."""
 
 
-class MissingAudioLibrary(ImportError):
-    """soundfile or soxr is not installed (or libsndfile cannot be loaded): audio files cannot be used."""
+class MissingAudioLibrary(ImportError, RuntimeError):
+    """soundfile or soxr is not installed (or libsndfile cannot be loaded): audio files cannot be used.
+
+    An ImportError for code that catches those, and a RuntimeError so that the CLI prints the
+    message (which says what to install) without a traceback.
+    """
 
     def __init__(self, package: str, cause: Exception):
         super().__init__(f"reading, writing or resampling audio files needs the '{package}' package, which cannot be "
@@ -51,6 +55,13 @@ def require_soundfile():
     except (ImportError, OSError) as e:  # OSError: soundfile is there but libsndfile cannot be loaded
         raise MissingAudioLibrary("soundfile", e) from e
     return soundfile
+
+
+def __getattr__(name: str):
+    # ``fastsrnn.data.audio.sf``, the name soundfile had here when it was imported eagerly (tests patch it).
+    if name == "sf":
+        return require_soundfile()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def require_soxr():

@@ -115,7 +115,8 @@ def _deal_blocks(lengths: List[int], block: int, fractions: Sequence[float], see
     n_blocks = math.ceil(starts[-1] / block)
     first = np.arange(n_blocks) * block
     last = np.minimum(first + block, starts[-1]) - 1
-    whole = (last - first + 1 == block) & (np.searchsorted(starts, first, "right") == np.searchsorted(starts, last, "right"))
+    whole = (last - first + 1 == block) & (
+        np.searchsorted(starts, first, "right") == np.searchsorted(starts, last, "right"))
     want = [max(1, round(f * n_blocks)) for f in fractions[1:]]
     if whole.sum() < sum(want) + 1:
         raise ValueError(
@@ -148,7 +149,8 @@ def _runs(lengths: List[int], block: int, split: np.ndarray) -> List[Tuple[int, 
     return runs
 
 
-def plan_chunks(lengths: List[int], chunk: int, hop: int, block: int, fractions: Sequence[float], seed: int) -> List[dict]:
+def plan_chunks(lengths: List[int], chunk: int, hop: int, block: int, fractions: Sequence[float],
+                seed: int) -> List[dict]:
     """The chunks of a preparation, in their shuffled order, with their file names.
 
     lengths: samples of each source. Returns [{"file", "split", "source", "offset", "length"}].
@@ -310,7 +312,8 @@ def split_files(data_dir, split: str) -> List[Path]:
     files = [Path(data_dir) / c["file"] for c in read_manifest(data_dir)["chunks"] if c["split"] == split]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: chunk listed in the manifest is missing ({len(missing)} missing in all); "
+        raise FileNotFoundError(f"{missing[0]}: chunk listed in the manifest is missing "
+                                f"({len(missing)} missing in all); "
                                 f"re-run 'fastsrnn prepare' with the same options to restore them")
     return files
 
@@ -326,26 +329,32 @@ def add_arguments(p) -> None:
                      "interrupted run.")
     p.epilog = "example: fastsrnn prepare album/ bonus.mp3 --out data/album"
     p.add_argument("sources", nargs="+", metavar="SOURCES", help="audio files and/or folders")
-    p.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS, help="output folder (new, empty, or an earlier run of the same command)")
+    p.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
+                   help="output folder (new, empty, or an earlier run of the same command)")
     p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the chunks, Hz")
     p.add_argument("--chunk-seconds", type=float, default=8.0, help="length of each chunk")
     p.add_argument("--hop-seconds", type=float, default=argparse.SUPPRESS,
-                   help="step between chunk starts; shorter than the chunk for overlapping train chunks (default: the chunk length)")
+                   help="step between chunk starts; shorter than the chunk for overlapping train chunks "
+                        "(default: the chunk length)")
     p.add_argument("--block-seconds", type=float, default=argparse.SUPPRESS,
                    help="size of the timeline blocks dealt to the splits (default: the chunk length)")
-    p.add_argument("--splits", type=float, nargs=3, default=(0.88, 0.06, 0.06), metavar=("TRAIN", "VALID", "TEST"), help="fractions of the blocks per split")
+    p.add_argument("--splits", type=float, nargs=3, default=(0.88, 0.06, 0.06), metavar=("TRAIN", "VALID", "TEST"),
+                   help="fractions of the blocks per split")
     p.add_argument("--seed", type=int, default=0, help="seed of the block and chunk shuffles")
-    p.add_argument("--normalize", choices=NORMALIZE, default="file", help="peak 0.9 per source file, one gain for the whole dataset, or none")
+    p.add_argument("--normalize", choices=NORMALIZE, default="file",
+                   help="peak 0.9 per source file, one gain for the whole dataset, or none")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
     m = prepare(args.sources, args.out, sample_rate=args.sample_rate, chunk_seconds=args.chunk_seconds,
-                hop_seconds=getattr(args, "hop_seconds", None), block_seconds=getattr(args, "block_seconds", None), splits=tuple(args.splits),
+                hop_seconds=getattr(args, "hop_seconds", None), block_seconds=getattr(args, "block_seconds", None),
+                splits=tuple(args.splits),
                 seed=args.seed, normalize=args.normalize, skip_bad=args.skip_bad, progress=not args.no_progress)
     counts = {s: sum(c["split"] == s for c in m["chunks"]) for s in SPLITS}
     minutes = sum(s["samples"] for s in m["sources"]) / m["sample_rate"] / 60
-    print(f"{len(m['sources'])} file(s), {minutes:.1f} min of audio -> {counts['train']} train / {counts['valid']} valid / "
+    print(f"{len(m['sources'])} file(s), {minutes:.1f} min of audio -> "
+          f"{counts['train']} train / {counts['valid']} valid / "
           f"{counts['test']} test chunks of {m['chunk_samples'] / m['sample_rate']:g} s in {args.out}")
     return 0

@@ -113,7 +113,8 @@ def synth_song(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.nd
     kick, snare = _kick(sr), _snare(sr, rng)
     for i in range(int(T / eighth) + 1):
         start, bar, step = int(round(i * eighth)), i // 8, i % 8
-        _place(guitar, start, _pluck(_hz(_riff_note(plan, bar, step)), int(2 * eighth), sr, rng) * rng.uniform(0.7, 1.0))
+        _place(guitar, start,
+               _pluck(_hz(_riff_note(plan, bar, step)), int(2 * eighth), sr, rng) * rng.uniform(0.7, 1.0))
         _place(bass, start, _saw(_hz(_chord_root(plan, bar)), int(eighth), sr))
         if (bar // 4) % 4 == 3:  # a breakdown section: guitar and bass only
             continue

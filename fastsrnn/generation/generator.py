@@ -151,7 +151,8 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
     out = np.empty((n_seq, n_samples), dtype=np.float32)
     pos = 0
     with tqdm(total=n_samples / model.cfg.sample_rate, unit="s", disable=not progress,
-              desc=f"generate ({gen.backend_name})", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+              desc=f"generate ({gen.backend_name})",
+              bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
         for chunk in gen.stream(n_samples, chunk_samples=model.cfg.sample_rate):
             out[:, pos:pos + chunk.shape[1]] = chunk
             pos += chunk.shape[1]

@@ -3,12 +3,18 @@
 - :func:`frame_step_ref`, in torch ops (BLAS on the CPU, cuBLAS on a GPU): the specification and
   the frame step of the ``folded``, ``triton`` and ``cuda`` backends;
 - :func:`frame_step_cpu`, the fused C++ step (csrc/cpu/frame_step.h), and :func:`linear_cpu`,
-  its weight-streaming product, which the ``cpu`` backend uses at small batch.
+  its weight-streaming product, which the ``cpu`` backend uses at small batch;
+- :func:`frame_step_triton`, the fused Triton kernels (kernels/frame_step.py): one launch per
+  layer (product on [x; h] and the gate maths), one for the skip sum, one for the upsampling;
+  on :class:`FusedFrameWeights`, built once from the exported weights.
 
 Contract: window (B, F) int64 (the frame just finished); rnn h, c (L, B, H) float32, updated in
 place; returns cond (B, F, H) float32 = W2 c_j + b2 for the F positions of the next frame.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -74,3 +80,135 @@ def frame_step_cpu(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, num
 
     return cpu_extension().frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
                                       window.contiguous(), rnn.h, rnn.c, w.cfg.q_levels, int(num_threads))
+
+
+@dataclass
+class FusedFrameWeights:
+    """The frame tier's weights as the Triton kernels read them, built once per model and device.
+
+    The layers' W_ih, W_hh are the exported tensors themselves (the layer kernel reads both in one
+    product, so no concatenated copy is kept); the biases are pre-summed in the kernel's row order;
+    the skip projections are concatenated into one (H, L*H) matrix. Per (batch, device) it keeps
+    the launch buffers, allocated once and reused (CUDA graphs capture their addresses).
+    """
+
+    cfg: object  # SampleRNNConfig
+    w_ih: List[torch.Tensor]  # per layer (G*H, F) for layer 0, (G*H, H [+ F]) after; fp32 or bf16
+    w_hh: List[torch.Tensor]  # per layer (G*H, H)
+    bias: torch.Tensor  # (L, 4*H) fp32: [unit, gate] with gates i, f, g, o (LSTM) or r, z, n_x, n_h (GRU)
+    skip_w: Optional[torch.Tensor]  # (H, L*H) = [skip_w_1 | ... | skip_w_L], None without skip
+    skip_b: Optional[torch.Tensor]  # (H,) fp32
+    up_w: torch.Tensor  # (F*H, H)
+    up_b: torch.Tensor  # (F*H,) fp32
+    buffers: Dict[Tuple[int, str], dict] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_inference(cls, w: InferenceWeights) -> "FusedFrameWeights":
+        cfg = w.cfg
+        H, L, G = cfg.dim, cfg.n_rnn, cfg.gates
+        dts = {t.dtype for t in w.w_ih + w.w_hh + w.skip_w + [w.up_w]}
+        if len(dts) != 1 or next(iter(dts)) not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"FusedFrameWeights: frame weights must be all float32 or all bfloat16, got {dts}")
+        bias = []
+        for i in range(L):
+            bi, bh = w.b_ih[i].float().view(G, H), w.b_hh[i].float().view(G, H)
+            if G == 4:
+                b4 = bi + bh
+            else:  # r, z summed; n_x and n_h apart (n = tanh(n_x + r * n_h))
+                b4 = torch.stack([bi[0] + bh[0], bi[1] + bh[1], bi[2], bh[2]])
+            bias.append(b4.t().reshape(4 * H))  # [unit, gate]
+        skip = bool(w.skip_w)
+        return cls(
+            cfg=cfg, w_ih=[t.contiguous() for t in w.w_ih], w_hh=[t.contiguous() for t in w.w_hh],
+            bias=torch.stack(bias).contiguous(),
+            skip_w=torch.cat(list(w.skip_w), dim=1).contiguous() if skip else None,
+            skip_b=w.skip_b.float().contiguous() if skip else None,
+            up_w=w.up_w.contiguous(), up_b=w.up_b.float().contiguous())
+
+    @property
+    def bf16(self) -> bool:
+        return self.up_w.dtype == torch.bfloat16
+
+    def get_buffers(self, B: int, device: torch.device) -> dict:
+        """hs (B, L*H): the new hidden states (scratch, copied into the state by the last launch);
+        skip (B, H): the skip sum; cond (B, F, H): the output, returned by every call."""
+        key = (B, str(device))
+        buf = self.buffers.get(key)
+        if buf is None:
+            cfg = self.cfg
+            H, L, F = cfg.dim, cfg.n_rnn, cfg.frame_size
+            f32 = dict(dtype=torch.float32, device=device)
+            hs = torch.zeros(B, L * H, **f32)
+            buf = dict(hs=hs, last=hs[:, (L - 1) * H:], cond=torch.zeros(B, F, H, **f32),
+                       skip=torch.zeros(B, H, **f32) if self.skip_w is not None else None)
+            self.buffers[key] = buf
+        return buf
+
+
+def triton_frame_step_available() -> Tuple[bool, str]:
+    """(ok, reason): the Triton frame-tier kernels import (and their mode matches triton's)."""
+    try:
+        from fastsrnn.kernels import frame_step as kmod
+    except Exception as e:  # triton missing or too old for the kernels
+        return False, f"the Triton frame-step kernels failed to import: {e}"
+    if kmod.MODE_MISMATCH:
+        return False, kmod.MODE_MISMATCH
+    return True, "Triton frame-step kernels"
+
+
+def frame_step_triton(fw: FusedFrameWeights, window: torch.Tensor, rnn: RNNState) -> torch.Tensor:
+    """frame_step_ref's contract in L + 2 Triton launches and no other op (kernels/frame_step.py).
+
+    rnn.h, rnn.c may be strided views (any strides). The returned cond is a buffer of ``fw``
+    owned per (batch, device): the next call with the same batch overwrites it.
+    """
+    from fastsrnn.kernels import frame_step as k
+
+    if k.MODE_MISMATCH:
+        raise RuntimeError(k.MODE_MISMATCH)
+    cfg = fw.cfg
+    B, F, H, L = window.shape[0], cfg.frame_size, cfg.dim, cfg.n_rnn
+    gru = cfg.rnn_type == "gru"
+    if tuple(window.shape) != (B, F) or window.dtype != torch.int64:
+        raise ValueError(f"frame_step_triton: window must be (B, {F}) int64, got {tuple(window.shape)} {window.dtype}")
+    if tuple(rnn.h.shape) != (L, B, H) or (rnn.c is None) != gru:
+        raise ValueError(f"frame_step_triton: rnn.h must be ({L}, {B}, {H}) (rnn.c too for LSTM, None for GRU)")
+    for name, t in (("h", rnn.h), ("c", rnn.c)):
+        if t is not None and (t.dtype != torch.float32 or t.device != fw.up_w.device or t.shape != rnn.h.shape):
+            raise ValueError(f"frame_step_triton: rnn.{name} must be float32 ({L}, {B}, {H}) on {fw.up_w.device}")
+    buf = fw.get_buffers(B, window.device)
+    hs, cond, skip = buf["hs"], buf["cond"], buf["skip"]
+    bf16 = fw.bf16
+    c = rnn.c if rnn.c is not None else rnn.h  # GRU: a valid pointer the kernel never reads
+    lc = k.layer_config(B, H, F, bf16)
+    grid, warps, stages = lc.pop("grid"), lc.pop("num_warps"), lc.pop("num_stages")
+    even = B % lc["BLOCK_B"] == 0 and H % lc["BLOCK_H"] == 0
+    for i in range(L):
+        w_ih = fw.w_ih[i]
+        xin = i == 0 or skip is not None
+        x_col, xin_col = (i - 1) * H, 0 if i == 0 else H
+        al = k.aligned(window, hs, rnn.h, c, w_ih, fw.w_hh[i], fw.bias, window.stride(0), hs.stride(0), x_col,
+                       *rnn.h.stride()[:2], *c.stride()[:2], w_ih.stride(0), xin_col, H, F)
+        k.launch(k._layer_kernel, grid, window, window.stride(0), hs, hs.stride(0), x_col,
+                 rnn.h, *rnn.h.stride(), c, *c.stride(), i, w_ih, w_ih.stride(0), xin_col, fw.w_hh[i], fw.bias,
+                 B, H, F, cfg.q_levels / 2,
+                 GRU=gru, HAS_X=i > 0, HAS_XIN=xin, ALIGNED=al, EVEN=even, num_warps=warps, num_stages=stages,
+                 **lc)
+    if skip is not None:
+        _linear(k, hs, fw.skip_w, fw.skip_b, skip, bf16)
+    _linear(k, skip if skip is not None else buf["last"], fw.up_w, fw.up_b, cond, bf16, copy=(hs, rnn.h, L, H))
+    return cond
+
+
+def _linear(k, x, w, b, out, bf16: bool, copy=None) -> None:
+    """out (B, N...) = x (B, K) w^T + b (rows of out dense) with the linear kernel;
+    copy=(hs, h, L, H): the same launch also copies hs into h."""
+    B, (N, K) = x.shape[0], w.shape
+    lc = k.linear_config(B, N, K, bf16)
+    grid, warps, stages = lc.pop("grid"), lc.pop("num_warps"), lc.pop("num_stages")
+    hs, h, L, H = copy if copy is not None else (x, x, 0, 0)
+    sh = h.stride() if copy is not None else (0, 0, 0)
+    al = k.aligned(x, w, b, out, hs, h, x.stride(0), out.stride(0), K, *sh[:2], H)
+    even = B % lc["BLOCK_B"] == 0 and N % lc["BLOCK_N"] == 0
+    k.launch(k._linear_kernel, grid, x, x.stride(0), w, b, out, out.stride(0), B, N, K, hs, h, *sh, L, H,
+             COPY=copy is not None, ALIGNED=al, EVEN=even, num_warps=warps, num_stages=stages, **lc)

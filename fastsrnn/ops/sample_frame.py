@@ -62,9 +62,11 @@ def _check(op: str, name: str, t: torch.Tensor, shape, dtypes, device) -> None:
 
 
 def _check_samples(op: str, name: str, t: torch.Tensor, q_levels: int) -> None:
-    bad = (t < 0) | (t >= q_levels)
-    if bad.any():
-        i = int(bad.flatten().nonzero()[0])
+    if t.numel() == 0:
+        return
+    lo, hi = torch.aminmax(t)  # one pass; the offender is located only on failure
+    if lo < 0 or hi >= q_levels:
+        i = int(((t < 0) | (t >= q_levels)).flatten().nonzero()[0])
         raise ValueError(f"{op}: {name} holds samples outside [0, {q_levels}): "
                          f"{int(t.flatten()[i])} at flat index {i}")
 
@@ -113,27 +115,58 @@ def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperat
 
 def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
                         forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
-                        block_b: Optional[int] = None) -> None:
-    """The Triton kernel, one launch per frame (compiled on a GPU; TRITON_INTERPRET=1 on the CPU).
-    block_b: sequences per program, a power of two (default: kernels.sample_frame.launch_config's)."""
-    from fastsrnn.kernels.sample_frame import launch
+                        block_b: Optional[int] = None, path: Optional[str] = None,
+                        scratch: Optional[dict] = None) -> None:
+    """The Triton kernels (compiled on a GPU; TRITON_INTERPRET=1 on the CPU). Two paths:
+
+    - "split" (default from n_seq kernels.sample_frame.SPLIT_MIN_B): each sample step split over
+      sequence tiles x row slices of W3, tensor cores, 2F + 1 launches per frame
+      (kernels/sample_frame_split.py);
+    - "small" (default below it): one launch per frame, one program per block_b sequences
+      (kernels/sample_frame.py).
+    block_b: sequences per program, a power of two (>= 16 for "split"; default: the path's
+    launch_config). scratch: a dict the caller owns where the kernels' scratch buffers are
+    cached (default: one per kernel module, shared in the process)."""
+    from fastsrnn.kernels import sample_frame as small
 
     check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
                             out, forced, logits_out)
+    if path is None:
+        path = "split" if cond.shape[0] >= small.SPLIT_MIN_B else "small"
+    if path == "split":
+        from fastsrnn.kernels.sample_frame_split import launch
+    elif path == "small":
+        launch = small.launch
+    else:
+        raise ValueError(f"sample_frame_triton: path must be 'split' or 'small', got {path!r}")
     launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax), out, forced, logits_out,
-           block_b=block_b)
+           block_b=block_b, scratch=scratch)
 
 
 def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
                       forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
-                      cooperative: Optional[bool] = None) -> None:
-    """The persistent CUDA kernel, one launch per frame. cooperative: a cooperative launch
-    (default: yes, except while a CUDA graph is being captured)."""
+                      workspace: Optional[torch.Tensor] = None, max_blocks: int = 0) -> None:
+    """The persistent CUDA kernel, one cooperative launch per frame (capturable in a CUDA graph).
+
+    workspace: uint8 scratch of ``cuda_extension().workspace_bytes(B, H, Q)`` bytes on the table's
+    device, 16-byte aligned, ZEROED when allocated and then left to this op (its first word is
+    the grid barrier, which each launch leaves as it found it). Launches sharing one must be
+    ordered on one stream. None: the extension's own per (device, B, H, Q), created on first use
+    outside graph capture. max_blocks: cap on the grid (tuning; 0 = the kernel's choice)."""
     from fastsrnn.ops.build import cuda_extension
 
     check_sample_frame_args("sample_frame_cuda", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
                             out, forced, logits_out)
-    if cooperative is None:
-        cooperative = not torch.cuda.is_current_stream_capturing()
-    cuda_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax),
-                                  out, forced, logits_out, bool(cooperative))
+    ext = cuda_extension()
+    if workspace is not None:
+        Q, H = table.shape[1:]
+        need = ext.workspace_bytes(cond.shape[0], H, Q)
+        if (workspace.dtype != torch.uint8 or workspace.device != table.device or not workspace.is_contiguous()
+                or workspace.numel() < need or workspace.data_ptr() % 16):
+            raise ValueError(f"sample_frame_cuda: workspace must be a contiguous, 16-byte aligned uint8 tensor of "
+                             f">= {need} bytes on {table.device}, got {workspace.dtype} ({workspace.numel()},) "
+                             f"on {workspace.device}")
+    if max_blocks < 0:
+        raise ValueError(f"sample_frame_cuda: max_blocks must be >= 0 (0 = the kernel's choice), got {max_blocks}")
+    ext.sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax), out, forced,
+                     logits_out, workspace, int(max_blocks))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 
-def sample_ref(logits: torch.Tensor, u: torch.Tensor, inv_temperature: torch.Tensor, argmax: bool = False) -> torch.Tensor:
+def sample_ref(logits: torch.Tensor, u: torch.Tensor, inv_temperature: torch.Tensor,
+               argmax: bool = False) -> torch.Tensor:
     """Inverse-CDF sample of softmax(logits * inv_temperature).
 
     logits: (B, Q) float; u: (B,) float in [0, 1); inv_temperature: (B,) float -> (B,) int64.

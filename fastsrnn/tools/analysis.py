@@ -63,7 +63,8 @@ def analyze_clip(audio: np.ndarray, sample_rate: int) -> ClipReport:
     """audio: (T,) float in [-1, 1] -> its :class:`ClipReport`."""
     audio = np.asarray(audio, dtype=np.float32)
     level, flat, rep = rms_dbfs(audio), spectral_flatness(audio), repetition(audio, sample_rate)
-    verdict = "silent" if level < SILENT_DBFS else "noise" if flat > NOISY_FLATNESS else "trap" if rep > TRAP_CORRELATION else "ok"
+    verdict = ("silent" if level < SILENT_DBFS else "noise" if flat > NOISY_FLATNESS
+               else "trap" if rep > TRAP_CORRELATION else "ok")
     return ClipReport(round(level, 1), round(flat, 3), round(rep, 3), verdict)
 
 

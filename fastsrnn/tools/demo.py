@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "album -> prepare -> train the tiny preset -> generate clips. "
                      "Re-running with the same --out continues where it stopped.")
     p.add_argument("--out", default=DEFAULT_OUT, help="demo folder (album, data, run, clips)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (each is 16 chunks x 1,024 samples)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="training steps (each is 16 chunks x 1,024 samples)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each generated clip in seconds")
     p.add_argument("--n-clips", type=int, default=3, help="clips to generate")
     p.add_argument("--backend", default=argparse.SUPPRESS,

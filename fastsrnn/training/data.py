@@ -152,5 +152,6 @@ def describe(train: ChunkSet, train_len: Optional[int], valid: ChunkSet, test: C
 def data_path(data_dir) -> Path:
     p = Path(data_dir)
     if not (p / "manifest.json").is_file():
-        raise FileNotFoundError(f"{p}: not a prepared dataset (no manifest.json); run 'fastsrnn prepare SONGS... --out {p}' first")
+        raise FileNotFoundError(f"{p}: not a prepared dataset (no manifest.json); "
+                                f"run 'fastsrnn prepare SONGS... --out {p}' first")
     return p

@@ -77,7 +77,8 @@ class TrainConfig:
         need(self.valid_every >= 0 and self.n_clips >= 0 and self.num_threads >= 0,
              "valid_every, n_clips and num_threads must be >= 0")
         need(self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}")
-        need(self.clip_h0 in ("random", "learned", "zeros"), f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
+        need(self.clip_h0 in ("random", "learned", "zeros"),
+             f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
 
     @property
     def validate_every(self) -> int:
@@ -141,7 +142,8 @@ class _Loop:
         self.n_batches = N // self.batch_size  # the last partial batch of an epoch is skipped
         self.n_sub = n_subsequences(L, self.tbptt_samples)
         self.log(describe(train, L, self.valid, self.test, self.cfg.sample_rate)
-                 + (f"; {dropped + train.dropped} train chunks of odd length skipped" if dropped + train.dropped else ""))
+                 + (f"; {dropped + train.dropped} train chunks of odd length skipped"
+                    if dropped + train.dropped else ""))
 
     def batch_input(self, pos: Position) -> torch.Tensor:
         """This rank's chunks of the current batch with their silence context: (B_local, F + L) int64."""
@@ -150,7 +152,8 @@ class _Loop:
         if self._batch_key != (pos.epoch, pos.batch):
             idx = self._perm[pos.batch * self.batch_size:(pos.batch + 1) * self.batch_size]
             idx = self.dist.shard(idx)  # DistributedSampler-like: rank r takes idx[r::world]
-            self._batch_key, self._batch_x = (pos.epoch, pos.batch), with_context(self.train[idx], self.cfg).to(self.device)
+            self._batch_key, self._batch_x = ((pos.epoch, pos.batch),
+                                              with_context(self.train[idx], self.cfg).to(self.device))
         return self._batch_x
 
     def step(self, pos: Position) -> float:
@@ -194,14 +197,16 @@ class _Loop:
         ckpt = load_checkpoint(path)
         saved = SampleRNNConfig.from_dict(ckpt["config"])
         if saved != self.cfg:
-            raise CheckpointError(f"{path}: made for another model config ({_diff(saved.to_dict(), self.cfg.to_dict())})")
+            raise CheckpointError(f"{path}: made for another model config "
+                                  f"({_diff(saved.to_dict(), self.cfg.to_dict())})")
         self.raw.load_state_dict(model_from_checkpoint(ckpt, path).state_dict())
         try:
             self.opt.load_state_dict(ckpt["optimizer"])
             pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sub"], None,
                            float(ckpt["best_valid"]), int(ckpt["best_step"]), float(ckpt["elapsed"]))
         except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a training checkpoint that can be resumed ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{path}: not a training checkpoint that can be resumed "
+                                  f"({type(e).__name__}: {e})") from None
         if ckpt["rnn_h"] is not None:
             pos.state = self.dist.local_state(ckpt["rnn_h"], ckpt["rnn_c"], self.device)
         torch.set_rng_state(ckpt["torch_rng"])
@@ -353,20 +358,23 @@ def _resolve_configs(run: Path, saved, model_cfg, train_cfg):
         model_cfg = SampleRNNConfig.from_name(model_cfg)
     cfg = model_cfg or (saved["model"] if saved else PRESETS[DEFAULT_PRESET])
     if saved and saved["model"] != cfg:
-        raise ValueError(f"{run} was created with another model config ({_diff(saved['model'].to_dict(), cfg.to_dict())}); "
+        raise ValueError(f"{run} was created with another model config "
+                         f"({_diff(saved['model'].to_dict(), cfg.to_dict())}); "
                          "choose another --out, or leave --preset out to continue it")
     tcfg = train_cfg or (TrainConfig.from_dict(saved["train"]) if saved else TrainConfig())
     if saved:
         old = TrainConfig.from_dict(saved["train"]).to_dict()
         bad = {k: (old[k], getattr(tcfg, k)) for k in RUN_DEFINING if old[k] != getattr(tcfg, k)}
         if bad and (run / "checkpoints" / "last.pt").exists():
-            raise ValueError(f"{run} was trained with other {', '.join(f'{k}={a} (now {b})' for k, (a, b) in bad.items())}; "
+            raise ValueError(f"{run} was trained with other "
+                             f"{', '.join(f'{k}={a} (now {b})' for k, (a, b) in bad.items())}; "
                              "resuming needs the same values: choose another --out to change them")
     return cfg, tcfg
 
 
 def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now"
+                     for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:

@@ -1,0 +1,283 @@
+"""Triton kernels of the frame tier: one fused kernel per RNN layer, one product kernel for the skip
+sum and one for the upsampling. The eager twin and specification is
+fastsrnn.ops.frame_step.frame_step_ref; the launcher is fastsrnn.ops.frame_step.frame_step_triton.
+
+Per frame (L layers): L launches of :func:`_layer_kernel`, then :func:`_linear_kernel` for the skip
+sum (when the model has skip connections) and once more for the upsampling: L + 2 launches and no
+other op (dadabots-2tier: 7).
+
+Layer kernel. One product on [x; x_in; h] against [W_ih | W_hh] (x: the previous layer's new h,
+x_in: the frame input, part of x for layers > 0 with skip connections, computed from the window
+in the kernel), then the gates, the cell and the hidden state in the epilogue. The two weight
+matrices are read where they lie (no concatenated copy: the K loop walks the x segments on W_ih's
+columns, then the h segment on W_hh's), so each weight byte is streamed once and the frame tier
+keeps one copy of its weights on the device. A program owns BLOCK_H hidden units and a block of
+BLOCK_B sequences and computes all gate rows of its units: tile row r is gate r % 4 of unit
+r // 4 (weight row gate * H + unit), so the accumulator (BLOCK_B, 4 BLOCK_H) splits into the four
+gates with a reshape and two tl.split. LSTM: gates i, f, g, o. GRU: r, z and the n gate twice,
+n_x (the x segments only) and n_h (the h segment only), because n = tanh(n_x + r * n_h); the
+masked rows of a segment are not read. The bias arrives pre-summed in that row order.
+State: c is updated in place (each element is read and written by one program); h_new goes to a
+scratch buffer hs (B, L*H), since every program of a layer reads the whole old h; the last
+launch (the upsampling) copies hs into the state. hs is also concat(h_1..h_L), the skip sum's input.
+
+Linear kernel: out (B, N) = x (B, K) W^T + b, for the skip sum (K = L*H against the concatenated
+[skip_w_1 | ... | skip_w_L], bias only from the first) and the upsampling (into cond).
+
+Two forms of the products, chosen by the batch (constexpr DOT):
+- small batch (B <= 8: HBM-bound): multiply and tl.sum in registers on CUDA cores, a few rows per
+  program and many programs (hundreds at H = 1024) so that every SM streams weights;
+- larger batch: tl.dot on (BLOCK_B, BLOCK_K) x (BLOCK_K, rows) tiles: bf16 weights on tensor cores
+  (activations rounded to bf16, as the reference's torch.mm does, fp32 accumulation), fp32
+  weights with input_precision="ieee" (no tf32).
+Weights fp32 or bf16; every sum in fp32. Never autotune: the kernels update the state in place.
+
+Interpreter (TRITON_INTERPRET=1): as kernels/sample_frame.py, the variable must be set before
+anything imports triton; a mismatch is reported by :data:`MODE_MISMATCH`.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+SMALL_B = 8  # at most this many sequences: the register (multiply + sum) form
+TARGET_PROGRAMS = 256  # about two programs per SM of a 132-SM H100
+_TILE_ELEMS = 4096  # elements of the (BLOCK_B, rows, BLOCK_K) product tile of the register form
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))  # in (0, 1]: no overflow
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _al(v):
+    """A hint: v (a pointer, or an int in elements) is a multiple of 16 (as Triton's JIT would
+    specialise it at launch; written out so an offline compile sees the same vector loads)."""
+    return tl.multiple_of(v, 16)
+
+
+@triton.jit
+def _mac(acc, x, w, DOT: tl.constexpr, BF16: tl.constexpr):
+    """acc (BB, N) += x (BB, BK) fp32 @ w (N, BK)^T."""
+    if DOT:
+        if BF16:
+            acc = tl.dot(x.to(tl.bfloat16), tl.trans(w), acc)
+        else:
+            acc = tl.dot(x, tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+    else:
+        acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    return acc
+
+
+@triton.jit
+def _segment(acc, x_row, sxk, mb, w_row, mr, K, BLOCK_K: tl.constexpr, DOT: tl.constexpr, BF16: tl.constexpr):
+    """acc += x[:, :K] @ w[:, :K]^T; x_row (BB,) / w_row (N,) point at column 0 of each row."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < K
+        x = tl.load(x_row[:, None] + kk[None, :] * sxk, mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_row[:, None] + kk[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        acc = _mac(acc, x, w, DOT, BF16)
+    return acc
+
+
+@triton.jit
+def _layer_kernel(
+    window, swb, hs, shs, x_col, h, shl, shb, shh, c, scl, scb, sch, layer,
+    w_ih, s_ih, xin_col, w_hh, bias,
+    B, H, F, half_q,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr,
+    GRU: tl.constexpr, HAS_X: tl.constexpr, HAS_XIN: tl.constexpr, DOT: tl.constexpr, BF16: tl.constexpr,
+    ALIGNED: tl.constexpr, EVEN: tl.constexpr,
+):
+    N: tl.constexpr = 4 * BLOCK_H
+    if ALIGNED:  # every pointer 16-byte aligned, every row stride and offset a multiple of 16 (the launcher checked)
+        window, hs, h, c = _al(window), _al(hs), _al(h), _al(c)
+        w_ih, w_hh, bias = _al(w_ih), _al(w_hh), _al(bias)
+        swb, shs, x_col, shl, shb, scl, scb = _al(swb), _al(shs), _al(x_col), _al(shl), _al(shb), _al(scl), _al(scb)
+        s_ih, xin_col, H, F = _al(s_ih), _al(xin_col), _al(H), _al(F)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r = tl.arange(0, N)
+    gate = r % 4
+    unit = tl.program_id(0) * BLOCK_H + r // 4
+    if EVEN:  # B % BLOCK_B == 0 and H % BLOCK_H == 0: no partial tiles
+        mb = tl.full((BLOCK_B,), 1, tl.int1)
+        mu = tl.full((N,), 1, tl.int1)
+    else:
+        mb = rb < B
+        mu = unit < H
+    if GRU:  # pseudo-gates r, z, n_x, n_h: n_x, n_h both read the n rows (2H + unit)
+        wrow = (gate - (gate == 3).to(tl.int32)) * H + unit
+        m_x = mu & (gate != 3)
+        m_h = mu & (gate != 2)
+    else:
+        wrow = gate * H + unit
+        m_x = mu
+        m_h = mu
+    acc = tl.zeros((BLOCK_B, N), dtype=tl.float32)
+    if HAS_X:  # previous layer's new h: hs[:, x_col : x_col + H] against W_ih[:, :H]
+        acc = _segment(acc, hs + rb * shs + x_col, 1, mb, w_ih + wrow * s_ih, m_x, H, BLOCK_K, DOT, BF16)
+    if HAS_XIN:  # the frame input (x_in = (q / (Q/2) - 1) * 2) against W_ih[:, xin_col : xin_col + F]
+        rf = tl.arange(0, BLOCK_F)
+        mf = rf < F
+        q = tl.load(window + rb[:, None] * swb + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
+        xin = (tl.math.div_rn(q.to(tl.float32), half_q) - 1.0) * 2.0
+        xin = tl.where(mb[:, None] & mf[None, :], xin, 0.0)
+        w = tl.load(w_ih + wrow[:, None] * s_ih + xin_col + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
+        acc = _mac(acc, xin, w, DOT, BF16)
+    h_l = h + layer * shl
+    acc = _segment(acc, h_l + rb * shb, shh, mb, w_hh + wrow * H, m_h, H, BLOCK_K, DOT, BF16)
+
+    acc += tl.load(bias + layer * 4 * H + tl.program_id(0) * N + r, mask=mu, other=0.0)[None, :]
+    # (BB, 4 BH) -> (BB, BH, 2, 2): [b, u, g // 2, g % 2]; split the last axis, then the next.
+    acc = tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2))
+    even, odd = tl.split(acc)  # gates (0, 2), (1, 3)
+    a0, a2 = tl.split(even)
+    a1, a3 = tl.split(odd)
+    ru = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    if EVEN:
+        m2 = tl.full((BLOCK_B, BLOCK_H), 1, tl.int1)
+    else:
+        m2 = mb[:, None] & (ru < H)[None, :]
+    if GRU:
+        rg = _sigmoid(a0)
+        z = _sigmoid(a1)
+        n = _tanh(a2 + rg * a3)
+        h_old = tl.load(h_l + rb[:, None] * shb + ru[None, :] * shh, mask=m2, other=0.0)
+        h_new = (1.0 - z) * n + z * h_old
+    else:
+        c_ptr = c + layer * scl + rb[:, None] * scb + ru[None, :] * sch
+        c_new = _sigmoid(a1) * tl.load(c_ptr, mask=m2, other=0.0) + _sigmoid(a0) * _tanh(a2)
+        tl.store(c_ptr, c_new, mask=m2)
+        h_new = _sigmoid(a3) * _tanh(c_new)
+    tl.store(hs + rb[:, None] * shs + layer * H + ru[None, :], h_new, mask=m2)
+
+
+@triton.jit
+def _linear_kernel(
+    x, sx, w, bias, out, so, B, N, K,
+    hs, h, shl, shb, shh, L, H,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT: tl.constexpr, BF16: tl.constexpr, COPY: tl.constexpr, COPY_BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+    EVEN: tl.constexpr,
+):
+    """out[b, n] = bias[n] + sum_k x[b, k] w[n, k]. COPY: also copy hs (B, L*H) into h (L, B, H)."""
+    if ALIGNED:
+        x, w, bias, out, hs, h = _al(x), _al(w), _al(bias), _al(out), _al(hs), _al(h)
+        sx, so, K, shl, shb, H = _al(sx), _al(so), _al(K), _al(shl), _al(shb), _al(H)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if EVEN:  # B % BLOCK_B == 0 and N % BLOCK_N == 0
+        mb = tl.full((BLOCK_B,), 1, tl.int1)
+        mn = tl.full((BLOCK_N,), 1, tl.int1)
+    else:
+        mb = rb < B
+        mn = rn < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    acc = _segment(acc, x + rb * sx, 1, mb, w + rn * K, mn, K, BLOCK_K, DOT, BF16)
+    acc += tl.load(bias + rn, mask=mn, other=0.0)[None, :]
+    tl.store(out + rb[:, None] * so + rn[None, :], acc, mask=mb[:, None] & mn[None, :])
+    if COPY:  # the new hidden states into the RNN state, an equal share per program
+        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        total = B * L * H
+        share = tl.cdiv(total, tl.num_programs(0) * tl.num_programs(1))
+        start = pid * share
+        end = tl.minimum(start + share, total)
+        re = tl.arange(0, COPY_BLOCK)
+        for e0 in range(start, end, COPY_BLOCK):
+            e = e0 + re
+            me = e < end
+            b = e // (L * H)
+            lu = e % (L * H)
+            v = tl.load(hs + e, mask=me, other=0.0)
+            tl.store(h + (lu // H) * shl + b * shb + (lu % H) * shh, v, mask=me)
+
+
+def _mode(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+INTERPRETED = _mode(tl.sum)  # True when Triton's interpreter runs the kernels (CPU tensors)
+MODE_MISMATCH = None if _mode(_layer_kernel) == INTERPRETED else (
+    "TRITON_INTERPRET changed between the import of triton and of fastsrnn.kernels.frame_step; "
+    "set TRITON_INTERPRET before anything imports triton")
+KERNELS = (_layer_kernel, _linear_kernel)
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _dot_block_b(B: int) -> int:
+    return min(64, max(16, _pow2(B)))
+
+
+def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
+    """Constexprs, num_warps, num_stages and grid of a layer launch (the same for every layer).
+
+    B <= SMALL_B: BLOCK_B = B rounded up to a power of two, 2 hidden units (8 gate rows) per
+    program (H / 2 programs: 512 at H = 1024), BLOCK_K so the product tile is ~4 K values.
+    Larger B: tl.dot tiles of BLOCK_B = 16..64 sequences by 4 BLOCK_H rows (16, 32 or 64), BLOCK_H
+    the largest that still gives TARGET_PROGRAMS programs."""
+    bf = max(16, _pow2(F))
+    if B <= SMALL_B:
+        bb, bh = _pow2(B), 2
+        bk = max(16, min(512, _TILE_ELEMS // (bb * 4 * bh)))
+        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, BLOCK_F=bf, DOT=False, BF16=bool(bf16),
+                   num_warps=4, num_stages=2)
+    else:
+        bb = _dot_block_b(B)
+        nb = triton.cdiv(B, bb)
+        bh = next((b for b in (16, 8) if triton.cdiv(H, b) * nb >= TARGET_PROGRAMS), 4)
+        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=64 if bf16 else 32, BLOCK_F=bf, DOT=True, BF16=bool(bf16),
+                   num_warps=4, num_stages=3)
+    cfg["grid"] = (triton.cdiv(H, cfg["BLOCK_H"]), triton.cdiv(B, cfg["BLOCK_B"]))
+    return cfg
+
+
+def linear_config(B: int, N: int, K: int, bf16: bool) -> dict:
+    """Constexprs, num_warps, num_stages and grid of a product launch (out (B, N), K inputs).
+
+    B <= SMALL_B: BLOCK_N rows per program (at most 16, fewer while there are fewer than
+    TARGET_PROGRAMS programs), BLOCK_K so the product tile is ~4 K values. Larger B: tl.dot tiles
+    of 16..64 sequences by BLOCK_N = 64, 32 or 16 rows (the largest giving TARGET_PROGRAMS)."""
+    if B <= SMALL_B:
+        bb = _pow2(B)
+        bn = next((b for b in (16, 8, 4) if triton.cdiv(N, b) >= TARGET_PROGRAMS), 2)
+        bk = max(16, min(1024, _pow2(K), _TILE_ELEMS // (bb * bn)))
+        cfg = dict(BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, DOT=False, BF16=bool(bf16), num_warps=4, num_stages=2)
+    else:
+        bb = _dot_block_b(B)
+        nb = triton.cdiv(B, bb)
+        bn = next((b for b in (64, 32) if triton.cdiv(N, b) * nb >= TARGET_PROGRAMS), 16)
+        cfg = dict(BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=64 if bf16 else 32, DOT=True, BF16=bool(bf16),
+                   num_warps=4, num_stages=3)
+    cfg["COPY_BLOCK"] = 1024
+    cfg["grid"] = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(B, cfg["BLOCK_B"]))
+    return cfg
+
+
+def aligned(*args) -> bool:
+    """ALIGNED of a launch: every tensor's address a multiple of 16 bytes and every int (strides,
+    offsets, sizes in elements) a multiple of 16."""
+    for a in args:
+        if hasattr(a, "data_ptr"):
+            if a.device.type != "meta" and a.data_ptr() % 16:
+                return False
+        elif int(a) % 16:
+            return False
+    return True
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Every launch of this module goes through here (tests count them)."""
+    kernel[grid](*args, **kwargs)

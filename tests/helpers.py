@@ -1,0 +1,299 @@
+"""What the test modules share, in one place: test modules import from here, never from each other.
+
+- models: :func:`random_model` and the ODD config;
+- training: a learnable dataset and small configs (:func:`riff_dataset`, ...);
+- where a test runs: the ``gpu`` and ``interpret`` marks (:data:`ON_GPU`, :data:`INTERPRETED`,
+  :func:`need_triton`);
+- op tests: random weights, a few frames of an op with poisoned outputs, the comparison of two
+  generations (same integers except at a CDF near-tie), the bad-input table;
+- backend tests: the same generation on several backends, teacher-forced logits.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Dict, NamedTuple, Optional, Union
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn.backends import DecodeState
+from fastsrnn.ops.sampling import cdf_margin
+from fastsrnn.training.trainer import TrainConfig
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+# Odd sizes everywhere (nothing a power of two or a multiple of a vector width), 3 layers.
+ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5, n_rnn=3)
+
+
+def random_model(cfg, seed: int = 0, scale: float = 0.1) -> SampleRNN:
+    """A SampleRNN in eval mode whose every parameter (h0 included) is perturbed by N(0, scale),
+    so nothing hides behind zeros."""
+    torch.manual_seed(seed)
+    model = SampleRNN(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, checkpoints, the demo
+
+# Small enough that a step takes a few milliseconds on one core.
+SMALL = SampleRNNConfig.from_name("tiny", dim=32, emb_size=8, n_rnn=2)
+
+
+def riff_dataset(root: Path, seconds: float = 6.0, chunk_seconds: float = 0.25, sample_rate: int = 16000) -> Path:
+    """A repeating riff (4 square-wave notes of 1/16 s, looped), prepared into ``root/data``.
+
+    Periodic, so the next sample is predictable from the past: a model that learns drives the
+    NLL far below the 8 bits of a uniform guess.
+    """
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    note = (t * 16).astype(int) % 4  # which of the 4 notes plays
+    freq = np.array([250.0, 500.0, 1000.0, 500.0])[note]
+    phase = 2 * np.pi * np.cumsum(freq) / sample_rate
+    audio = (0.5 * np.sign(np.sin(phase))).astype(np.float32)
+    wav = root / "riff.wav"
+    sf.write(str(wav), audio, sample_rate)
+    from fastsrnn.data.prepare import prepare
+
+    prepare([wav], root / "data", sample_rate=sample_rate, chunk_seconds=chunk_seconds, seed=0, progress=False)
+    return root / "data"
+
+
+def small_train_config(**overrides) -> TrainConfig:
+    base = dict(batch_size=4, tbptt=8, max_steps=20, checkpoint_every=5, n_clips=1, clip_seconds=0.02,
+                clip_backend="eager", device="cpu")
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two loaded last.pt dicts hold bit-identical weights, Adam state and position."""
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"weight {k} differs"
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k, v in sa[i].items():
+            assert torch.equal(v, sb[i][k]), f"optimizer state {i}.{k} differs"
+    for k in ("step", "epoch", "batch", "sub", "best_valid", "best_step"):
+        assert a[k] == b[k], k
+    for k in ("rnn_h", "rnn_c"):
+        assert (a[k] is None and b[k] is None) or torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a test runs
+
+HAS_CUDA = torch.cuda.is_available()
+# Marks of a test (or a parameter) that needs a CUDA device: skipped without one.
+ON_GPU = (pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"))
+# Triton fixes interpreted-or-compiled when it is first imported, so TRITON_INTERPRET=1 must be set
+# before the process starts; conftest.py refuses to run `interpret` tests without it. Read once, here.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Marks of a test (or a parameter) that runs a Triton kernel on the CPU interpreter: deselected by
+# the normal run (pyproject's addopts), run by `TRITON_INTERPRET=1 python -m pytest -m interpret`.
+INTERPRETED = (pytest.mark.interpret,)
+
+
+def need_triton():
+    """The Triton kernel module, checked to run in the mode this process was started in. Under
+    the interpreter a missing or broken triton fails the test (never a skip); elsewhere (a GPU
+    run) an absent triton skips it (triton is Linux-only in the test extra)."""
+    if not INTERPRET:
+        pytest.importorskip("triton")
+    from fastsrnn.kernels import sample_frame as kmod
+
+    assert kmod._MODE_MISMATCH is None, kmod._MODE_MISMATCH
+    assert kmod.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
+    return kmod
+
+
+# ---------------------------------------------------------------------------------------------
+# Op tests: sample_frame's contract is in fastsrnn/ops/sample_frame.py
+
+MARGIN = 1e-5  # a draw may differ from the reference only this close to a CDF boundary
+
+
+def make_weights(F: int, Q: int, H: int, dtype=torch.float32, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Sample-tier weights (table, w3, b3, wo, bo) scaled so logits are O(1): every draw matters.
+    table, w3, wo in ``dtype``; biases stay fp32 (the contract)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
+    w = dict(table=r(F, Q, H, scale=0.3), w3=r(H, H, scale=H ** -0.5), b3=r(H, scale=0.1),
+             wo=r(Q, H, scale=3 * H ** -0.5), bo=r(Q, scale=0.1))
+    return {k: v.to(dtype) if k in ("table", "w3", "wo") else v for k, v in w.items()}
+
+
+class Frames(NamedTuple):
+    """A few frames of a generation, all on the CPU: samples (B, T) int64, logits (B, T, Q),
+    the final window (B, F), the uniforms drawn from (B, T)."""
+
+    samples: torch.Tensor
+    logits: torch.Tensor
+    window: torch.Tensor
+    uniforms: torch.Tensor
+
+
+def run_frames(fn: Callable, w: dict, B: int, n_frames: int, argmax: bool = False,
+               inv_t: Optional[torch.Tensor] = None, forced: Union[bool, torch.Tensor, None] = None,
+               seed: int = 1, **opts) -> Frames:
+    """n_frames frames of a sample-frame op ``fn`` (any of ops/sample_frame.py's, or a wrapper
+    of one) on the weights ``w``. Outputs are poisoned (-1, NaN) before each call, so an element
+    the op does not write fails the comparison. forced: True for random forced samples, a (B, T)
+    tensor for those samples, None to draw. ``seed`` fixes the initial window, cond and uniforms
+    (the same with ``forced`` None or a tensor)."""
+    F, Q, H = w["table"].shape
+    inv_t = torch.ones(B) if inv_t is None else inv_t
+    g = torch.Generator().manual_seed(seed)
+    window = torch.randint(0, Q, (B, F), generator=g)
+    outs, logits, us = [], [], []
+    for n in range(n_frames):
+        cond = torch.randn(B, F, H, generator=g)
+        u = torch.rand(B, F, generator=g)
+        out = torch.full((B, F), -1, dtype=torch.long)
+        lg = torch.full((B, F, Q), float("nan"))
+        if isinstance(forced, torch.Tensor):
+            frc = forced[:, n * F:(n + 1) * F].contiguous()
+        else:
+            frc = torch.randint(0, Q, (B, F), generator=g) if forced else None
+        fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], window, u, inv_t, argmax, out, frc, lg, **opts)
+        outs.append(out), logits.append(lg), us.append(u)
+    return Frames(torch.cat(outs, 1), torch.cat(logits, 1), window, torch.cat(us, 1))
+
+
+def assert_written(run: Frames, q_levels: int) -> None:
+    """Every poisoned output element was overwritten with a sample or a finite logit."""
+    assert ((run.samples >= 0) & (run.samples < q_levels)).all(), "an output sample was not written"
+    assert torch.isfinite(run.logits).all(), "a logit was not written"
+
+
+def compare(got: Frames, want: Frames, inv_t: torch.Tensor, atol: float = 1e-5) -> None:
+    """Two generations from the same inputs: the same integers or, per sequence, a first mismatch
+    at a CDF near-tie (its margin reported), after which that sequence's inputs differ and are not
+    compared; logits close up to and including that step; the same final window."""
+    assert_written(got, want.logits.shape[-1])
+    xs, xs_r = got.samples, want.samples
+    for b in range(xs.shape[0]):
+        bad = (xs[b] != xs_r[b]).nonzero()
+        t = int(bad[0]) if len(bad) else xs.shape[1]
+        if t < xs.shape[1]:
+            m = cdf_margin(want.logits[b, t][None], want.uniforms[b, t][None], inv_t[b][None]).item()
+            assert m < MARGIN, (f"seq {b} step {t}: drew {int(xs[b, t])}, reference {int(xs_r[b, t])}, "
+                                f"CDF margin {m:.2e}")
+        torch.testing.assert_close(got.logits[b, :t + 1], want.logits[b, :t + 1], rtol=1e-5, atol=atol)
+        if t == xs.shape[1]:
+            assert torch.equal(got.window[b], want.window[b]), f"seq {b}: final window differs"
+
+
+def on_device(fn: Callable, device) -> Callable:
+    """``fn`` run on ``device`` copies of CPU arguments; window, out and logits_out are copied
+    back into the CPU tensors (so :func:`run_frames` drives a GPU op unchanged)."""
+    if torch.device(device).type == "cpu":
+        return fn
+
+    def run(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced, logits_out, **opts):
+        d = lambda t: None if t is None else t.to(device)  # noqa: E731
+        win, o, lg = d(window), d(out), d(logits_out)
+        fn(d(table), d(cond), d(w3), d(b3), d(wo), d(bo), win, d(u), d(inv_t), argmax, o, d(forced), lg, **opts)
+        for dst, src in ((window, win), (out, o), (logits_out, lg)):
+            if dst is not None:
+                dst.copy_(src.cpu())
+
+    return run
+
+
+def op_inputs(F: int = 3, Q: int = 7, H: int = 100, B: int = 2) -> dict:
+    """Valid keyword arguments of a sample-frame op (the base of :data:`BAD_INPUTS`)."""
+    w = make_weights(F, Q, H)
+    return dict(table=w["table"], cond=torch.randn(B, F, H), w3=w["w3"], b3=w["b3"], wo=w["wo"], bo=w["bo"],
+                window=torch.randint(0, Q, (B, F)), uniforms=torch.rand(B, F), inv_temperature=torch.ones(B),
+                argmax=False, out=torch.empty(B, F, dtype=torch.long))
+
+
+# case -> (argument, its bad value from op_inputs(), exception, message after "<op name>: ").
+# Every launcher runs check_sample_frame_args, so each must raise this exception with this message.
+BAD_INPUTS = {
+    "cond-float64": ("cond", lambda a: a["cond"].double(), TypeError, "cond must be torch.float32, got torch.float64"),
+    "cond-shape": ("cond", lambda a: a["cond"][:, :2].contiguous(), ValueError,
+                   "cond must have shape (2, 3, 100), got (2, 2, 100)"),
+    "cond-device": ("cond", lambda a: torch.empty(2, 3, 100, device="meta"), ValueError,
+                    "cond is on meta, the table on cpu"),
+    "w3-other-dtype": ("w3", lambda a: a["w3"].bfloat16(), TypeError, "w3 must be torch.float32, got torch.bfloat16"),
+    "window-int32": ("window", lambda a: a["window"].int(), TypeError, "window must be torch.int64"),
+    "window-range": ("window", lambda a: a["window"] + 7, ValueError, "window holds samples outside [0, 7)"),
+    "forced-range": ("forced", lambda a: torch.full_like(a["window"], -2), ValueError,
+                     "forced holds samples outside [0, 7): -2 at flat index 0"),
+    "table-2d": ("table", lambda a: a["table"][0], ValueError, "table must be (F, Q, H), got shape (7, 100)"),
+    "table-float16": ("table", lambda a: a["table"].half(), TypeError,
+                      "table must be torch.float32 or torch.bfloat16, got torch.float16"),
+    "uniforms-noncontig": ("uniforms", lambda a: torch.rand(3, 2).t(), ValueError, "uniforms must be contiguous"),
+    "inv-temperature-shape": ("inv_temperature", lambda a: torch.ones(3), ValueError,
+                              "inv_temperature must have shape (2,), got (3,)"),
+    "out-shape": ("out", lambda a: torch.empty(2, 4, dtype=torch.long), ValueError, "out must have shape (2, 3)"),
+    "logits-out-shape": ("logits_out", lambda a: torch.empty(2, 3, 8), ValueError,
+                         "logits_out must have shape (2, 3, 7)"),
+}
+
+
+def expect_bad_input(fn: Callable, case: str) -> None:
+    """``fn`` (a launcher) on op_inputs() with BAD_INPUTS[case]'s bad value must raise the case's
+    exception, its message prefixed with the launcher's own name: ``<fn.__name__>: <message>``."""
+    name, make, exc, msg = BAD_INPUTS[case]
+    args = op_inputs()
+    args[name] = make(args)
+    with pytest.raises(exc, match=re.escape(f"{fn.__name__}: {msg}")):
+        fn(**args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend tests
+
+
+def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, atol: float = 1e-4):
+    """The same generation (same window, uniforms, temperatures) on several backends on the
+    model's device, compared frame by frame with the first's (:func:`compare`); returns their
+    DecodeStates. A near-tie mismatch would make the states differ: the seeds avoid one."""
+    F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    window = torch.randint(0, Q, (B, F), generator=g).to(dev)
+    states = [DecodeState(model.initial_state(B), window.clone()) for _ in backends]
+    inv_t = torch.linspace(0.8, 1.25, B)
+    for _ in range(n_frames):
+        u = torch.rand(B, F, generator=g)
+        runs = []
+        for be, st in zip(backends, states):
+            lg = torch.full((B, F, Q), float("nan"), device=dev)  # poisoned
+            xs = be.step_frame(st, u.to(dev), inv_t.to(dev), logits_out=lg)
+            runs.append(Frames(xs.cpu(), lg.cpu(), st.window.cpu(), u))
+        for other in runs[1:]:
+            compare(other, runs[0], inv_t, atol=atol)
+            assert torch.equal(other.samples, runs[0].samples), "a near-tie changed a draw: the states would differ"
+    return states
+
+
+def forced_logits(be, model, x: torch.Tensor):
+    """Teacher-forced logits (B, T, Q) of backend ``be`` on samples x (B, F + T) (on the model's
+    device), written into slices (views) of one poisoned buffer; also the final DecodeState.
+    Checks that every frame returns the forced samples and the window ends on x's last F."""
+    B = x.shape[0]
+    F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, x.device
+    state = DecodeState(model.initial_state(B), x[:, :F].clone())
+    got = torch.full((B, x.shape[1] - F, Q), float("nan"), device=dev)
+    for n in range(x.shape[1] // F - 1):
+        tgt = x[:, F * (n + 1): F * (n + 2)]
+        drawn = be.step_frame(state, torch.rand(B, F, device=dev), torch.ones(B, device=dev), forced=tgt,
+                              logits_out=got[:, n * F:(n + 1) * F])
+        assert torch.equal(drawn, tgt)
+    assert torch.equal(state.window, x[:, -F:])
+    return got, state

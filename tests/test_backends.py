@@ -1,0 +1,261 @@
+"""Every generation backend against the eager model, and what dispatch says about each.
+
+Backends: eager and folded (the torch ones), cpu, triton on the CPU interpreter (marked
+``interpret``: run by ``TRITON_INTERPRET=1 python -m pytest -m interpret``), triton and cuda on a
+GPU (skipped without one). Per backend:
+
+- teacher forcing: step-by-step logits fed the true samples equal the parallel training forward
+  (mamba's test_generation), written into views of one buffer, with the state (h, c, window);
+- whole generations frame by frame against the eager model: the same integers (a mismatch only
+  at a CDF near-tie), logits within fp32 tolerance, the same state;
+- bf16 weights: the logits error against the fp32 model at most twice plain PyTorch's in the same
+  precision (the folded backend on the same bf16 weights), flash-attention's rule;
+- CUDA graphs on and off agree (GPU).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+import torch
+from helpers import (
+    HAS_CUDA,
+    INTERPRETED,
+    ODD,
+    ON_GPU,
+    forced_logits,
+    generate_and_compare,
+    need_triton,
+    random_model,
+)
+
+import fastsrnn.backends
+from fastsrnn import SampleRNN, SampleRNNConfig
+from fastsrnn.backends import _AUTO_ORDER, backend_status, make_backend, resolve_backend
+from fastsrnn.backends.folded import FoldedBackend
+
+
+class Be(NamedTuple):
+    id: str
+    name: str  # for make_backend
+    device: str
+    opts: dict
+    marks: tuple
+
+
+BACKENDS = [
+    Be("eager", "eager", "cpu", {}, ()),
+    Be("folded", "folded", "cpu", {}, ()),
+    Be("cpu", "cpu", "cpu", dict(num_threads=2), ()),
+    Be("triton", "triton", "cpu", {}, INTERPRETED),
+    Be("triton-gpu", "triton", "cuda", {}, ON_GPU),
+    Be("cuda", "cuda", "cuda", {}, ON_GPU),
+]
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """The eager oracle in true fp32 on a GPU: cuDNN's RNNs may otherwise use TF32 on Ampere and later."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _params(backends, cases):
+    """(backend, *case) for each backend and each (id, *values) case it takes."""
+    return [pytest.param(be, *case[1:], id=f"{be.id}-{case[0]}", marks=be.marks)
+            for be in backends for case in (cases(be) if callable(cases) else cases)]
+
+
+def _make(be: Be, model, **opts):
+    if be.name == "triton" and be.device == "cpu":
+        need_triton()
+    return make_backend(be.name, model, be.device, **{**be.opts, **opts})
+
+
+def test_every_backend_is_tested():
+    assert set(fastsrnn.backends.BACKENDS) == {be.name for be in BACKENDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher forcing
+
+
+def _tf_cases(be):
+    return [(f"{rnn}-{'skip' if skip else 'noskip'}-B{B}", rnn, skip, B)
+            for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+
+
+@pytest.mark.parametrize("be,rnn,skip,B", _params(BACKENDS, _tf_cases))
+def test_teacher_forced_logits_match_parallel_forward(be, rnn, skip, B):
+    """The decisive model test: generation fed the true samples gives the training forward's logits."""
+    cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
+    model = random_model(cfg).to(be.device)
+    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 6), generator=torch.Generator().manual_seed(B))
+    x = x.to(be.device)
+    with torch.no_grad():
+        ref_logits, ref_state = model(x, model.initial_state(B))
+    got, state = forced_logits(_make(be, model), model, x)
+    torch.testing.assert_close(got, ref_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(state.rnn.h, ref_state.h, rtol=1e-4, atol=1e-5)
+    if rnn == "lstm":
+        torch.testing.assert_close(state.rnn.c, ref_state.c, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole generations against eager
+
+SMALL_CFG = dict(frame_size=4, q_levels=32, dim=64, emb_size=8, n_rnn=2)  # B = 16 on the interpreter
+
+
+def _gen_cases(be):
+    interp = be.device == "cpu" and be.name == "triton"
+    cases = [(f"odd-{rnn}-B{B}", "tiny", dict(ODD), rnn, B, 3 if interp else 4)
+             for rnn in ("lstm", "gru") for B in (1, 3)]
+    cases += [(f"odd-{rnn}-noskip-B3", "tiny", dict(ODD, skip=False), rnn, 3, 3 if interp else 4)
+              for rnn in ("lstm", "gru")]
+    cases += [("tiny-lstm-B3", "tiny", {}, "lstm", 3, 2 if interp else 4),
+              ("small-gru-B16", "tiny", SMALL_CFG, "gru", 16, 2 if interp else 4)]
+    if be.device == "cuda":
+        cases += [("tiny-gru-B5", "tiny", {}, "gru", 5, 4), ("tiny-lstm-B64", "tiny", {}, "lstm", 64, 4),
+                  ("dadabots-2tier-lstm-B2", "dadabots-2tier", {}, "lstm", 2, 4)]
+    return cases
+
+
+@pytest.mark.parametrize("be,preset,over,rnn,B,n_frames", _params(BACKENDS[1:], _gen_cases))
+def test_generation_matches_eager(be, preset, over, rnn, B, n_frames):
+    """Frame by frame against the eager model on the same device: same integers, logits within
+    fp32 tolerance, and the same state (window, h, c) at the end."""
+    cfg = SampleRNNConfig.from_name(preset, rnn_type=rnn, **over)
+    model = random_model(cfg, scale=0.1 if preset == "tiny" else 0.0).to(be.device)  # the paper's: as initialized
+    eager = make_backend("eager", model, be.device)
+    states = generate_and_compare([eager, _make(be, model)], model, B, n_frames)
+    assert torch.equal(states[0].window, states[1].window)
+    torch.testing.assert_close(states[1].rnn.h, states[0].rnn.h, rtol=1e-4, atol=1e-4)
+    if rnn == "lstm":
+        torch.testing.assert_close(states[1].rnn.c, states[0].rnn.c, rtol=1e-4, atol=1e-4)
+
+
+class _FoldedView(FoldedBackend):
+    """The folded backend on another backend's exported weights (no second export)."""
+
+    def __init__(self, other):
+        self.w, self.cfg, self.device = other.w, other.cfg, other.device
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_dadabots_preset_matches_folded(dtype):
+    """The paper's shapes (F16 Q256 H1024, 5 x LSTM) at B = 1 and 2 threads: the cpu backend
+    against the folded backend on the same exported weights."""
+    torch.manual_seed(0)
+    model = SampleRNN(SampleRNNConfig.from_name("dadabots-2tier")).eval()
+    cpu = make_backend("cpu", model, dtype=dtype, num_threads=2)
+    states = generate_and_compare([_FoldedView(cpu), cpu], model, 1, 2)
+    torch.testing.assert_close(states[1].rnn.c, states[0].rnn.c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and batch paths
+
+
+def _precision_cases(be):
+    if be.name == "cpu":  # large batches hand the frame step to torch's BLAS; bf16 changes it again
+        return [("fp32-B129-torch-frame-step", torch.float32, 129), ("bf16-B3-fused-frame-step", torch.bfloat16, 3),
+                ("bf16-B6-torch-frame-step", torch.bfloat16, 6)]
+    return [("bf16-B3", torch.bfloat16, 3)] + ([("bf16-B32", torch.bfloat16, 32)] if be.device == "cuda" else [])
+
+
+@pytest.mark.parametrize("be,dtype,B", _params(BACKENDS[2:], _precision_cases))
+def test_error_at_most_twice_plain_pytorch(be, dtype, B):
+    """Teacher-forced logits against the fp32 model: the backend's error at most twice the folded
+    backend's on the same weights in the same precision (plain PyTorch)."""
+    cfg = SampleRNNConfig.from_name("tiny", n_rnn=3)
+    model = random_model(cfg, seed=5).to(be.device)
+    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 4), generator=torch.Generator().manual_seed(0))
+    x = x.to(be.device)
+    with torch.no_grad():
+        exact = model(x, model.initial_state(B))[0]
+    opts = dict(dtype=dtype, frame_dtype=dtype)
+    err, err_plain = ((forced_logits(b, model, x)[0] - exact).abs().max().item()
+                      for b in (_make(be, model, **opts), make_backend("folded", model, be.device, **opts)))
+    assert err <= 2 * err_plain + 1e-6, f"{be.id} error {err:.2e} vs plain PyTorch's {err_plain:.2e}"
+    if dtype == torch.bfloat16:
+        assert err > 0, "bf16 weights made no difference: were they used?"
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs
+
+
+@pytest.mark.parametrize("be", [pytest.param(be, id=be.id, marks=be.marks) for be in BACKENDS if be.device == "cuda"])
+def test_graphs_on_and_off_agree(be):
+    """Graph replay (including a second state object, a second capture) equals plain launches."""
+    model = random_model(SampleRNNConfig.from_name("tiny")).cuda()
+    on, off = _make(be, model, graphs=True), _make(be, model, graphs=False)
+    assert on.graphs and not off.graphs
+    for B in (1, 3):
+        states = generate_and_compare([off, on], model, B, 5, seed=B)
+        assert torch.equal(states[0].window, states[1].window)
+        torch.testing.assert_close(states[1].rnn.h, states[0].rnn.h, rtol=1e-6, atol=1e-6)
+    assert on.graphs, "capture failed and fell back to plain launches"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch and availability messages
+
+
+def test_cpu_dispatch_and_status():
+    from fastsrnn.backends.cpu import CpuBackend
+
+    assert resolve_backend("auto", "cpu") == "cpu"
+    ok, why = backend_status("cpu", "cpu")
+    assert ok and "fused C++ kernel" in why
+    ok, why = CpuBackend.is_available(torch.device("cuda"))
+    assert not ok and "CPU only" in why
+
+
+def test_cuda_status_on_cpu():
+    ok, why = backend_status("cuda", "cpu")
+    assert not ok and "CUDA devices only" in why
+
+
+def test_ref_is_an_alias_of_folded():
+    model = random_model(SampleRNNConfig(**ODD))
+    with pytest.warns(DeprecationWarning, match="'ref' is now called 'folded'"):
+        be = make_backend("ref", model)
+    assert type(be) is FoldedBackend
+    assert backend_status("nonsense", "cpu") == (False, "unknown backend 'nonsense'; choose one of "
+                                                 f"{('auto',) + fastsrnn.backends.BACKENDS}")
+
+
+def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    """Without TRITON_INTERPRET=1 the CPU is refused with the reason, and auto never picks triton there."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, why = backend_status("triton", "cpu")
+    assert not ok and (("needs a CUDA device" in why and "TRITON_INTERPRET=1" in why) or "not installed" in why)
+    assert "triton" not in _AUTO_ORDER["cpu"]  # auto on a CPU never picks the interpreter
+    from fastsrnn.backends.triton import TritonBackend
+
+    with pytest.raises(RuntimeError, match="triton backend unavailable"):
+        TritonBackend(random_model(SampleRNNConfig(**ODD)), "cpu")
+
+
+@pytest.mark.interpret
+def test_triton_status_under_the_interpreter():
+    from fastsrnn.backends.triton import TritonBackend
+
+    need_triton()  # the kernel runs interpreted, as this process asked
+    ok, why = backend_status("triton", "cpu")
+    assert ok and "interpreter" in why
+    model = random_model(SampleRNNConfig(**ODD))
+    with pytest.raises(ValueError, match="graphs=True but CUDA graphs need a CUDA device"):
+        TritonBackend(model, "cpu", graphs=True)
+    assert TritonBackend(model, "cpu").graphs is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_auto_picks_a_gpu_backend():
+    assert resolve_backend("auto", "cuda") in ("cuda", "triton")

@@ -1,0 +1,401 @@
+"""Every implementation of each op against the op's torch reference, over shapes.
+
+Implementations are found, not listed: every ``sample_frame_<impl>`` and ``frame_step_<impl>``
+function in a module of fastsrnn/ops/ (a new one is tested the day it appears). Where each runs:
+``ref`` and ``cpu`` (and its variants: one thread, the AVX2 and portable builds) on the CPU; a
+Triton one on the CPU interpreter (marked ``interpret``: run by
+``TRITON_INTERPRET=1 python -m pytest -m interpret``) and compiled on a GPU (``<impl>-gpu``);
+a CUDA one on a GPU. GPU cases skip without one.
+
+sample_frame, fp32: the same integers as sample_frame_ref (a mismatch only at a CDF near-tie, its
+margin reported), logits within fp32 tolerance, the same updated window, outputs poisoned before
+every call. bf16: along the implementation's own draws, its logits error against the fp32
+reference at most twice plain PyTorch's in bf16 (flash-attention's rule), and every draw the
+inverse-CDF sample of its own logits. Bad inputs: every launcher raises the same exception with
+its own name as prefix. frame_step: cond and the updated h, c against frame_step_ref (bf16: the
+2x rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+import re
+from typing import Callable, NamedTuple
+
+import pytest
+import torch
+from helpers import (
+    BAD_INPUTS,
+    INTERPRETED,
+    MARGIN,
+    ODD,
+    ON_GPU,
+    assert_written,
+    compare,
+    expect_bad_input,
+    make_weights,
+    need_triton,
+    on_device,
+    random_model,
+    run_frames,
+)
+
+import fastsrnn.ops
+from fastsrnn import SampleRNNConfig
+from fastsrnn.model import RNNState
+from fastsrnn.ops.build import cpu_extension, isa_level
+from fastsrnn.ops.export import export_inference
+from fastsrnn.ops.frame_step import frame_step_ref, linear_cpu, torch_linear
+from fastsrnn.ops.sample_frame import sample_frame_cpu, sample_frame_ref
+from fastsrnn.ops.sampling import cdf_margin, sample_ref
+
+# ---------------------------------------------------------------------------------------------
+# The implementations
+
+
+def _find(op: str):
+    """({impl: function} for every ``<op>_<impl>`` defined in a module of fastsrnn/ops,
+    {module: error} for the modules that failed to import)."""
+    found, broken = {}, {}
+    for info in pkgutil.iter_modules(fastsrnn.ops.__path__):
+        name = f"fastsrnn.ops.{info.name}"
+        try:
+            mod = importlib.import_module(name)
+        except Exception as e:  # reported by test_ops_modules_import
+            broken[name] = f"{type(e).__name__}: {e}"
+            continue
+        for attr, fn in vars(mod).items():
+            if attr.startswith(op + "_") and inspect.isfunction(fn) and fn.__module__ == name:
+                found[attr[len(op) + 1:]] = fn
+    return found, broken
+
+
+SAMPLE_FRAME, _BROKEN = _find("sample_frame")
+FRAME_STEP, _BROKEN_FS = _find("frame_step")
+
+
+class Impl(NamedTuple):
+    name: str  # in test ids
+    fn: Callable  # the op's contract, on `device` tensors
+    device: str
+    opts: dict  # the op's own keyword options
+    marks: tuple
+
+
+def _isa_build(isa: str):
+    """The CPU extension built for a narrower ISA than this CPU's (skips when the CPU lacks it)."""
+    order = ("generic", "avx2", "avx512")
+    if order.index(isa) > order.index(isa_level()[0]):
+        pytest.skip(f"this CPU has no {isa}")  # only on a non-x86 or pre-2013 CPU
+    mod = cpu_extension(isa)  # a failed build fails the test
+    assert mod.isa == isa
+    return mod
+
+
+def _isa_sample_frame(isa: str) -> Callable:
+    def run(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced=None, logits_out=None,
+            num_threads=2):
+        _isa_build(isa).sample_frame(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced,
+                                     logits_out, num_threads)
+    return run
+
+
+def _isa_frame_step(isa: str) -> Callable:
+    def run(w, window, rnn, num_threads=2):
+        return _isa_build(isa).frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
+                                          window, rnn.h, rnn.c, w.cfg.q_levels, num_threads)
+    return run
+
+
+def _impls(found: dict, isa_variant: Callable) -> list:
+    """Where and how each found implementation runs (module docstring)."""
+    out = []
+    for name, fn in sorted(found.items()):
+        if "triton" in name:
+            out += [Impl(name, fn, "cpu", {}, INTERPRETED), Impl(f"{name}-gpu", fn, "cuda", {}, ON_GPU)]
+        elif "cuda" in name:
+            out.append(Impl(name, fn, "cuda", {}, ON_GPU))
+        elif name == "cpu":
+            out += [Impl("cpu", fn, "cpu", dict(num_threads=2), ()), Impl("cpu-1t", fn, "cpu", dict(num_threads=1), ())]
+            out += [Impl(f"cpu-{isa}", isa_variant(isa), "cpu", {}, (pytest.mark.slow,)) for isa in ("avx2", "generic")]
+        else:
+            out.append(Impl(name, fn, "cpu", {}, ()))
+    return out
+
+
+SF_IMPLS = _impls(SAMPLE_FRAME, _isa_sample_frame)
+FS_IMPLS = _impls(FRAME_STEP, _isa_frame_step)
+
+
+def _interpreted(impl: Impl) -> bool:
+    return pytest.mark.interpret in impl.marks
+
+
+def test_ops_modules_import():
+    assert not (_BROKEN or _BROKEN_FS), f"modules of fastsrnn/ops failed to import: {_BROKEN or _BROKEN_FS}"
+
+
+def test_known_implementations_are_found():
+    """A rename must not silently drop an implementation from these tests."""
+    assert {"ref", "cpu", "triton", "cuda"} <= set(SAMPLE_FRAME), sorted(SAMPLE_FRAME)
+    assert {"ref", "cpu"} <= set(FRAME_STEP), sorted(FRAME_STEP)
+    assert SAMPLE_FRAME["ref"] is sample_frame_ref and FRAME_STEP["ref"] is frame_step_ref
+
+
+def _prepare(impl: Impl) -> None:
+    if "triton" in impl.name:
+        need_triton()
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_frame
+
+SHAPES = {"odd": (3, 7, 100), "odd-H5": (5, 3, 5), "tiny": (16, 256, 128), "small": (4, 32, 64),
+          "paper": (16, 256, 1024)}
+# (shape, B): odd sizes at B = 1 and 3, the tiny preset, and B = 16, 32 (the Triton kernel's
+# tensor-core path) on a shape small enough for the interpreter.
+COMMON = [("odd", 1), ("odd", 3), ("odd-H5", 3), ("tiny", 3), ("small", 16), ("small", 32)]
+EXTRA = {"cpu": [("odd", 8), ("tiny", 8), ("tiny", 16), ("tiny", 32)],  # cheap on the CPU
+         "cuda": [("odd", 9), ("odd-H5", 200), ("tiny", 16), ("tiny", 200), ("paper", 1), ("paper", 3)]}
+
+
+def _frames(impl: Impl, shape: str) -> int:
+    return 2 if _interpreted(impl) and shape in ("tiny", "small") else 4
+
+
+def _atol(impl: Impl) -> float:
+    return 1e-4 if impl.device == "cuda" else 1e-5  # fused multiply-adds on a GPU
+
+
+def _sf_cases():
+    for impl in SF_IMPLS:
+        where = "cuda" if impl.device == "cuda" else "cpu" if not _interpreted(impl) else None
+        for shape, B in COMMON + EXTRA.get(where, []):
+            for dtype in ("fp32", "bf16"):
+                yield pytest.param(impl, shape, B, dtype, id=f"{impl.name}-{shape}-B{B}-{dtype}", marks=impl.marks)
+
+
+def sample_frame_plain_bf16(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax, out,
+                            forced=None, logits_out=None) -> None:
+    """sample_frame_ref as plain PyTorch runs it in bf16: the products' inputs and outputs
+    rounded to bf16 (torch_linear's bf16 path, as frame_step_ref's), fp32 sums elsewhere."""
+    F = table.shape[0]
+    slots = torch.arange(F)
+    for j in range(F):
+        a2 = torch.relu(cond[:, j] + table[slots, window].float().sum(dim=1))
+        logits = torch_linear(torch.relu(torch_linear(a2, w3, b3)), wo, bo)
+        if logits_out is not None:
+            logits_out[:, j] = logits
+        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], inv_temperature, argmax)
+        out[:, j] = x
+        window.copy_(torch.cat([window[:, 1:], x[:, None]], dim=1))
+
+
+def _assert_draws_follow_own_logits(got, inv_t) -> None:
+    """Each draw is the inverse-CDF sample of the op's own logits (up to a CDF near-tie)."""
+    for t in range(got.samples.shape[1]):
+        want = sample_ref(got.logits[:, t], got.uniforms[:, t], inv_t)
+        for b in (got.samples[:, t] != want).nonzero().flatten().tolist():
+            m = cdf_margin(got.logits[b, t][None], got.uniforms[b, t][None], inv_t[b][None]).item()
+            assert m < MARGIN, f"seq {b} step {t}: drew {int(got.samples[b, t])}, its logits give {int(want[b])}"
+
+
+def _widens_bf16_exactly(impl: Impl, B: int) -> bool:
+    """bf16 weights widened exactly to fp32, fp32 activations: the logits of sample_frame_ref on
+    the same bf16 weights, at fp32 tolerance. Not promised by a Triton kernel at B >= 16 (its
+    tensor-core path may round activations to bf16): the 2x rule alone binds it there."""
+    return not ("triton" in impl.name and B >= 16)
+
+
+@pytest.mark.parametrize("impl,shape,B,dtype", list(_sf_cases()))
+def test_sample_frame(impl, shape, B, dtype):
+    _prepare(impl)
+    F, Q, H = SHAPES[shape]
+    fn, n = on_device(impl.fn, impl.device), _frames(impl, shape)
+    inv_t = torch.linspace(0.5, 2.0, B)  # per-sequence temperature
+    w32 = make_weights(F, Q, H)
+    if dtype == "fp32":
+        got = run_frames(fn, w32, B, n, inv_t=inv_t, **impl.opts)
+        compare(got, run_frames(sample_frame_ref, w32, B, n, inv_t=inv_t), inv_t, atol=_atol(impl))
+        return
+    w16 = make_weights(F, Q, H, torch.bfloat16)
+    got = run_frames(fn, w16, B, n, inv_t=inv_t, **impl.opts)
+    assert_written(got, Q)
+    _assert_draws_follow_own_logits(got, inv_t)
+    # The same frames fed the op's draws: the fp32 reference, and plain PyTorch in bf16.
+    exact = run_frames(sample_frame_ref, w32, B, n, inv_t=inv_t, forced=got.samples)
+    plain = run_frames(sample_frame_plain_bf16, w16, B, n, inv_t=inv_t, forced=got.samples)
+    assert torch.equal(got.window, exact.window)
+    err = (got.logits - exact.logits).abs().max().item()
+    err_plain = (plain.logits - exact.logits).abs().max().item()
+    assert err <= 2 * err_plain + 1e-6, f"bf16 logits error {err:.2e}, plain PyTorch's {err_plain:.2e}"
+    if _widens_bf16_exactly(impl, B):
+        same = run_frames(sample_frame_ref, w16, B, n, inv_t=inv_t, forced=got.samples)
+        torch.testing.assert_close(got.logits, same.logits, rtol=1e-5, atol=_atol(impl))
+
+
+def _impl_params(impls, pred=lambda impl: True, modes=None):
+    """One parameter per implementation (``impl``), or per implementation and mode (``impl, mode``)."""
+    if modes is None:
+        return [pytest.param(impl, id=impl.name, marks=impl.marks) for impl in impls if pred(impl)]
+    return [pytest.param(impl, m, id=f"{impl.name}-{m}", marks=impl.marks)
+            for impl in impls if pred(impl) for m in modes]
+
+
+@pytest.mark.parametrize("impl,mode", _impl_params(SF_IMPLS, modes=("argmax", "forced")))
+def test_sample_frame_argmax_and_forced(impl, mode):
+    """Argmax draws the first maximum; forced samples are fed instead of drawn (teacher forcing)."""
+    _prepare(impl)
+    shape = "odd" if _interpreted(impl) else "tiny"
+    w = make_weights(*SHAPES[shape], seed=3)
+    kw = dict(argmax=mode == "argmax", inv_t=torch.tensor([0.7, 1.0, 1.9]), forced=mode == "forced")
+    got = run_frames(on_device(impl.fn, impl.device), w, 3, 3, **kw, **impl.opts)
+    want = run_frames(sample_frame_ref, w, 3, 3, **kw)
+    assert torch.equal(got.samples, want.samples) and torch.equal(got.window, want.window)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=_atol(impl))
+    if mode == "argmax":
+        assert torch.equal(got.samples, got.logits.argmax(-1))
+
+
+@pytest.mark.parametrize("impl", _impl_params(SF_IMPLS))
+def test_sample_frame_temperature_is_per_sequence(impl):
+    """A cold sequence (inv_t 100) draws the argmax; a warm one (inv_t 0.5) does not, always."""
+    _prepare(impl)
+    w = make_weights(*SHAPES["odd"], seed=4)
+    got = run_frames(on_device(impl.fn, impl.device), w, 2, 4, inv_t=torch.tensor([100.0, 0.5]), **impl.opts)
+    assert torch.equal(got.samples[0], got.logits[0].argmax(-1))
+    assert not torch.equal(got.samples[1], got.logits[1].argmax(-1))
+
+
+@pytest.mark.parametrize("block_b", [1, 2, 8])
+@pytest.mark.parametrize("impl", _impl_params(SF_IMPLS, lambda impl: "triton" in impl.name))
+def test_sample_frame_triton_block_sizes(impl, block_b):
+    """Programs of 1, 2 (the last one half masked) and 8 (five rows masked) sequences."""
+    _prepare(impl)
+    w = make_weights(*SHAPES["odd"], seed=2)
+    inv_t = torch.tensor([0.8, 1.0, 1.3])
+    got = run_frames(on_device(impl.fn, impl.device), w, 3, 3, inv_t=inv_t, block_b=block_b)
+    compare(got, run_frames(sample_frame_ref, w, 3, 3, inv_t=inv_t), inv_t, atol=_atol(impl))
+
+
+@pytest.mark.interpret
+def test_sample_frame_triton_launch_config():
+    launch_config = need_triton().launch_config
+    cfg = launch_config(B=3, F=16, Q=256, H=1024)
+    assert cfg["BLOCK_B"] == 4 and cfg["BLOCK_H"] == 1024 and cfg["BLOCK_Q"] == 256
+    assert cfg["BLOCK_N"] & (cfg["BLOCK_N"] - 1) == 0 and cfg["BLOCK_B"] * cfg["BLOCK_N"] * 1024 <= 8192
+    assert launch_config(B=1, F=3, Q=7, H=100)["BLOCK_B"] == 1
+    with pytest.raises(ValueError, match="block_b must be a power of two"):
+        launch_config(B=3, F=3, Q=7, H=100, block_b=3)
+
+
+def _launcher_cases():
+    """Every launcher (all but the reference), on CPU tensors: the argument check runs before
+    anything is built or launched, so the cuda launcher's is tested without a GPU too."""
+    for name, fn in sorted(SAMPLE_FRAME.items()):
+        if name == "ref":
+            continue
+        for case in BAD_INPUTS:
+            yield pytest.param(fn, case, id=f"{name}-{case}", marks=INTERPRETED if "triton" in name else ())
+
+
+@pytest.mark.parametrize("fn,case", list(_launcher_cases()))
+def test_sample_frame_rejects_bad_inputs(fn, case):
+    if "triton" in fn.__name__:
+        need_triton()
+    expect_bad_input(fn, case)
+
+
+def test_sample_frame_cpu_rejects_negative_threads():
+    w = make_weights(*SHAPES["odd"])
+    with pytest.raises(ValueError, match=re.escape("sample_frame_cpu: num_threads must be >= 0")):
+        run_frames(sample_frame_cpu, w, 2, 1, num_threads=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# frame_step
+
+
+def _fs_cases():
+    cfgs = [(f"odd-{rnn}-{'skip' if skip else 'noskip'}", dict(ODD, rnn_type=rnn, skip=skip), B)
+            for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+    cfgs += [("tiny-lstm", dict(rnn_type="lstm"), 16), ("tiny-gru", dict(rnn_type="gru"), 32)]
+    for impl in FS_IMPLS:
+        for name, over, B in cfgs:
+            yield pytest.param(impl, over, B, "fp32", id=f"{impl.name}-{name}-B{B}-fp32", marks=impl.marks)
+        for name, over, B in (("odd-lstm-skip", dict(ODD), 3), ("tiny-gru", dict(rnn_type="gru"), 4),
+                              ("tiny-lstm", dict(rnn_type="lstm"), 16)):
+            yield pytest.param(impl, over, B, "bf16", id=f"{impl.name}-{name}-B{B}-bf16", marks=impl.marks)
+
+
+def _weights_for(fn: Callable, w):
+    """The exported weights ``w`` in the layout ``fn`` takes: an implementation whose first
+    argument is annotated with a class that has ``from_inference`` (e.g. frame_step_triton's
+    FusedFrameWeights) gets them converted by it."""
+    ann = next(iter(inspect.signature(fn).parameters.values())).annotation
+    cls = fn.__globals__.get(ann) if isinstance(ann, str) else ann
+    return cls.from_inference(w) if hasattr(cls, "from_inference") else w
+
+
+def _frame_step(fn: Callable, w, window: torch.Tensor, rnn: RNNState, device: str, **opts):
+    """fn on ``device`` copies of CPU weights and state -> (cond, h, c) on the CPU."""
+    d = lambda t: None if t is None else t.to(device).clone()  # noqa: E731
+    st = RNNState(d(rnn.h), d(rnn.c))
+    cond = fn(_weights_for(fn, w.to(device)), d(window), st, **opts)
+    return cond.cpu(), st.h.cpu(), None if st.c is None else st.c.cpu()
+
+
+@pytest.mark.parametrize("impl,over,B,dtype", list(_fs_cases()))
+def test_frame_step(impl, over, B, dtype):
+    """cond (B, F, H) and the in-place updated h, c against frame_step_ref on the same exported
+    weights, from a random state. bf16 frame weights: the error against the fp32 reference at
+    most twice frame_step_ref's own in bf16 (plain PyTorch's)."""
+    _prepare(impl)
+    cfg = SampleRNNConfig.from_name("tiny", **over)
+    model = random_model(cfg)
+    window = torch.randint(0, cfg.q_levels, (B, cfg.frame_size), generator=torch.Generator().manual_seed(1))
+    rnn = model.initial_state(B, "random", torch.Generator().manual_seed(2))
+    w32 = export_inference(model)
+    want = _frame_step(frame_step_ref, w32, window, rnn, "cpu")
+    if dtype == "fp32":
+        got = _frame_step(impl.fn, w32, window, rnn, impl.device, **impl.opts)
+        for name, g, r in zip(("cond", "h", "c"), got, want):
+            if r is not None:
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=_atol(impl), msg=lambda m: f"{name}: {m}")
+        return
+    w16 = w32.to(None, frame_dtype=torch.bfloat16)
+    got = _frame_step(impl.fn, w16, window, rnn, impl.device, **impl.opts)
+    plain = _frame_step(frame_step_ref, w16, window, rnn, "cpu")
+    for name, g, p, r in zip(("cond", "h", "c"), got, plain, want):
+        if r is not None:
+            err, err_plain = (g - r).abs().max().item(), (p - r).abs().max().item()
+            assert err <= 2 * err_plain + 1e-6, f"{name}: bf16 error {err:.2e}, plain PyTorch's {err_plain:.2e}"
+
+
+def test_frame_step_cpu_rejects_bad_inputs():
+    """The C++ frame step checks its own arguments (op name 'frame_step')."""
+    fn = FRAME_STEP["cpu"]
+    cfg = SampleRNNConfig(**ODD)
+    model = random_model(cfg)
+    w = export_inference(model)
+    st = model.initial_state(2)
+    window = torch.zeros(2, cfg.frame_size, dtype=torch.long)
+    with pytest.raises(ValueError, match=re.escape("frame_step: c must have shape")):
+        fn(w, window, RNNState(st.h, st.c[:, :1].contiguous()))
+    with pytest.raises(ValueError, match="frame_step: expected 3 layers"):
+        fn(dataclasses.replace(w, w_ih=w.w_ih[:2]), window, st)
+    with pytest.raises(TypeError, match=re.escape("frame_step: w_hh[i] must be Float")):
+        fn(dataclasses.replace(w, w_hh=[t.double() for t in w.w_hh]), window, st)
+
+
+def test_linear_cpu_matches_torch():
+    """The frame step's weight-streaming product: fp32, and bf16 weights widened exactly."""
+    x, wt, b = torch.randn(3, 100), torch.randn(37, 100), torch.randn(37)
+    torch.testing.assert_close(linear_cpu(x, wt, b, 2), torch.addmm(b, x, wt.t()), rtol=1e-5, atol=1e-5)
+    got = linear_cpu(x, wt.bfloat16(), b, 2)
+    torch.testing.assert_close(got, torch.addmm(b, x, wt.bfloat16().float().t()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="linear: b must have shape"):
+        linear_cpu(x, wt, b[:5], 0)
+
