@@ -58,10 +58,19 @@ def _tanh(x):
 
 
 @triton.jit
-def _al(v):
-    """A hint: v (a pointer, or an int in elements) is a multiple of 16 (as Triton's JIT would
-    specialise it at launch; written out so an offline compile sees the same vector loads)."""
-    return tl.multiple_of(v, 16)
+def _r16(v):
+    """v, known to be a multiple of 16, written so that Triton's analysis knows it too."""
+    return (v // 16) * 16
+
+
+@triton.jit
+def _a16(p, ALIGNED: tl.constexpr):
+    """Row pointers p: 16-byte aligned when ALIGNED (the launcher checked). Triton's JIT derives
+    the same from the arguments at launch; written out so an offline compile (tests) sees the same
+    vector loads. (tl.multiple_of on a kernel argument itself is lost: it needs an op result.)"""
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
 
 
 @triton.jit
@@ -100,11 +109,8 @@ def _layer_kernel(
     ALIGNED: tl.constexpr, EVEN: tl.constexpr,
 ):
     N: tl.constexpr = 4 * BLOCK_H
-    if ALIGNED:  # every pointer 16-byte aligned, every row stride and offset a multiple of 16 (the launcher checked)
-        window, hs, h, c = _al(window), _al(hs), _al(h), _al(c)
-        w_ih, w_hh, bias = _al(w_ih), _al(w_hh), _al(bias)
-        swb, shs, x_col, shl, shb, scl, scb = _al(swb), _al(shs), _al(x_col), _al(shl), _al(shb), _al(scl), _al(scb)
-        s_ih, xin_col, H, F = _al(s_ih), _al(xin_col), _al(H), _al(F)
+    if ALIGNED:  # pointers 16-byte aligned, row strides, offsets and sizes multiples of 16 (the launcher checked)
+        H, F = _r16(H), _r16(F)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     r = tl.arange(0, N)
     gate = r % 4
@@ -125,17 +131,21 @@ def _layer_kernel(
         m_h = mu
     acc = tl.zeros((BLOCK_B, N), dtype=tl.float32)
     if HAS_X:  # previous layer's new h: hs[:, x_col : x_col + H] against W_ih[:, :H]
-        acc = _segment(acc, hs + rb * shs + x_col, 1, mb, w_ih + wrow * s_ih, m_x, H, BLOCK_K, DOT, BF16)
+        x_row = _a16(hs + rb * shs + x_col, ALIGNED)
+        acc = _segment(acc, x_row, 1, mb, _a16(w_ih + wrow * s_ih, ALIGNED), m_x, H, BLOCK_K, DOT, BF16)
     if HAS_XIN:  # the frame input (x_in = (q / (Q/2) - 1) * 2) against W_ih[:, xin_col : xin_col + F]
         rf = tl.arange(0, BLOCK_F)
         mf = rf < F
-        q = tl.load(window + rb[:, None] * swb + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
+        q_row = _a16(window + rb * swb, ALIGNED)
+        q = tl.load(q_row[:, None] + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
         xin = (tl.math.div_rn(q.to(tl.float32), half_q) - 1.0) * 2.0
         xin = tl.where(mb[:, None] & mf[None, :], xin, 0.0)
-        w = tl.load(w_ih + wrow[:, None] * s_ih + xin_col + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
+        w_row = _a16(w_ih + wrow * s_ih + xin_col, ALIGNED)
+        w = tl.load(w_row[:, None] + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
         acc = _mac(acc, xin, w, DOT, BF16)
     h_l = h + layer * shl
-    acc = _segment(acc, h_l + rb * shb, shh, mb, w_hh + wrow * H, m_h, H, BLOCK_K, DOT, BF16)
+    h_row = _a16(h_l + rb * shb, ALIGNED)
+    acc = _segment(acc, h_row, shh, mb, _a16(w_hh + wrow * H, ALIGNED), m_h, H, BLOCK_K, DOT, BF16)
 
     acc += tl.load(bias + layer * 4 * H + tl.program_id(0) * N + r, mask=mu, other=0.0)[None, :]
     # (BB, 4 BH) -> (BB, BH, 2, 2): [b, u, g // 2, g % 2]; split the last axis, then the next.
@@ -172,8 +182,7 @@ def _linear_kernel(
 ):
     """out[b, n] = bias[n] + sum_k x[b, k] w[n, k]. COPY: also copy hs (B, L*H) into h (L, B, H)."""
     if ALIGNED:
-        x, w, bias, out, hs, h = _al(x), _al(w), _al(bias), _al(out), _al(hs), _al(h)
-        sx, so, K, shl, shb, H = _al(sx), _al(so), _al(K), _al(shl), _al(shb), _al(H)
+        K = _r16(K)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if EVEN:  # B % BLOCK_B == 0 and N % BLOCK_N == 0
@@ -183,7 +192,7 @@ def _linear_kernel(
         mb = rb < B
         mn = rn < N
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc = _segment(acc, x + rb * sx, 1, mb, w + rn * K, mn, K, BLOCK_K, DOT, BF16)
+    acc = _segment(acc, _a16(x + rb * sx, ALIGNED), 1, mb, _a16(w + rn * K, ALIGNED), mn, K, BLOCK_K, DOT, BF16)
     acc += tl.load(bias + rn, mask=mn, other=0.0)[None, :]
     tl.store(out + rb[:, None] * so + rn[None, :], acc, mask=mb[:, None] & mn[None, :])
     if COPY:  # the new hidden states into the RNN state, an equal share per program

@@ -82,6 +82,7 @@ class Impl(NamedTuple):
     device: str
     opts: dict  # the op's own keyword options
     marks: tuple
+    variant: bool = False  # of another implementation (threads, ISA): fewer shapes
 
 
 def _isa_build(isa: str):
@@ -118,8 +119,10 @@ def _impls(found: dict, isa_variant: Callable) -> list:
         elif "cuda" in name:
             out.append(Impl(name, fn, "cuda", {}, ON_GPU))
         elif name == "cpu":
-            out += [Impl("cpu", fn, "cpu", dict(num_threads=2), ()), Impl("cpu-1t", fn, "cpu", dict(num_threads=1), ())]
-            out += [Impl(f"cpu-{isa}", isa_variant(isa), "cpu", {}, (pytest.mark.slow,)) for isa in ("avx2", "generic")]
+            out += [Impl("cpu", fn, "cpu", dict(num_threads=2), ()),
+                    Impl("cpu-1t", fn, "cpu", dict(num_threads=1), (), variant=True)]
+            out += [Impl(f"cpu-{isa}", isa_variant(isa), "cpu", {}, (pytest.mark.slow,), variant=True)
+                    for isa in ("avx2", "generic")]
         else:
             out.append(Impl(name, fn, "cpu", {}, ()))
     return out
@@ -157,8 +160,9 @@ SHAPES = {"odd": (3, 7, 100), "odd-H5": (5, 3, 5), "tiny": (16, 256, 128), "smal
 # (shape, B): odd sizes at B = 1 and 3, the tiny preset, and B = 16, 32 (the Triton kernel's
 # tensor-core path) on a shape small enough for the interpreter.
 COMMON = [("odd", 1), ("odd", 3), ("odd-H5", 3), ("tiny", 3), ("small", 16), ("small", 32)]
-EXTRA = {"cpu": [("odd", 8), ("tiny", 8), ("tiny", 16), ("tiny", 32)],  # cheap on the CPU
+EXTRA = {"cpu": [("odd", 8), ("tiny", 8), ("tiny", 16), ("tiny", 32)],
          "cuda": [("odd", 9), ("odd-H5", 200), ("tiny", 16), ("tiny", 200), ("paper", 1), ("paper", 3)]}
+VARIANT = [("odd", 1), ("odd", 3), ("odd-H5", 3), ("tiny", 3), ("tiny", 16)]
 
 
 def _frames(impl: Impl, shape: str) -> int:
@@ -171,8 +175,13 @@ def _atol(impl: Impl) -> float:
 
 def _sf_cases():
     for impl in SF_IMPLS:
-        where = "cuda" if impl.device == "cuda" else "cpu" if not _interpreted(impl) else None
-        for shape, B in COMMON + EXTRA.get(where, []):
+        if impl.variant:
+            shapes = VARIANT
+        elif impl.device == "cuda":
+            shapes = COMMON + EXTRA["cuda"]
+        else:
+            shapes = COMMON + (EXTRA["cpu"] if impl.name == "cpu" else [])
+        for shape, B in shapes:
             for dtype in ("fp32", "bf16"):
                 yield pytest.param(impl, shape, B, dtype, id=f"{impl.name}-{shape}-B{B}-{dtype}", marks=impl.marks)
 
@@ -323,7 +332,7 @@ def _fs_cases():
             for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
     cfgs += [("tiny-lstm", dict(rnn_type="lstm"), 16), ("tiny-gru", dict(rnn_type="gru"), 32)]
     for impl in FS_IMPLS:
-        for name, over, B in cfgs:
+        for name, over, B in (cfgs[2:6] + cfgs[-1:] if impl.variant else cfgs):
             yield pytest.param(impl, over, B, "fp32", id=f"{impl.name}-{name}-B{B}-fp32", marks=impl.marks)
         for name, over, B in (("odd-lstm-skip", dict(ODD), 3), ("tiny-gru", dict(rnn_type="gru"), 4),
                               ("tiny-lstm", dict(rnn_type="lstm"), 16)):

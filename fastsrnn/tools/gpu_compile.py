@@ -37,6 +37,8 @@ class Resources:
         out = []
         if self.spill_stores or self.spill_loads:
             out.append(f"{self.name} sm_{self.arch}: spills ({self.spill_stores} B stores, {self.spill_loads} B loads)")
+        if self.stack:  # a stack frame without local memory is still register pressure spilled to the stack
+            out.append(f"{self.name} sm_{self.arch}: {self.stack} B stack frame")
         if self.shared > SMEM_LIMIT.get(self.arch, 227 * 1024):
             out.append(f"{self.name} sm_{self.arch}: {self.shared} B shared memory > {SMEM_LIMIT[self.arch]} B")
         if self.registers * 32 * self.num_warps > 65536:

@@ -13,10 +13,11 @@ Backends (what the code does today, read from its sources):
   cdiv(B, 4) programs, each streaming all of W3 and Wo every step on fp32 CUDA cores), from 16
   kernels/sample_frame_split.py (per step stage A over sequence tiles x W3 row slices, fp32 "ieee"
   dots or three bf16 tensor-core products, and stage B per sequence: 2F + 1 launches);
-- ``cuda``: the same frame tier, then csrc/cuda/sample_frame.cu: one persistent launch (+ a
-  memset), min(SMs, H/4) blocks with W3/Wo row slices in shared memory, 3 grid barriers per
-  sample step, row products fed from shared memory (one 4-byte shared load per multiply-add),
-  each sequence drawn and its F table rows gathered by one block.
+- ``cuda``: the same frame tier, then csrc/cuda/sample_frame.cu: one cooperative launch of
+  min(SMs, H/4) blocks with W3/Wo row slices in shared memory, 2 grid barriers per sample step
+  (1 + 2F per frame), row products fed from shared memory (one 4-byte shared load per
+  multiply-add), every block drawing every sequence from all the logits, P (the table rows known
+  a step early) computed distributed, the one new table row gathered by every block.
 Planned designs:
 - ``plan:persistent`` (n_seq 1-8): the fused frame tier (ops/frame_step.frame_step_triton, L + 2
   launches: [x; h] x [W_ih | W_hh] with the gates fused per layer, one skip product, the
@@ -222,7 +223,9 @@ def _cuda_today_tile(cfg, B, ws, gpu) -> Optional[tuple]:
 
 
 def _sample_cuda_today(cfg, B, wd, gpu, terms, acc) -> str:
-    """csrc/cuda/sample_frame.cu: 3 grid barriers per step; row phases fed from shared memory."""
+    """csrc/cuda/sample_frame.cu: 2 grid barriers per step (1 + 2F per frame). Phase 1: every block
+    draws every sequence (reads all logits), builds a2 from P and one table row per sequence, W3 rows
+    from shared memory; phase 2: Wo rows, and P_{j+1} for the block's columns (F - 1 table rows)."""
     F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
     ws = _wsize(wd)
     fit = _cuda_today_tile(cfg, B, ws, gpu)
@@ -232,18 +235,15 @@ def _sample_cuda_today(cfg, B, wd, gpu, terms, acc) -> str:
     tiles = math.ceil(B / tile)
     smem_rate, l2_rate = gpu.sm_smem_bytes_per_s, gpu.sm_l2_bytes_per_s
     row_phases = sum((rows * H * B * 4 + rows * H * ws * tiles) / smem_rate for rows in (r3, ro))
-    act_loads = 2 * B * H * 4 / l2_rate  # every block loads all of a2 (W3 phase) and a3 (Wo phase)
-    per_seq = (F * H * ws + H * 4 + 3 * Q * 4) / l2_rate + 2 * gpu.phase_latency_s  # draw + gather a2
-    draws = math.ceil(B / grid) * per_seq
-    terms["sample tier: grid barriers (3 per step)"] = 3 * F * gpu.grid_sync_s
+    sm_reads = B * (Q * 4 + H * 4 + H * ws + H * 4 + (F - 1) * r3 * ws)  # logits, P, row, a3, P's rows
+    terms["sample tier: grid barriers (2 per step)"] = (2 * F + 1) * gpu.grid_sync_s
     terms["sample tier: row products from shared memory"] = F * row_phases
-    terms["sample tier: activation loads per block"] = F * act_loads
-    terms["sample tier: draw + table gather (one block per sequence)"] = F * draws
+    terms["sample tier: per-block L2 reads (all logits, P, a3, table rows)"] = F * sm_reads / l2_rate
     terms["sample tier: phase latency"] = F * 2 * gpu.phase_latency_s
-    acc["l2"] += F * (grid * 2 * B * H * 4 + B * (F * H * ws + H * 4 + 3 * Q * 4))
+    acc["l2"] += F * grid * sm_reads
     acc["flops"] += F * 2 * B * (H * H + Q * H)
-    acc["kernels"] += 2  # barrier memset + the persistent kernel
-    return ""
+    acc["kernels"] += 1  # one cooperative launch, no memset
+    return "" if B <= 8 * grid else "more sequences than 8 per block"
 
 
 def _sample_persistent_plan(cfg, B, wd, gpu, terms, acc) -> str:
