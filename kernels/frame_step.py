@@ -99,7 +99,7 @@ def _segment(acc, x_row, sxk, mb, w_row, mr, K, BLOCK_K: tl.constexpr, DOT: tl.c
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["layer"])  # one compile for every layer index
 def _layer_kernel(
     window, swb, hs, shs, x_col, h, shl, shb, shh, c, scl, scb, sch, layer,
     w_ih, s_ih, xin_col, w_hh, bias,

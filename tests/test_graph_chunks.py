@@ -3,11 +3,11 @@ gives the frames that n calls of step_frame give, and CUDA graphs of several fra
 give the samples that plain launches give."""
 import pytest
 import torch
+from helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.generation.generator import Generator
-from helpers import random_model
 
 CFG = SampleRNNConfig.from_name("tiny", dim=32, n_rnn=2)
 

@@ -289,13 +289,39 @@ def test_sample_frame_triton_block_sizes(impl, block_b):
     compare(got, run_frames(sample_frame_ref, w, 3, 3, inv_t=inv_t), inv_t, atol=_atol(impl))
 
 
+def _has_option(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+# (path, B, block_b): each path of sample_frame_triton away from its default n_seq.
+TRITON_PATHS = [("small", 16, None), ("split", 3, None), ("split", 16, 32)]
+
+
+@pytest.mark.parametrize("path,B,block_b", TRITON_PATHS, ids=[f"{p}-B{b}" + (f"-block{k}" if k else "")
+                                                             for p, b, k in TRITON_PATHS])
+@pytest.mark.parametrize("impl", _impl_params(SF_IMPLS, lambda impl: "triton" in impl.name))
+def test_sample_frame_triton_paths(impl, path, B, block_b):
+    """Either path at any n_seq (the default picks by n_seq), masked rows included."""
+    _prepare(impl)
+    if not _has_option(impl.fn, "path"):
+        pytest.fail(f"{impl.fn.__name__} has no `path` option any more: update this test")
+    w = make_weights(*SHAPES["small"], seed=5)
+    inv_t = torch.linspace(0.5, 2.0, B)
+    got = run_frames(on_device(impl.fn, impl.device), w, B, 2, inv_t=inv_t, path=path, block_b=block_b)
+    compare(got, run_frames(sample_frame_ref, w, B, 2, inv_t=inv_t), inv_t, atol=_atol(impl))
+    with pytest.raises(ValueError, match="sample_frame_triton: path must be 'split' or 'small'"):
+        run_frames(impl.fn, w, B, 1, path="nonsense")
+
+
 @pytest.mark.interpret
 def test_sample_frame_triton_launch_config():
+    """Tiles are powers of two; the small path's programs take at most 4 sequences unless told."""
     launch_config = need_triton().launch_config
     cfg = launch_config(B=3, F=16, Q=256, H=1024)
-    assert cfg["BLOCK_B"] == 4 and cfg["BLOCK_H"] == 1024 and cfg["BLOCK_Q"] == 256
-    assert cfg["BLOCK_N"] & (cfg["BLOCK_N"] - 1) == 0 and cfg["BLOCK_B"] * cfg["BLOCK_N"] * 1024 <= 8192
+    assert cfg["BLOCK_B"] == 4 and cfg["BLOCK_Q"] == 256 and cfg["BLOCK_F"] == 16
+    assert all(v & (v - 1) == 0 for k, v in cfg.items() if k.startswith("BLOCK_")), cfg
     assert launch_config(B=1, F=3, Q=7, H=100)["BLOCK_B"] == 1
+    assert launch_config(B=3, F=3, Q=7, H=100, block_b=8)["BLOCK_B"] == 8
     with pytest.raises(ValueError, match="block_b must be a power of two"):
         launch_config(B=3, F=3, Q=7, H=100, block_b=3)
 

@@ -32,8 +32,22 @@ class FoldedBackend(Backend):
         self.w = export_inference(model).to(self.device, dtype, frame_dtype or torch.float32)
 
     def frame_step(self, state: DecodeState) -> torch.Tensor:
-        """Advance state.rnn in place by the frame in state.window; cond (B, F, H)."""
-        return frame_step_ref(self.w, state.window, state.rnn)
+        """Advance state.rnn in place by the frame in state.window; cond (B, F, H).
+
+        On a CUDA device with Triton: the fused kernels (ops.frame_step.frame_step_triton, L + 2
+        launches; their weights prepared on the first call, their cond a buffer reused per batch
+        size); elsewhere the eager frame_step_ref."""
+        fused = self.__dict__.get("_fused_frame", False)
+        if fused is False:  # decided once: a CUDA device and kernels that import
+            from fastsrnn.ops.frame_step import FusedFrameWeights, triton_frame_step_available
+
+            ok = self.device.type == "cuda" and triton_frame_step_available()[0]
+            fused = self._fused_frame = FusedFrameWeights.from_inference(self.w) if ok else None
+        if fused is None:
+            return frame_step_ref(self.w, state.window, state.rnn)
+        from fastsrnn.ops.frame_step import frame_step_triton
+
+        return frame_step_triton(fused, state.window, state.rnn)
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         self.call_dense(sample_frame_ref, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)

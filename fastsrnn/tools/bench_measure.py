@@ -149,23 +149,23 @@ class FrameTiming:
     peak_mib: Optional[float] = None  # over all repeats (see measured)
 
 
-def time_frames(model, backend, n_seq: int, device, frames: int = 16, repeats: int = 5, warmup: int = 2,
+def time_frames(model, backend, n_seq: int, device, frames: int = 16, repeats: int = 5, warmup: int = 1,
                 seed: int = 3) -> FrameTiming:
-    """Median seconds per frame of ``backend`` on ``n_seq`` sequences: state and uniforms made
-    outside the timed region, ``warmup`` frames (builds, graph captures, caches), then ``repeats``
-    runs of ``frames`` frames each, timed with :func:`measured`."""
+    """Median seconds per frame of ``backend`` on ``n_seq`` sequences, run as generation runs it:
+    ``frames`` frames per ``step_frames`` call (one uniforms tensor per chunk; CUDA graphs of
+    several frames per replay). State and uniforms are made outside the timed region, then
+    ``warmup`` untimed calls (builds, graph captures, caches), then ``repeats`` timed calls."""
     F = model.cfg.frame_size
     state = fresh_state(model, n_seq, device, seed)
-    us = [torch.rand(n_seq, F, device=device) for _ in range(max(frames, warmup))]
+    u = torch.rand(frames, n_seq, F, device=device)  # (n, B, F)
     inv_t = torch.ones(n_seq, device=device)
-    for u in us[:warmup]:
-        backend.step_frame(state, u, inv_t)
+    for _ in range(warmup):
+        backend.step_frames(state, u, inv_t)
     per_frame = []
     with measured(device) as total:
         for _ in range(repeats):
             with measured(device, memory=False) as m:
-                for u in us[:frames]:
-                    backend.step_frame(state, u, inv_t)
+                backend.step_frames(state, u, inv_t)
             per_frame.append(m.seconds / frames)
     return FrameTiming(statistics.median(per_frame), per_frame, total.peak_mib)
 
