@@ -40,6 +40,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+INTERPRETED = type(tl.sum).__name__ == "InterpretedFunction"  # Triton's interpreter runs the kernels (CPU)
+_INTERPRETED = tl.constexpr(INTERPRETED)  # the same, readable inside the kernels
 SMALL_B = 8  # at most this many sequences: the register (multiply + sum) form
 TARGET_PROGRAMS = 256  # about two programs per SM of a 132-SM H100
 _TILE_ELEMS = 4096  # elements of the (BLOCK_B, rows, BLOCK_K) product tile of the register form
@@ -59,25 +61,21 @@ def _tanh(x):
 
 @triton.jit
 def _r16(v):
-    """v, known to be a multiple of 16, written so that Triton's analysis knows it too."""
+    """v, known to be a multiple of 16, written so that Triton's analysis knows it too. With
+    ALIGNED the kernels also hint their row pointers 16-byte aligned (tl.multiple_of): Triton's
+    JIT derives the same from the arguments at launch; written out so that an offline compile
+    (tests, fastsrnn.tools.gpu_compile) sees the same vector loads."""
     return (v // 16) * 16
-
-
-@triton.jit
-def _a16(p, ALIGNED: tl.constexpr):
-    """Row pointers p: 16-byte aligned when ALIGNED (the launcher checked). Triton's JIT derives
-    the same from the arguments at launch; written out so an offline compile (tests) sees the same
-    vector loads. (tl.multiple_of on a kernel argument itself is lost: it needs an op result.)"""
-    if ALIGNED:
-        p = tl.multiple_of(p, 16)
-    return p
 
 
 @triton.jit
 def _mac(acc, x, w, DOT: tl.constexpr, BF16: tl.constexpr):
     """acc (BB, N) += x (BB, BK) fp32 @ w (N, BK)^T."""
     if DOT:
-        if BF16:
+        if BF16 and _INTERPRETED:  # the interpreter's bf16 tl.dot is wrong (Triton 3.9): the same
+            # products (x rounded to bf16; a bf16 x bf16 product is exact in fp32), fp32 sums
+            acc = tl.dot(x.to(tl.bfloat16).to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        elif BF16:
             acc = tl.dot(x.to(tl.bfloat16), tl.trans(w), acc)
         else:
             acc = tl.dot(x, tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
@@ -131,21 +129,29 @@ def _layer_kernel(
         m_h = mu
     acc = tl.zeros((BLOCK_B, N), dtype=tl.float32)
     if HAS_X:  # previous layer's new h: hs[:, x_col : x_col + H] against W_ih[:, :H]
-        x_row = _a16(hs + rb * shs + x_col, ALIGNED)
-        acc = _segment(acc, x_row, 1, mb, _a16(w_ih + wrow * s_ih, ALIGNED), m_x, H, BLOCK_K, DOT, BF16)
+        x_row = hs + rb * shs + x_col
+        w_row = w_ih + wrow * s_ih
+        if ALIGNED:
+            x_row, w_row = tl.multiple_of(x_row, 16), tl.multiple_of(w_row, 16)
+        acc = _segment(acc, x_row, 1, mb, w_row, m_x, H, BLOCK_K, DOT, BF16)
     if HAS_XIN:  # the frame input (x_in = (q / (Q/2) - 1) * 2) against W_ih[:, xin_col : xin_col + F]
         rf = tl.arange(0, BLOCK_F)
         mf = rf < F
-        q_row = _a16(window + rb * swb, ALIGNED)
+        q_row = window + rb * swb
+        w_row = w_ih + wrow * s_ih + xin_col
+        if ALIGNED:
+            q_row, w_row = tl.multiple_of(q_row, 16), tl.multiple_of(w_row, 16)
         q = tl.load(q_row[:, None] + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
         xin = (tl.math.div_rn(q.to(tl.float32), half_q) - 1.0) * 2.0
         xin = tl.where(mb[:, None] & mf[None, :], xin, 0.0)
-        w_row = _a16(w_ih + wrow * s_ih + xin_col, ALIGNED)
         w = tl.load(w_row[:, None] + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
         acc = _mac(acc, xin, w, DOT, BF16)
     h_l = h + layer * shl
-    h_row = _a16(h_l + rb * shb, ALIGNED)
-    acc = _segment(acc, h_row, shh, mb, _a16(w_hh + wrow * H, ALIGNED), m_h, H, BLOCK_K, DOT, BF16)
+    h_row = h_l + rb * shb
+    w_row = w_hh + wrow * H
+    if ALIGNED:
+        h_row, w_row = tl.multiple_of(h_row, 16), tl.multiple_of(w_row, 16)
+    acc = _segment(acc, h_row, shh, mb, w_row, m_h, H, BLOCK_K, DOT, BF16)
 
     acc += tl.load(bias + layer * 4 * H + tl.program_id(0) * N + r, mask=mu, other=0.0)[None, :]
     # (BB, 4 BH) -> (BB, BH, 2, 2): [b, u, g // 2, g % 2]; split the last axis, then the next.
@@ -192,30 +198,29 @@ def _linear_kernel(
         mb = rb < B
         mn = rn < N
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc = _segment(acc, _a16(x + rb * sx, ALIGNED), 1, mb, _a16(w + rn * K, ALIGNED), mn, K, BLOCK_K, DOT, BF16)
+    x_row = x + rb * sx
+    w_row = w + rn * K
+    if ALIGNED:  # (tl.multiple_of needs an op's result: on a kernel argument itself it is lost)
+        x_row, w_row = tl.multiple_of(x_row, 16), tl.multiple_of(w_row, 16)
+    acc = _segment(acc, x_row, 1, mb, w_row, mn, K, BLOCK_K, DOT, BF16)
     acc += tl.load(bias + rn, mask=mn, other=0.0)[None, :]
     tl.store(out + rb[:, None] * so + rn[None, :], acc, mask=mb[:, None] & mn[None, :])
-    if COPY:  # the new hidden states into the RNN state, an equal share per program
+    if COPY:  # the new hidden states into the RNN state: rows (b, l) of hs spread over the programs
         pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-        total = B * L * H
-        share = tl.cdiv(total, tl.num_programs(0) * tl.num_programs(1))
-        start = pid * share
-        end = tl.minimum(start + share, total)
-        re = tl.arange(0, COPY_BLOCK)
-        for e0 in range(start, end, COPY_BLOCK):
-            e = e0 + re
-            me = e < end
-            b = e // (L * H)
-            lu = e % (L * H)
-            v = tl.load(hs + e, mask=me, other=0.0)
-            tl.store(h + (lu // H) * shl + b * shb + (lu % H) * shh, v, mask=me)
+        rc = tl.arange(0, COPY_BLOCK)
+        for row in range(pid, B * L, tl.num_programs(0) * tl.num_programs(1)):
+            src = hs + row * H
+            dst = h + (row % L) * shl + (row // L) * shb
+            for u0 in range(0, H, COPY_BLOCK):
+                u = u0 + rc
+                mu = u < H
+                tl.store(dst + u * shh, tl.load(src + u, mask=mu, other=0.0), mask=mu)
 
 
 def _mode(fn) -> bool:
     return type(fn).__name__ == "InterpretedFunction"
 
 
-INTERPRETED = _mode(tl.sum)  # True when Triton's interpreter runs the kernels (CPU tensors)
 MODE_MISMATCH = None if _mode(_layer_kernel) == INTERPRETED else (
     "TRITON_INTERPRET changed between the import of triton and of fastsrnn.kernels.frame_step; "
     "set TRITON_INTERPRET before anything imports triton")
@@ -247,8 +252,8 @@ def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
         bb = _dot_block_b(B)
         nb = triton.cdiv(B, bb)
         bh = next((b for b in (16, 8) if triton.cdiv(H, b) * nb >= TARGET_PROGRAMS), 4)
-        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=64 if bf16 else 32, BLOCK_F=bf, DOT=True, BF16=bool(bf16),
-                   num_warps=4, num_stages=3)
+        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=64 if bf16 else 16, BLOCK_F=bf, DOT=True, BF16=bool(bf16),
+                   num_warps=8 if bb * 4 * bh >= 4096 else 4, num_stages=3)
     cfg["grid"] = (triton.cdiv(H, cfg["BLOCK_H"]), triton.cdiv(B, cfg["BLOCK_B"]))
     return cfg
 
@@ -258,7 +263,8 @@ def linear_config(B: int, N: int, K: int, bf16: bool) -> dict:
 
     B <= SMALL_B: BLOCK_N rows per program (at most 16, fewer while there are fewer than
     TARGET_PROGRAMS programs), BLOCK_K so the product tile is ~4 K values. Larger B: tl.dot tiles
-    of 16..64 sequences by BLOCK_N = 64, 32 or 16 rows (the largest giving TARGET_PROGRAMS)."""
+    of 16..64 sequences by BLOCK_N = 64, 32 or 16 rows (the largest giving TARGET_PROGRAMS); 8 warps
+    for a 64 x 64 tile. BLOCK_K 64 (bf16, tensor cores) or 16 (fp32 FMA: its operands sit in registers)."""
     if B <= SMALL_B:
         bb = _pow2(B)
         bn = next((b for b in (16, 8, 4) if triton.cdiv(N, b) >= TARGET_PROGRAMS), 2)
@@ -268,9 +274,9 @@ def linear_config(B: int, N: int, K: int, bf16: bool) -> dict:
         bb = _dot_block_b(B)
         nb = triton.cdiv(B, bb)
         bn = next((b for b in (64, 32) if triton.cdiv(N, b) * nb >= TARGET_PROGRAMS), 16)
-        cfg = dict(BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=64 if bf16 else 32, DOT=True, BF16=bool(bf16),
-                   num_warps=4, num_stages=3)
-    cfg["COPY_BLOCK"] = 1024
+        cfg = dict(BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=64 if bf16 else 16, DOT=True, BF16=bool(bf16),
+                   num_warps=8 if bb * bn >= 4096 else 4, num_stages=3)
+    cfg["COPY_BLOCK"] = 512
     cfg["grid"] = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(B, cfg["BLOCK_B"]))
     return cfg
 

@@ -26,7 +26,8 @@ times on the same state (mamba's selective-state-update kernel says the same).
 Interpreter (TRITON_INTERPRET=1, CPU tensors, tests): Triton decides the mode of its own
 standard library (tl.sum, tl.cumsum, ...) when ``triton`` is first imported, and the mode of
 this kernel when this module is imported; both must agree, so the variable must be set before
-anything imports triton (tests run in a subprocess for that reason). A mismatch is reported.
+anything imports triton (the tests marked `interpret` run in their own pytest process for that
+reason, see .ci/run). A mismatch is reported.
 """
 from __future__ import annotations
 

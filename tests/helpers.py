@@ -17,7 +17,6 @@ from typing import Callable, Dict, NamedTuple, Optional, Union
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
@@ -56,6 +55,8 @@ def riff_dataset(root: Path, seconds: float = 6.0, chunk_seconds: float = 0.25, 
     Periodic, so the next sample is predictable from the past: a model that learns drives the
     NLL far below the 8 bits of a uniform guess.
     """
+    import soundfile as sf  # here, not at the top: the GPU machine's image has no audio libraries
+
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     note = (t * 16).astype(int) % 4  # which of the 4 notes plays
     freq = np.array([250.0, 500.0, 1000.0, 500.0])[note]

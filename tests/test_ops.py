@@ -278,7 +278,7 @@ def test_sample_frame_temperature_is_per_sequence(impl):
     assert not torch.equal(got.samples[1], got.logits[1].argmax(-1))
 
 
-@pytest.mark.parametrize("block_b", [1, 2, 8])
+@pytest.mark.parametrize("block_b", [1, 2, 8], ids=lambda b: f"block{b}")
 @pytest.mark.parametrize("impl", _impl_params(SF_IMPLS, lambda impl: "triton" in impl.name))
 def test_sample_frame_triton_block_sizes(impl, block_b):
     """Programs of 1, 2 (the last one half masked) and 8 (five rows masked) sequences."""
