@@ -3,7 +3,7 @@
 The eager twin and specification is fastsrnn.ops.sample_frame.sample_frame_ref. Per step j:
 a2 = relu(cond_j + sum_k table[k, window_k]); a3 = relu(W3 a2 + b3); logits = Wo a3 + bo;
 x = inverse-CDF sample (fastsrnn.ops.sampling.sample_ref) or forced[:, j]; window slides by x.
-This is the path for n_seq below SPLIT_MIN_B; kernels/sample_frame_split.py spreads each step
+This is the path for n_seq below SPLIT_MIN_B and H below SPLIT_MIN_H; kernels/sample_frame_split.py spreads each step
 over the whole GPU (tensor cores) for more sequences.
 
 Layout of one program (BLOCK_B sequences, grid cdiv(B, BLOCK_B), one launch per frame):
@@ -39,6 +39,10 @@ import triton.language as tl
 
 # n_seq from which sample_frame_triton takes the split, tensor-core path (kernels/sample_frame_split.py).
 SPLIT_MIN_B = 16
+# ... and H from which it takes the split path at any n_seq: this kernel streams all of W3 and Wo
+# through one SM per step, which the performance model (tools/perf_model.py) puts at ~7x slower
+# than the split path on dadabots-2tier (H 1024) at n_seq 1 on an H100. Not yet measured.
+SPLIT_MIN_H = 512
 _MAX_BLOCK_B = 4
 # Elements of the per-thread-block accumulators: (BLOCK_B, BLOCK_N, BLOCK_K) and (BLOCK_B, BLOCK_Q, BLOCK_N).
 _ACC_ELEMS = 4096

@@ -236,6 +236,7 @@ def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
     ok, why = backend_status("triton", "cpu")
     assert not ok and (("needs a CUDA device" in why and "TRITON_INTERPRET=1" in why) or "not installed" in why)
     assert "triton" not in _AUTO_ORDER["cpu"]  # auto on a CPU never picks the interpreter
+    assert resolve_backend("auto", "cpu", n_seq=128) == resolve_backend("auto", "cpu")
     from fastsrnn.backends.triton import TritonBackend
 
     with pytest.raises(RuntimeError, match="triton backend unavailable"):
@@ -259,3 +260,6 @@ def test_triton_status_under_the_interpreter():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_auto_picks_a_gpu_backend():
     assert resolve_backend("auto", "cuda") in ("cuda", "triton")
+    # many sequences: the Triton split sample tier first, when it is available
+    if backend_status("triton", "cuda")[0]:
+        assert resolve_backend("auto", "cuda", n_seq=128) == "triton"

@@ -67,9 +67,11 @@ def _cases():
             # Stage B does not depend on the weights' dtype beyond the table gather: one per n_seq.
             if B >= small.SPLIT_MIN_B and wdt == "fp32":
                 yield pytest.param(_stage_b, B, wdt, id=f"split-b-B{B}")
-    # The split path forced at n_seq 1 (sample_frame_triton(path="split")), and the small kernel at
-    # n_seq 8 (its largest default tile) and its prologue variant.
+    # The split path at n_seq 1 (the default at H >= SPLIT_MIN_H, as dadabots-2tier's 1024), the
+    # small kernel at n_seq 8 (its largest default tile), and stage B's prologue variant.
     yield pytest.param(_stage_a, 1, "bf16", id="split-a-B1-bf16")
+    yield pytest.param(_stage_a, 1, "fp32", id="split-a-B1-fp32")
+    yield pytest.param(_stage_b, 1, "fp32", id="split-b-B1")
     yield pytest.param(_small, 8, "bf16", id="small-B8-bf16")
     yield pytest.param(lambda B, wdt: _stage_b(B, wdt, prologue=True), 16, "bf16", id="split-b-prologue-B16-bf16")
 

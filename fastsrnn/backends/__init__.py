@@ -6,7 +6,7 @@ device and turns an unavailable request into :class:`BackendUnavailable`, whose 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -15,8 +15,12 @@ from fastsrnn.backends.base import Backend, BackendUnavailable, DecodeState
 BACKENDS = ("eager", "folded", "cpu", "triton", "cuda")
 # Old names that still work, with a warning: old -> new.
 ALIASES = {"ref": "folded"}
-# Fastest first, per device type.
+# Fastest first, per device type; on a GPU from AUTO_MANY_SEQ sequences the Triton split sample
+# tier (tensor cores over all SMs) beats the persistent CUDA kernel, which is built for few
+# sequences: the performance model's crossover on an H100 (tools/perf_model.py; not yet measured).
 _AUTO_ORDER = {"cpu": ("cpu", "eager"), "cuda": ("cuda", "triton", "eager")}
+_AUTO_ORDER_MANY_SEQ = {"cpu": ("cpu", "eager"), "cuda": ("triton", "cuda", "eager")}
+AUTO_MANY_SEQ = 16
 
 
 def backend_class(name: str) -> type:
@@ -63,12 +67,14 @@ def available_backends(device) -> Dict[str, Tuple[bool, str]]:
     return {n: backend_status(n, device) for n in BACKENDS}
 
 
-def resolve_backend(name: str = "auto", device="cpu") -> str:
-    """A concrete backend name for ``device``: 'auto' picks the fastest that works."""
+def resolve_backend(name: str = "auto", device="cpu", n_seq: Optional[int] = None) -> str:
+    """A concrete backend name for ``device``: 'auto' picks the fastest that works for ``n_seq``
+    sequences (None: few)."""
     dev = torch.device(device)
     if name == "auto":
         reasons = []
-        for cand in _AUTO_ORDER.get(dev.type, ("eager",)):
+        order = _AUTO_ORDER_MANY_SEQ if n_seq is not None and n_seq >= AUTO_MANY_SEQ else _AUTO_ORDER
+        for cand in order.get(dev.type, ("eager",)):
             ok, why = backend_status(cand, dev)
             if ok:
                 return cand
@@ -81,10 +87,10 @@ def resolve_backend(name: str = "auto", device="cpu") -> str:
     return name
 
 
-def make_backend(name: str, model, device="cpu", **options) -> Backend:
-    """Instantiate the backend ``name`` ('auto' allowed) for ``model`` on ``device``.
-    options: the backend's own (dtype, frame_dtype, graphs, num_threads, block_b)."""
-    concrete = resolve_backend(name, device)
+def make_backend(name: str, model, device="cpu", n_seq: Optional[int] = None, **options) -> Backend:
+    """Instantiate the backend ``name`` ('auto' allowed; ``n_seq`` guides its choice) for ``model``
+    on ``device``. options: the backend's own (dtype, frame_dtype, graphs, num_threads, block_b)."""
+    concrete = resolve_backend(name, device, n_seq)
     cls = backend_class(concrete)
     return cls(model, device, **options) if concrete != "eager" else cls(model, device)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fastsrnn.backends import BACKENDS, available_backends, resolve_backend
+from fastsrnn.backends import AUTO_MANY_SEQ, BACKENDS, available_backends, resolve_backend
 
 
 def add_arguments(parser):
@@ -17,5 +17,6 @@ def run(args) -> int:
     for name in BACKENDS:
         ok, why = status[name]
         print(f"{name:<{width}}  {'yes' if ok else 'no ':<3}  {why}")
-    print(f"auto -> {resolve_backend('auto', args.device)}")
+    few, many = resolve_backend("auto", args.device), resolve_backend("auto", args.device, AUTO_MANY_SEQ)
+    print(f"auto -> {few}" if few == many else f"auto -> {few} below {AUTO_MANY_SEQ} sequences, {many} from there")
     return 0

@@ -45,7 +45,8 @@ class Generator:
         self.model = model.to(self.device).eval()
         self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
         self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
-        self.backend = make_backend(backend or env.default_backend(), self.model, self.device, **backend_options)
+        self.backend = make_backend(backend or env.default_backend(), self.model, self.device, n_seq=n_seq,
+                                    **backend_options)
         self.rng = torch.Generator().manual_seed(seed)
         self.frames_done = 0
         with torch.no_grad():

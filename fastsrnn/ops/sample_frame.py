@@ -119,7 +119,7 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
                         scratch: Optional[dict] = None) -> None:
     """The Triton kernels (compiled on a GPU; TRITON_INTERPRET=1 on the CPU). Two paths:
 
-    - "split" (default from n_seq kernels.sample_frame.SPLIT_MIN_B): each sample step split over
+    - "split" (default from n_seq kernels.sample_frame.SPLIT_MIN_B, or H SPLIT_MIN_H): each step split over
       sequence tiles x row slices of W3, tensor cores, 2F + 1 launches per frame
       (kernels/sample_frame_split.py);
     - "small" (default below it): one launch per frame, one program per block_b sequences
@@ -132,7 +132,8 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
     check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
                             out, forced, logits_out)
     if path is None:
-        path = "split" if cond.shape[0] >= small.SPLIT_MIN_B else "small"
+        big = cond.shape[0] >= small.SPLIT_MIN_B or table.shape[2] >= small.SPLIT_MIN_H
+        path = "split" if big else "small"
     if path == "split":
         from fastsrnn.kernels.sample_frame_split import launch
     elif path == "small":

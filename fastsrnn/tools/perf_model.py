@@ -7,13 +7,12 @@ FLOPs / peak)`` at the table's peak rates: predictions are optimistic, and ``pre
 ``fastsrnn bench --device cuda`` says by how much.
 
 Backends (what the code does today, read from its sources):
-- ``triton``: frame tier in torch ops (ops/frame_step.frame_step_ref: 12 elementwise kernels per
-  layer around 2 products, 4 kernels per product with bf16 weights), then
+- ``triton``: the fused frame tier (ops/frame_step.frame_step_triton: L + 2 Triton launches), then
   ops/sample_frame.sample_frame_triton: below 16 sequences kernels/sample_frame.py (one launch of
   cdiv(B, 4) programs, each streaming all of W3 and Wo every step on fp32 CUDA cores), from 16
   kernels/sample_frame_split.py (per step stage A over sequence tiles x W3 row slices, fp32 "ieee"
   dots or three bf16 tensor-core products, and stage B per sequence: 2F + 1 launches);
-- ``cuda``: the same frame tier, then csrc/cuda/sample_frame.cu: one cooperative launch of
+- ``cuda``: the same fused frame tier, then csrc/cuda/sample_frame.cu: one cooperative launch of
   min(SMs, H/4) blocks with W3/Wo row slices in shared memory, 2 grid barriers per sample step
   (1 + 2F per frame), row products fed from shared memory (one 4-byte shared load per
   multiply-add), every block drawing every sequence from all the logits, P (the table rows known
@@ -77,11 +76,12 @@ H100_SXM = GPU("H100-SXM", hbm_bytes_per_s=3.35e12, l2_bytes=50e6, l2_bytes_per_
                bf16_flops=990e12, tf32_flops=495e12, fp32_flops=67e12)
 GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM, "H200": replace(H100_SXM, name="H200", hbm_bytes_per_s=4.8e12)}
 BACKENDS = ("triton", "cuda", "plan:persistent", "plan:tensorcore")
-SPLIT_MIN_B = 16  # kernels/sample_frame.SPLIT_MIN_B: from here sample_frame_triton takes the split path
-# The frame tier each backend runs today: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
-# elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, not yet
-# called by a backend). The planned designs use the fused one.
-FRAME_TIER = {"triton": "torch", "cuda": "torch", "plan:persistent": "fused", "plan:tensorcore": "fused"}
+# kernels/sample_frame.SPLIT_MIN_B / SPLIT_MIN_H: from here sample_frame_triton takes the split path
+SPLIT_MIN_B, SPLIT_MIN_H = 16, 512
+# The frame tier each backend runs: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
+# elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, what
+# FoldedBackend.frame_step runs on a CUDA device, so the triton and cuda backends).
+FRAME_TIER = {"triton": "fused", "cuda": "fused", "plan:persistent": "fused", "plan:tensorcore": "fused"}
 
 
 def gpu_for_device_name(device_name: str) -> Optional[str]:
@@ -306,8 +306,9 @@ def _sample_triton_split(cfg, B, wd, gpu, terms, acc) -> str:
 
 
 def _sample_triton_today(cfg, B, wd, gpu, terms, acc) -> str:
-    """ops/sample_frame.sample_frame_triton: the small path below SPLIT_MIN_B sequences, else the split one."""
-    if B >= SPLIT_MIN_B:
+    """ops/sample_frame.sample_frame_triton: the small path below SPLIT_MIN_B sequences and SPLIT_MIN_H
+    hidden units, else the split one."""
+    if B >= SPLIT_MIN_B or cfg.dim >= SPLIT_MIN_H:
         return _sample_triton_split(cfg, B, wd, gpu, terms, acc)
     _sample_triton_small(cfg, B, wd, gpu, terms, acc)
     return "small path: one launch per frame"
