@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
+from fastsrnn.backends.graphs import FRAMES_PER_GRAPH
 from fastsrnn.config import SampleRNNConfig
 
 
@@ -362,9 +363,9 @@ def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str
         return Prediction(preset, name, B, wd, gpu, math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, "-", note)
     if name in ("triton", "cuda"):  # sample-tier launches of today's backends
         terms["sample tier: launches"] = (acc["kernels"] - n0) * (g.graph_node_s if graphs else g.launch_s)
-    if graphs:  # FrameGraph: copy uniforms and temperatures in, replay, clone the samples out
-        terms["host: graph replay + 3 copies"] = 4 * g.launch_s
-        acc["kernels"] += 3
+    if graphs:  # FrameGraph.frames: per replay of FRAMES_PER_GRAPH frames, copy uniforms in, replay, copy out
+        terms["host: graph replay + 2 copies"] = 3 * g.launch_s / FRAMES_PER_GRAPH
+        acc["kernels"] += 2
     t = sum(terms.values())
     per_seq = cfg.frame_size / t
     return Prediction(preset=preset, backend=name + (":bf16" if wd == "bf16" else "") + ("" if graphs else ":nograph"),
