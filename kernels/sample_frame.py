@@ -78,6 +78,23 @@ def _draw(logits, mq, u, inv, Q, ARGMAX: tl.constexpr):
 
 
 @triton.jit
+def _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
+               ARGMAX: tl.constexpr, HAS_FORCED: tl.constexpr, HAS_LOGITS: tl.constexpr):
+    """The end of sample step j for rows rb (R,) of logits (R, BQ): store the logits if asked,
+    take the forced sample or draw one (:func:`_draw`), store it in out[:, j]; returns x (R,) int64."""
+    if HAS_LOGITS:
+        tl.store(logits_out + (rb[:, None] * F + j) * Q + rq[None, :], logits, mask=mb[:, None] & mq[None, :])
+    if HAS_FORCED:
+        x = tl.load(forced + rb * F + j, mask=mb, other=0).to(tl.int64)
+    else:
+        u = tl.load(uniforms + rb * F + j, mask=mb, other=0.0)
+        inv = tl.load(inv_t + rb, mask=mb, other=1.0)
+        x = _draw(logits, mq, u, inv, Q, ARGMAX)
+    tl.store(out + rb * F + j, x, mask=mb)
+    return x
+
+
+@triton.jit
 def _sample_frame_kernel(
     table, cond, w3, b3, wo, bo, window, uniforms, inv_t, out, forced, logits_out, a2s,
     B, Q, H,
@@ -95,7 +112,6 @@ def _sample_frame_kernel(
     rq = tl.arange(0, BLOCK_Q)
     mq = rq < Q
     ring = tl.load(window + rb[:, None] * F + rf[None, :], mask=mb[:, None] & (rf[None, :] < F), other=0)
-    inv = tl.load(inv_t + rb, mask=mb, other=1.0)
     for j in range(F):
         # a2 in BLOCK_H chunks into the scratch rows of this program's sequences.
         for h0 in range(0, H, BLOCK_H):
@@ -126,14 +142,8 @@ def _sample_frame_kernel(
             lacc += a3[:, None, :] * v.to(tl.float32)[None, :, :]
         tl.debug_barrier()  # every read of a2 done before the next step overwrites it
         logits = tl.sum(lacc, axis=2) + tl.load(bo + rq, mask=mq, other=0.0)[None, :]  # (BB, BQ)
-        if HAS_LOGITS:
-            tl.store(logits_out + (rb[:, None] * F + j) * Q + rq[None, :], logits, mask=mb[:, None] & mq[None, :])
-        if HAS_FORCED:
-            x = tl.load(forced + rb * F + j, mask=mb, other=0).to(tl.int64)
-        else:
-            u = tl.load(uniforms + rb * F + j, mask=mb, other=0.0)
-            x = _draw(logits, mq, u, inv, Q, ARGMAX)
-        tl.store(out + rb * F + j, x, mask=mb)
+        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
+                       ARGMAX, HAS_FORCED, HAS_LOGITS)
         ring = tl.where(rf[None, :] == j, x[:, None], ring)
     tl.store(window + rb[:, None] * F + rf[None, :], ring, mask=mb[:, None] & (rf[None, :] < F))
 

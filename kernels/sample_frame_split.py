@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsrnn.kernels.sample_frame import _draw, scratch_buffer
+from fastsrnn.kernels.sample_frame import _emit_step, scratch_buffer
 
 
 @triton.jit
@@ -141,15 +141,8 @@ def _stage_b_kernel(
                         mask=mb[:, None, None] & (ss < NS)[None, :, None] & mq[None, None, :], other=0.0)
             logits += tl.sum(p, axis=1)  # (R, BQ)
         logits += tl.load(bo + rq, mask=mq, other=0.0)[None, :]
-        if HAS_LOGITS:
-            tl.store(logits_out + (rb[:, None] * F + j) * Q + rq[None, :], logits, mask=mb[:, None] & mq[None, :])
-        if HAS_FORCED:
-            x = tl.load(forced + rb * F + j, mask=mb, other=0).to(tl.int64)
-        else:
-            u = tl.load(uniforms + rb * F + j, mask=mb, other=0.0)
-            inv = tl.load(inv_t + rb, mask=mb, other=1.0)
-            x = _draw(logits, mq, u, inv, Q, ARGMAX)
-        tl.store(out + rb * F + j, x, mask=mb)
+        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
+                       ARGMAX, HAS_FORCED, HAS_LOGITS)
     # Slots of step j + 1: slot k holds stream sample k + j + 1, from the window, out, or x.
     idx = rf + (j + 1)  # (BF,)
     in_win = idx < F

@@ -65,17 +65,17 @@ install() {
 versions() {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
     "$PY" - <<'PY'
-import importlib
 import platform
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda})")
-for name in ("triton", "numpy", "ninja", "soundfile", "soxr", "fastsrnn"):
+for name in ("triton", "numpy", "ninja", "soundfile", "soxr", "pytest", "fastsrnn"):
     try:
-        print(f"{name} {getattr(importlib.import_module(name), '__version__', '?')}")
-    except Exception as e:  # noqa: BLE001 (a report, not a check)
-        print(f"{name} absent ({type(e).__name__})")
+        print(f"{name} {version(name)}")
+    except PackageNotFoundError:
+        print(f"{name} absent")
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (no CUDA device)")
 PY
 }
