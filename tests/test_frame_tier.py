@@ -75,7 +75,11 @@ def test_fp32_matches_reference(rnn, skip, B, L):
     """Two frames: cond and the updated h, c within ~1e-5 relative of frame_step_ref."""
     _kernels()
     cfg, w, ref = _setup(rnn, skip, B, L)
-    fw, got = FusedFrameWeights.from_inference(w), _clone(ref)
+    _two_frames_close(cfg, w, FusedFrameWeights.from_inference(w), ref, _clone(ref), B, rnn)
+
+
+def _two_frames_close(cfg, w, fw, ref, got, B, rnn):
+    """Two frames of frame_step_ref on ``ref`` and frame_step_triton on ``got``: cond, h, c close."""
     for t, window in enumerate(_windows(cfg, B, 2)):
         want = frame_step_ref(w, window, ref)
         cond = frame_step_triton(fw, window, got)
@@ -105,13 +109,7 @@ def test_aligned_shapes_and_strided_state(rnn, B):
     calls, launch = [], k.launch
     k.launch = lambda kern, grid, *a, **kw: (calls.append(kw), launch(kern, grid, *a, **kw))
     try:
-        for t, window in enumerate(_windows(cfg, B, 2)):
-            want = frame_step_ref(w, window, ref)
-            cond = frame_step_triton(fw, window, got)
-            _close(cond, want, f"cond, frame {t}")
-            _close(got.h, ref.h, f"h, frame {t}")
-            if rnn == "lstm":
-                _close(got.c, ref.c, f"c, frame {t}")
+        _two_frames_close(cfg, w, fw, ref, got, B, rnn)
     finally:
         k.launch = launch
     assert calls and all(kw["EVEN"] and kw["ALIGNED"] for kw in calls)
