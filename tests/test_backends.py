@@ -263,3 +263,23 @@ def test_auto_picks_a_gpu_backend():
     # many sequences: the Triton split sample tier first, when it is available
     if backend_status("triton", "cuda")[0]:
         assert resolve_backend("auto", "cuda", n_seq=128) == "triton"
+
+
+def test_kernel_backend_checks_each_new_state_and_every_forced_frame():
+    """The cpu backend checks a state's first frame fully, then trusts the window its kernel wrote,
+    but a new state (or new shapes) and every teacher-forced frame are checked again."""
+    cfg = SampleRNNConfig(**ODD)
+    model = random_model(cfg)
+    be = make_backend("cpu", model, "cpu")
+    state = fastsrnn.Generator(model, 2, backend="eager", device="cpu").state
+    u, inv = torch.rand(2, cfg.frame_size), torch.ones(2)
+    be.step_frame(state, u, inv)
+    be.step_frame(state, u, inv)
+    bad = state.clone()
+    bad.window.fill_(cfg.q_levels + 3)
+    with pytest.raises(ValueError, match="window holds samples outside"):
+        be.step_frame(bad, u, inv)
+    with pytest.raises(ValueError, match="window holds samples outside"):  # a failed check is not remembered
+        be.step_frame(bad, u, inv)
+    with pytest.raises(ValueError, match="forced holds samples outside"):
+        be.step_frame(state, u, inv, forced=torch.full_like(state.window, -1))

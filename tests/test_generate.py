@@ -162,3 +162,15 @@ def test_cli_resume_after_sigkill_gives_the_uninterrupted_audio(tmp_path, ckpt):
     assert main(["generate", "--resume", str(tmp_path / "killed"), "--no-progress"]) == 0
     for a, b in zip(_final_audio(tmp_path / "whole"), _final_audio(tmp_path / "killed")):
         assert len(a) == 16 * 800 and np.array_equal(a, b)
+
+
+def test_load_state_dict_refuses_a_damaged_window():
+    """The kernels trust the window a generation carries: one read from a file is checked."""
+    from helpers import random_model
+
+    model = random_model(SampleRNNConfig.from_name("tiny", dim=16, n_rnn=1))
+    gen = Generator(model, 2, backend="eager", device="cpu")
+    state = gen.state_dict()
+    state["window"] = state["window"] + model.cfg.q_levels
+    with pytest.raises(ValueError, match="window must be"):
+        gen.load_state_dict(state)

@@ -30,6 +30,7 @@ class FoldedBackend(Backend):
         super().__init__(model, device)
         # Exported once per generation, never inside the loop (docs/DESIGN.md §3).
         self.w = export_inference(model).to(self.device, dtype, frame_dtype or torch.float32)
+        self._checked = None  # the (window, shape, device) whose sample-frame arguments were checked last
 
     def frame_step(self, state: DecodeState) -> torch.Tensor:
         """Advance state.rnn in place by the frame in state.window; cond (B, F, H).
@@ -59,8 +60,14 @@ class FoldedBackend(Backend):
         gets dense copies and what it wrote goes back to the views. ``options``: the op's own."""
         w = self.w
         win, o, lg = dense(window), dense(out), dense(logits_out)
+        key = None
+        if op is not sample_frame_ref:  # the kernels: full check on a new state, shape or teacher forcing
+            key = (window.data_ptr(), window.shape, cond.shape, uniforms.shape, out.shape,
+                   None if logits_out is None else logits_out.shape, uniforms.device, cond.dtype, out.dtype)
+            options["check"] = forced is not None or key != self._checked
         op(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
            inv_temperature.contiguous(), bool(argmax), o, dense(forced), lg, **options)
+        self._checked = key  # only once the op has run: a call that failed its check is checked again
         for dst, src in ((window, win), (out, o), (logits_out, lg)):
             if dst is not None and dst is not src:
                 dst.copy_(src)

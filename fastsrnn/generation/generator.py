@@ -118,6 +118,10 @@ class Generator:
     def load_state_dict(self, d: dict) -> None:
         if d["n_seq"] != self.n_seq:
             raise ValueError(f"generation state is for n_seq={d['n_seq']}, this generator has {self.n_seq}")
+        window, q = d["window"], self.cfg.q_levels
+        if tuple(window.shape) != (self.n_seq, self.cfg.frame_size) or window.min() < 0 or window.max() >= q:
+            raise ValueError(f"generation state: window must be ({self.n_seq}, {self.cfg.frame_size}) samples in "
+                             f"[0, {q}), got shape {tuple(window.shape)}; the state file is damaged")
         self.state.rnn.h = d["h"].to(self.device).clone()
         self.state.rnn.c = None if d["c"] is None else d["c"].to(self.device).clone()
         self.state.window = d["window"].to(self.device).clone()

@@ -163,6 +163,30 @@ def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
         lock.unlink(missing_ok=True)
 
 
+# (builder, arguments) -> the loaded module or the BuildError message: the launchers call the
+# builders on every frame, and a cache key hashes every source file, so the outcome is kept here.
+_RESOLVED: Dict[tuple, object] = {}
+
+
+def _once(builder):
+    """Run ``builder`` once per process and arguments; later calls return (or re-raise) its outcome."""
+    def wrapper(*args):
+        key = (builder.__name__, *args)
+        if key not in _RESOLVED:
+            try:
+                _RESOLVED[key] = builder(*args)
+            except BuildError as e:
+                _RESOLVED[key] = e
+        outcome = _RESOLVED[key]
+        if isinstance(outcome, BuildError):
+            raise BuildError(str(outcome))
+        return outcome
+
+    wrapper.__name__, wrapper.__doc__ = builder.__name__, builder.__doc__
+    return wrapper
+
+
+@_once
 def cpu_extension(isa: Optional[str] = None):
     """Build (or load from the cache) the CPU extension (csrc/cpu/); raises BuildError with a hint.
 
@@ -188,6 +212,7 @@ def cuda_arch_flags() -> list:
     return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
 
 
+@_once
 def cuda_extension():
     """Build (or load from the cache) the CUDA extension (csrc/cuda/); raises BuildError with a hint."""
     if torch.version.cuda is None:

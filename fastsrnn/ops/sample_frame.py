@@ -19,7 +19,11 @@ Every variant has the same signature and contract:
     window <- window[1:] + [x].
 
 The kernels want dense tensors; the launchers refuse views rather than copying silently
-(backends/folded.py densifies a view and copies the result back).
+(backends/folded.py densifies a view and copies the result back). Every launcher runs
+:func:`check_sample_frame_args` unless called with ``check=False``, which only a caller that has
+already checked the same tensors may pass: the backends check a state's first frame and every
+teacher-forced frame, after which the window holds only samples the kernel itself drew (the
+check costs about 8 us a frame, a tenth of a `tiny` frame on the CPU).
 """
 from __future__ import annotations
 
@@ -100,13 +104,14 @@ def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, unifor
 
 def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
                      forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
-                     num_threads: int = 0) -> None:
+                     num_threads: int = 0, check: bool = True) -> None:
     """The fused C++ op (OpenMP, AVX-512/AVX2/portable). num_threads: 0 = torch's thread count
-    (the op uses fewer for small products)."""
+    (the op uses fewer for small products). check: see the module docstring."""
     from fastsrnn.ops.build import cpu_extension
 
-    check_sample_frame_args("sample_frame_cpu", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
-                            out, forced, logits_out)
+    if check:
+        check_sample_frame_args("sample_frame_cpu", table, cond, w3, b3, wo, bo, window, uniforms,
+                                inv_temperature, out, forced, logits_out)
     if num_threads < 0:
         raise ValueError(f"sample_frame_cpu: num_threads must be >= 0 (0 = torch's), got {num_threads}")
     cpu_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax),
@@ -116,7 +121,7 @@ def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperat
 def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
                         forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
                         block_b: Optional[int] = None, path: Optional[str] = None,
-                        scratch: Optional[dict] = None) -> None:
+                        scratch: Optional[dict] = None, check: bool = True) -> None:
     """The Triton kernels (compiled on a GPU; TRITON_INTERPRET=1 on the CPU). Two paths:
 
     - "split" (default from n_seq kernels.sample_frame.SPLIT_MIN_B, or H SPLIT_MIN_H): each step split over
@@ -126,11 +131,12 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
       (kernels/sample_frame.py).
     block_b: sequences per program, a power of two (>= 16 for "split"; default: the path's
     launch_config). scratch: a dict the caller owns where the kernels' scratch buffers are
-    cached (default: one per kernel module, shared in the process)."""
+    cached (default: one per kernel module, shared in the process). check: see the module docstring."""
     from fastsrnn.kernels import sample_frame as small
 
-    check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
-                            out, forced, logits_out)
+    if check:
+        check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms,
+                                inv_temperature, out, forced, logits_out)
     if path is None:
         big = cond.shape[0] >= small.SPLIT_MIN_B or table.shape[2] >= small.SPLIT_MIN_H
         path = "split" if big else "small"
@@ -146,18 +152,20 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
 
 def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
                       forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
-                      workspace: Optional[torch.Tensor] = None, max_blocks: int = 0) -> None:
+                      workspace: Optional[torch.Tensor] = None, max_blocks: int = 0, check: bool = True) -> None:
     """The persistent CUDA kernel, one cooperative launch per frame (capturable in a CUDA graph).
 
     workspace: uint8 scratch of ``cuda_extension().workspace_bytes(B, H, Q)`` bytes on the table's
     device, 16-byte aligned, ZEROED when allocated and then left to this op (its first word is
     the grid barrier, which each launch leaves as it found it). Launches sharing one must be
     ordered on one stream. None: the extension's own per (device, B, H, Q), created on first use
-    outside graph capture. max_blocks: cap on the grid (tuning; 0 = the kernel's choice)."""
+    outside graph capture. max_blocks: cap on the grid (tuning; 0 = the kernel's choice).
+    check: see the module docstring."""
     from fastsrnn.ops.build import cuda_extension
 
-    check_sample_frame_args("sample_frame_cuda", table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature,
-                            out, forced, logits_out)
+    if check:
+        check_sample_frame_args("sample_frame_cuda", table, cond, w3, b3, wo, bo, window, uniforms,
+                                inv_temperature, out, forced, logits_out)
     ext = cuda_extension()
     if workspace is not None:
         Q, H = table.shape[1:]
