@@ -166,8 +166,6 @@ def test_cli_resume_after_sigkill_gives_the_uninterrupted_audio(tmp_path, ckpt):
 
 def test_load_state_dict_refuses_a_damaged_window():
     """The kernels trust the window a generation carries: one read from a file is checked."""
-    from helpers import random_model
-
     model = random_model(SampleRNNConfig.from_name("tiny", dim=16, n_rnn=1))
     gen = Generator(model, 2, backend="eager", device="cpu")
     state = gen.state_dict()
