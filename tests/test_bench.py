@@ -109,7 +109,7 @@ def test_prediction_columns_only_when_predicted():
 def test_predict_needs_no_gpu(capsys):
     assert main(["--predict", "--gpu", "H100-SXM", "--presets", "dadabots-2tier", "--n-seq", "1", "16"]) == 0
     text = capsys.readouterr().out
-    assert "H100-SXM" in text and "| dadabots-2tier | plan:tensorcore:bf16 | bf16 | 16 |" in text
+    assert "H100-SXM" in text and "| dadabots-2tier | triton:bf16 | bf16 | 16 |" in text
     assert "floor on this machine" not in text  # nothing was timed
 
 
@@ -187,7 +187,7 @@ def test_performance_model_is_self_consistent():
             assert h200.time_per_frame_s <= h100.time_per_frame_s
             fp32, bf16 = (perf_model.predict(cfg, n, backend, d) for d in ("fp32", "bf16"))
             assert bf16.hbm_bytes < fp32.hbm_bytes
-    planned = perf_model.predict(cfg, 1, "plan:persistent", "bf16")
-    assert planned.kernels <= 15 + 1 + 2  # fused frame tier (<= 15) + the persistent launch + graph copies
+    cuda = perf_model.predict(cfg, 1, "cuda", "bf16")
+    assert cuda.kernels <= 15 + 1 + 2  # fused frame tier (<= 15) + the persistent launch + graph copies
     nograph, graph = (perf_model.predict(cfg, 1, b) for b in ("cuda:nograph", "cuda"))
     assert nograph.time_per_frame_s > graph.time_per_frame_s

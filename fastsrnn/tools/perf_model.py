@@ -17,14 +17,6 @@ Backends (what the code does today, read from its sources):
   (1 + 2F per frame), row products fed from shared memory (one 4-byte shared load per
   multiply-add), every block drawing every sequence from all the logits, P (the table rows known
   a step early) computed distributed, the one new table row gathered by every block.
-Planned designs:
-- ``plan:persistent`` (n_seq 1-8): the fused frame tier (ops/frame_step.frame_step_triton, L + 2
-  launches: [x; h] x [W_ih | W_hh] with the gates fused per layer, one skip product, the
-  upsampling; <= 15 kernels) + a persistent kernel with <= 2 grid syncs per sample (every SM
-  draws redundantly and gathers the F table rows itself), slice products on fp32 CUDA cores;
-- ``plan:tensorcore`` (n_seq >= 16): the fused frame tier + the split sample tier above, all
-  in one CUDA graph (the triton backend once it calls frame_step_triton).
-
 Per-SM rates: a program (block) runs on one SM and reads L2 at l2_bytes_per_s / SMs; that is the
 limit of any stage with fewer programs than SMs. After the frame tier has streamed its weights
 through L2 (more than the L2 for dadabots-2tier), the sample tier's W3, Wo and table rows come
@@ -76,13 +68,13 @@ H100_SXM = GPU("H100-SXM", hbm_bytes_per_s=3.35e12, l2_bytes=50e6, l2_bytes_per_
                smem_per_sm=227 * 1024, smem_bytes_per_clk=128, clock_hz=1.755e9,
                bf16_flops=990e12, tf32_flops=495e12, fp32_flops=67e12)
 GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM, "H200": replace(H100_SXM, name="H200", hbm_bytes_per_s=4.8e12)}
-BACKENDS = ("triton", "cuda", "plan:persistent", "plan:tensorcore")
+BACKENDS = ("triton", "cuda")
 # kernels/sample_frame.SPLIT_MIN_B / SPLIT_MIN_H: from here sample_frame_triton takes the split path
 SPLIT_MIN_B, SPLIT_MIN_H = 16, 512
 # The frame tier each backend runs: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
 # elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, what
 # FoldedBackend.frame_step runs on a CUDA device, so the triton and cuda backends).
-FRAME_TIER = {"triton": "fused", "cuda": "fused", "plan:persistent": "fused", "plan:tensorcore": "fused"}
+FRAME_TIER = {"triton": "fused", "cuda": "fused"}
 
 
 def gpu_for_device_name(device_name: str) -> Optional[str]:
@@ -247,24 +239,6 @@ def _sample_cuda_today(cfg, B, wd, gpu, terms, acc) -> str:
     return "" if B <= 8 * grid else "more sequences than 8 per block"
 
 
-def _sample_persistent_plan(cfg, B, wd, gpu, terms, acc) -> str:
-    """<= 2 grid syncs per step; slice products on fp32 CUDA cores; each SM draws and gathers redundantly."""
-    F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
-    ws = _wsize(wd)
-    if math.ceil((H * H + Q * H) / gpu.sms) * ws + 8 * H * 4 > gpu.smem_per_sm:
-        return "W3/Wo slices do not fit in shared memory"
-    sm_reads = B * (H * 4 + Q * 4 + F * H * ws + H * 4)  # a3 (Wo), logits (draw), table rows + cond (a2)
-    terms["sample tier: grid syncs (2 per step)"] = 2 * F * gpu.grid_sync_s
-    terms["sample tier: per-SM slice products (fp32 CUDA cores)"] = \
-        F * B * (H * H + Q * H) / gpu.sms / gpu.sm_fp32_macs_per_s
-    terms["sample tier: per-SM L2 reads (activations, table gather)"] = F * sm_reads / gpu.sm_l2_bytes_per_s
-    terms["sample tier: phase latency"] = F * 2 * gpu.phase_latency_s
-    acc["l2"] += F * gpu.sms * sm_reads
-    acc["flops"] += F * 2 * B * (H * H + Q * H)
-    acc["kernels"] += 1
-    return "" if B <= 8 else "designed for n_seq <= 8"
-
-
 def _stage(programs, prog_bytes, prog_flops, peak, unit, gpu) -> Dict[str, float]:
     waves = math.ceil(programs / gpu.sms)
     return {"per-program L2 reads": waves * prog_bytes / gpu.sm_l2_bytes_per_s,
@@ -315,10 +289,6 @@ def _sample_triton_today(cfg, B, wd, gpu, terms, acc) -> str:
     return "small path: one launch per frame"
 
 
-def _sample_tensorcore_plan(cfg, B, wd, gpu, terms, acc) -> str:
-    return _sample_triton_split(cfg, B, wd, gpu, terms, acc) + ("; designed for n_seq >= 16" if B < 16 else "")
-
-
 # --- the prediction ----------------------------------------------------------------------------------
 
 def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str = "H100-SXM",
@@ -326,15 +296,12 @@ def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str
     """Predicted time per frame of ``backend`` (one of BACKENDS; a bench variant such as
     'cuda:bf16' or 'triton:nograph' is read too) for ``n_seq`` sequences of ``cfg`` (a config or
     a preset name) on ``gpu`` (a key of GPUS). weights_dtype: 'fp32' or 'bf16', both tiers (as
-    the bench's ':bf16' variants). graphs: replay each frame as one CUDA graph (planned designs
-    always do)."""
+    the bench's ':bf16' variants). graphs: replay frames as CUDA graphs (16 per replay)."""
     from fastsrnn.config import PRESETS
 
     preset = cfg if isinstance(cfg, str) else next((k for k, v in PRESETS.items() if v == cfg), "-")
     cfg = SampleRNNConfig.from_name(cfg) if isinstance(cfg, str) else cfg
     name, _, opts = backend.partition(":")
-    if name == "plan":
-        name, opts = f"plan:{opts.split(':')[0]}", opts.partition(":")[2]
     for opt in filter(None, opts.split(",")):
         if opt == "bf16":
             weights_dtype = "bf16"
@@ -350,19 +317,15 @@ def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str
         raise ValueError(f"n_seq must be >= 1, got {n_seq}")
     g, wd, B = GPUS[gpu], weights_dtype, n_seq
     _wsize(wd)
-    planned = name.startswith("plan:")
-    graphs = graphs or planned
     terms: Dict[str, float] = {}
     acc = {"hbm": 0.0, "l2": 0.0, "flops": 0.0, "kernels": 0}
     _frame_tier(cfg, B, wd, g, FRAME_TIER[name] == "fused", graphs, terms, acc)
     _sample_reload(cfg, B, wd, g, terms, acc)
     n0 = acc["kernels"]
-    note = {"triton": _sample_triton_today, "cuda": _sample_cuda_today, "plan:persistent": _sample_persistent_plan,
-            "plan:tensorcore": _sample_tensorcore_plan}[name](cfg, B, wd, g, terms, acc) or ""
+    note = {"triton": _sample_triton_today, "cuda": _sample_cuda_today}[name](cfg, B, wd, g, terms, acc) or ""
     if name == "cuda" and note.startswith("does not fit"):
         return Prediction(preset, name, B, wd, gpu, math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, "-", note)
-    if name in ("triton", "cuda"):  # sample-tier launches of today's backends
-        terms["sample tier: launches"] = (acc["kernels"] - n0) * (g.graph_node_s if graphs else g.launch_s)
+    terms["sample tier: launches"] = (acc["kernels"] - n0) * (g.graph_node_s if graphs else g.launch_s)
     if graphs:  # FrameGraph.frames: per replay of FRAMES_PER_GRAPH frames, copy uniforms in, replay, copy out
         terms["host: graph replay + 2 copies"] = 3 * g.launch_s / FRAMES_PER_GRAPH
         acc["kernels"] += 2
