@@ -1,6 +1,7 @@
 """The benchmark runner: correctness first (refuses a disagreeing backend), then its table and JSON;
 its measuring API (one timing and peak-memory method); the GPU performance model."""
 import json
+import re
 
 import pytest
 import torch
@@ -191,3 +192,22 @@ def test_performance_model_is_self_consistent():
     assert cuda.kernels <= 15 + 1 + 2  # fused frame tier (<= 15) + the persistent launch + graph copies
     nograph, graph = (perf_model.predict(cfg, 1, b) for b in ("cuda:nograph", "cuda"))
     assert nograph.time_per_frame_s > graph.time_per_frame_s
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--json", "{tmp}"], "is a folder; give a file path"),
+    (["--json", "{tmp}/missing/bench.json"], "cannot write into"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_arguments_fail_before_any_timing(tmp_path, capsys, argv, message):
+    """A --json that cannot be written, or an unknown device, stops the bench at once (it used to
+    fail only after the whole run)."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["--presets", "tiny", "--n-seq", "1", *argv])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_a_clear_error():
+    with pytest.raises(SystemExit, match="--device cuda, but torch .* sees no GPU"):
+        main(["--device", "cuda", "--presets", "tiny"])

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -240,6 +242,26 @@ def _check_args(args, variants: List[str], n_seqs: List[int]) -> None:
         [parse_variant(v) for v in variants]
     except ValueError as e:
         raise SystemExit(f"fastsrnn bench: --backends {e}") from None
+    if args.json:  # a path that cannot be written fails now, not after minutes of timing
+        out = Path(args.json)
+        if out.is_dir():
+            raise SystemExit(f"fastsrnn bench: --json {out} is a folder; give a file path such as {out / 'bench.json'}")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise SystemExit(f"fastsrnn bench: --json {out}: cannot write into {parent} (missing or not writable)")
+
+
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"fastsrnn bench: --device {name!r}: {e}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"fastsrnn bench: --device must be cpu or cuda, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "a CPU-only build" if torch.version.cuda is None else "no usable CUDA device or driver"
+        raise SystemExit(f"fastsrnn bench: --device cuda, but torch {torch.__version__} sees no GPU ({why})")
+    return device
 
 
 def run_predict(args) -> int:
@@ -268,7 +290,7 @@ def run(args) -> int:
         return run_predict(args)
     from tqdm.auto import tqdm
 
-    device = torch.device(args.device)
+    device = _check_device(args.device)
     if device.type == "cuda":  # fp32 means fp32: TF32 would make eager and the kernels disagree
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
