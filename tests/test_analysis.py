@@ -39,3 +39,34 @@ def test_metrics_plot(tmp_path):
 
     out = plot_metrics(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.part"))
+
+
+def test_empty_and_nan_clips_get_their_own_verdicts():
+    assert analyze_clip(np.zeros(0), SR).verdict == "empty"
+    rep = analyze_clip(np.array([0.1, np.nan, 0.2] * 1000), SR)
+    assert rep.verdict == "invalid (NaN/Inf samples)" and rep.rms_dbfs is None
+    assert analyze_clip(np.array([0.1, np.inf] * 1000), SR).verdict.startswith("invalid")
+
+
+def test_cli_reports_a_bad_file_and_goes_on(tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from fastsrnn.cli import main
+
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), SR)
+    sf.write(str(tmp_path / "nan.wav"), np.array([0.1, np.nan] * 4000, np.float32), SR, subtype="FLOAT")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF" + bytes(100))
+    sf.write(str(tmp_path / "music.wav"), _riff(8, 2, vary=True), SR)
+    clips = [str(tmp_path / n) for n in ("empty.wav", "broken.wav", "nan.wav", "music.wav")]
+    assert main(["analyze", *clips]) == 1  # the bad file is reported, the rest analyzed, status non-zero
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert [r.split()[0] for r in rows] == ["empty", "invalid", "ok"]
+    assert "level" not in rows[0] + rows[1] and "nan dBFS" not in out
+    assert "broken.wav" in err and "cannot read" in err and "1 of 4" in err
+    assert main(["analyze", "--json", *clips]) == 1
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # valid JSON: no NaN
+    assert [r["verdict"] for r in recs] == ["empty", "error", "invalid (NaN/Inf samples)", "ok"]
+    assert main(["analyze", clips[3]]) == 0

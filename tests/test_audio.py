@@ -3,6 +3,7 @@ writes that survive a crash and resume."""
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -183,3 +184,28 @@ def test_synth_album_is_seeded_music_not_noise(tmp_path):
     paths = write_album(tmp_path, n_songs=2, seconds=1.0, sample_rate=8000, format="flac")
     assert [p.name for p in paths] == ["song_00.flac", "song_01.flac"]
     assert sf.info(str(paths[1])).samplerate == 8000 and sf.info(str(paths[1])).frames == 8000
+
+
+def test_truncated_mp3_warns_naming_the_file_and_how_much_was_read(tmp_path):
+    from fastsrnn.data.audio import TruncatedAudioWarning
+
+    full = tmp_path / "whole.mp3"
+    sf.write(str(full), _sine(440, 4.0, 16000), 16000, format="MP3", subtype="MPEG_LAYER_III")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncatedAudioWarning)
+        assert read_audio(full, 16000).shape[0] == 64000  # a whole file: no warning
+    cut = tmp_path / "cut_short.mp3"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.warns(TruncatedAudioWarning, match=r"cut_short.mp3: decoded only \d+ of the 64000 frames"):
+        x = read_audio(cut, 16000)
+    assert 20000 < x.shape[0] < 40000
+
+
+def test_truncated_ogg_is_an_error_that_says_so(tmp_path):
+    full = tmp_path / "whole.ogg"
+    sf.write(str(full), _sine(440, 4.0, 16000), 16000, format="OGG", subtype="VORBIS")
+    cut = tmp_path / "cut_short.ogg"
+    for frac in (0.5, 0.8):
+        cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * frac)])
+        with pytest.raises(AudioError, match="cut_short.ogg"):
+            read_audio(cut, 16000)

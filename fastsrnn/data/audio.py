@@ -15,6 +15,7 @@ backends and the GPU tests run on a machine without them; there, touching a file
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -116,7 +117,9 @@ def read_audio(path: PathLike, sample_rate: int) -> np.ndarray:
     """Read one file as mono float32 at ``sample_rate``: returns (T,) float32, T >= 1.
 
     Raises FileNotFoundError for a missing file and AudioError (naming the file) for one that
-    is unreadable, corrupt, empty or holds NaN/inf samples.
+    is unreadable, corrupt, empty or holds NaN/inf samples. A file that decodes to noticeably
+    fewer frames than its header announces (a truncated MP3) gives a :class:`TruncatedAudioWarning`
+    naming the file and how much was read.
     """
     path = Path(path)
     if sample_rate <= 0:
@@ -125,11 +128,16 @@ def read_audio(path: PathLike, sample_rate: int) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such audio file")
     sf = require_soundfile()
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+        with sf.SoundFile(str(path)) as f:
+            announced, fmt = int(f.frames), f.format
+            data = f.read(dtype="float32", always_2d=True)  # (T, C)
+            rate = f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
         raise _open_error(path, e) from e
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"{path}: the file holds no audio (0 samples)")
+        hint = "; an OGG file cut short reads as empty: is it truncated?" if fmt == "OGG" else ""
+        raise AudioError(f"{path}: the file holds no audio (0 samples){hint}")
+    _check_complete(path, data.shape[0], announced)
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (T,)
     if not np.isfinite(mono).all():
         raise AudioError(f"{path}: the file holds NaN or infinite samples")
@@ -137,6 +145,24 @@ def read_audio(path: PathLike, sample_rate: int) -> np.ndarray:
     if out.shape[0] == 0:
         raise AudioError(f"{path}: too short to resample from {rate} Hz to {sample_rate} Hz")
     return out
+
+
+# A decoded file may fall short of its header's frame count by this much before we call it truncated
+# (MP3 lengths without an exact Xing/LAME count are estimates; a real truncation loses far more).
+SHORT_TOLERANCE = 0.01
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file decoded to fewer frames than its header announces (cut short or damaged)."""
+
+
+def _check_complete(path: Path, read: int, announced: int) -> None:
+    """Warn, naming the file, when decoding gave noticeably fewer frames than the header announces."""
+    if announced > 0 and announced - read > max(SHORT_TOLERANCE * announced, 2304):  # 2304: two MP3 frames
+        warnings.warn(f"{path}: decoded only {read} of the {announced} frames its header announces "
+                      f"({100 * read / announced:.1f}%); it looks "
+                      "truncated or damaged, and only the part that could be read is used",
+                      TruncatedAudioWarning, stacklevel=3)
 
 
 def _write_format(path: Path, format: Optional[str]) -> str:

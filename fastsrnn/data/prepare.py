@@ -17,9 +17,11 @@ with the right checksum are kept untouched) and a different preparation is refus
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -28,6 +30,7 @@ import numpy as np
 
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.data.audio import AUDIO_EXTENSIONS, AudioError, encode_audio, read_audio
+from fastsrnn.outlock import LOCK_NAME, locked_output
 
 FORMAT, VERSION = "fastsrnn-dataset", 1
 SPLITS = ("train", "valid", "test")
@@ -36,31 +39,82 @@ PEAK = 0.9
 PLAN_FILE, MANIFEST_FILE = ".prepare.json", "manifest.json"
 # The manifest fields that say what a preparation is; equal fields -> the same chunks.
 IDENTITY = ("sample_rate", "chunk_samples", "hop_samples", "block_samples", "seed", "normalize", "splits")
+MIN_RATE, MAX_RATE = 1000, 384000  # sample rates accepted for the chunks, Hz
+
+
+class OutputNotWritable(PermissionError, RuntimeError):
+    """The output folder cannot be created or written (read-only, no permission, disk full)."""
 
 
 # ---------------------------------------------------------------- sources
 
-def find_sources(sources: Sequence, exclude: Optional[Path] = None) -> List[Path]:
+def holds_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds a fastsrnn dataset (finished or interrupted): its chunks are never sources."""
+    if (folder / PLAN_FILE).is_file():
+        return True
+    try:
+        m = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT
+
+
+def _as_source_list(sources) -> list:
+    """One str / PathLike is one source (not a sequence of characters)."""
+    if isinstance(sources, (str, bytes, os.PathLike)):
+        return [sources]
+    return list(sources)
+
+
+def _walk(top: Path, exclude: Optional[Path], skipped: List[str]) -> List[Path]:
+    """Audio files under ``top``, leaving out (and noting in ``skipped``) dataset folders and ``exclude``."""
+    found = []
+    for root, dirs, files in os.walk(top):
+        here = Path(root)
+        if exclude is not None and here.resolve() == exclude:
+            skipped.append(f"{here} (the output folder)")
+            dirs[:] = []
+            continue
+        if holds_dataset(here):
+            skipped.append(f"{here} (holds a fastsrnn dataset)")
+            dirs[:] = []
+            continue
+        dirs.sort()
+        found.extend(here / f for f in files if Path(f).suffix.lower() in AUDIO_EXTENSIONS)
+    return [f for f in found if f.is_file()]
+
+
+def find_sources(sources, exclude: Optional[Path] = None) -> List[Path]:
     """Files and folders (walked recursively for audio extensions) -> sorted unique files.
 
-    ``exclude``: a folder whose files are never picked up (the output, if it lies inside a
-    source folder, so that a re-run does not read its own chunks).
+    ``sources``: one path or a sequence of them. Folders that hold a fastsrnn dataset (a manifest
+    or a ``.prepare.json``) are not walked: their chunks are the output of an earlier preparation,
+    not music. ``exclude``: a folder whose files are never picked up (the output, if it lies inside
+    a source folder, so that a re-run does not read its own chunks). Skipped folders are named in
+    a warning.
     """
-    found = set()
+    sources = _as_source_list(sources)
+    ex = Path(exclude).resolve() if exclude is not None else None
+    found, skipped = set(), []
     for s in sources:
-        p = Path(s)
+        p = Path(os.fsdecode(s))
         if p.is_dir():
-            found.update(f.resolve() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            if ex is not None and p.resolve() == ex:
+                raise ValueError(f"the output folder {exclude} is the source folder {p}: the chunks would be "
+                                 "written among the songs; choose an --out outside it (or a subfolder of it)")
+            found.update(f.resolve() for f in _walk(p, ex, skipped))
         elif p.is_file():
             found.add(p.resolve())
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
-    if exclude is not None:
-        ex = Path(exclude).resolve()
+    if ex is not None:
         found = {f for f in found if ex not in f.parents}
+    if skipped:
+        warnings.warn("not reading the audio files in " + ", ".join(skipped), stacklevel=3)
     if not found:
-        raise ValueError(f"no audio files found in {', '.join(str(s) for s in sources)} "
-                         f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
+        raise ValueError(f"no audio files found in {', '.join(os.fsdecode(s) for s in sources)} "
+                         f"(looked for {', '.join(AUDIO_EXTENSIONS)}"
+                         + (f"; skipped {', '.join(skipped)}" if skipped else "") + ")")
     return sorted(found, key=str)
 
 
@@ -76,17 +130,26 @@ def _load(paths: List[Path], sr: int, skip_bad: bool, progress: bool) -> Tuple[L
     """Read every source as mono at ``sr`` with its DC removed -> (source records, audio (T,) each)."""
     from tqdm import tqdm
 
-    records, audios = [], []
+    records, audios, seen = [], [], {}
     for path in tqdm(paths, desc="reading", unit="file", disable=not progress):
         try:
+            try:
+                sha = file_sha256(path)
+            except OSError as e:
+                raise AudioError(f"{path}: cannot read the file ({e.strerror or e})") from e
+            if sha in seen:  # the same bytes twice would put the same audio in train and in valid/test
+                warnings.warn(f"skipping {path}: the same file as {seen[sha]} (sha256 {sha[:12]}...); "
+                              "each distinct file is read once", stacklevel=3)
+                continue
             audio = read_audio(path, sr)
         except AudioError as e:
             if not skip_bad:
                 raise AudioError(f"{e} (pass --skip-bad / skip_bad=True to leave it out)") from e
             warnings.warn(f"skipping {path}: {e}", stacklevel=3)
             continue
+        seen[sha] = path
         audios.append((audio - audio.mean(dtype=np.float64)).astype(np.float32))
-        records.append({"path": str(path), "sha256": file_sha256(path), "samples": int(audio.shape[0])})
+        records.append({"path": str(path), "sha256": sha, "samples": int(audio.shape[0])})
     if not audios:
         raise ValueError("none of the sources could be read")
     return records, audios
@@ -192,7 +255,7 @@ def _check_out_dir(out: Path, header: dict) -> None:
                 raise FileExistsError(f"{out} holds a different preparation (differs in: {diff}); nothing was "
                                       f"overwritten. Use another --out, or delete {out} to start over")
             return
-    if out.exists() and any(not p.name.endswith(".part") for p in out.iterdir()):
+    if out.exists() and any(not p.name.endswith(".part") and p.name != LOCK_NAME for p in out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no fastsrnn dataset; nothing was overwritten. "
                               f"Use an empty or new folder for --out")
 
@@ -215,24 +278,49 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
+def _option(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _finite(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_option(name)} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{_option(name)} must be a finite number, got {value}")
+    return v
+
+
 def _seconds_to_samples(name: str, seconds: Optional[float], default: int, sr: int) -> int:
     if seconds is None:
         return default
-    n = int(round(float(seconds) * sr))
+    n = int(round(_finite(name, seconds) * sr))
     if n < 1:
-        raise ValueError(f"{name} must be positive (at least one sample), got {seconds}")
+        raise ValueError(f"{_option(name)} must be positive (at least one sample), got {seconds}")
     return n
 
 
 def _check_options(sample_rate: int, splits, normalize: str) -> Tuple[float, float, float]:
-    if int(sample_rate) <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    rate = _finite("sample_rate", sample_rate)
+    if rate != int(rate) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"{_option('sample_rate')} must be a whole number of Hz from {MIN_RATE} to {MAX_RATE}, "
+                         f"got {sample_rate}")
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
-    fr = tuple(float(f) for f in splits)
+    fr = tuple(_finite("splits", f) for f in splits)
     if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(f"splits must be three positive fractions (train, valid, test) summing to 1, got {splits}")
     return fr
+
+
+def _check_out_path(out: Path) -> None:
+    """--out must be a folder (or not exist yet), not a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise FileExistsError(f"--out {out}: {p} is a file, not a folder; choose a folder for the dataset")
+            return
 
 
 def prepare(sources: Sequence, out_dir, *, sample_rate: int = 16000, chunk_seconds: float = 8.0,
@@ -244,12 +332,12 @@ def prepare(sources: Sequence, out_dir, *, sample_rate: int = 16000, chunk_secon
     Chunks are ``chunk_seconds`` long, one every ``hop_seconds`` (default: no overlap) inside
     the runs of ``block_seconds`` blocks (default: the chunk length) dealt to the splits.
     Re-running with the same arguments finishes an interrupted run; see the module docstring.
+    ``sources`` may be one path. The output folder is locked for the run: a second preparation
+    into it is refused (:class:`fastsrnn.outlock.OutputLocked`).
     """
-    from tqdm import tqdm
-
     out = Path(out_dir)
     fractions = _check_options(sample_rate, splits, normalize)
-    sr = int(sample_rate)
+    sr = int(float(sample_rate))
     chunk = _seconds_to_samples("chunk_seconds", chunk_seconds, 0, sr)
     hop = _seconds_to_samples("hop_seconds", hop_seconds, chunk, sr)
     block = _seconds_to_samples("block_seconds", block_seconds, chunk, sr)
@@ -257,14 +345,41 @@ def prepare(sources: Sequence, out_dir, *, sample_rate: int = 16000, chunk_secon
         raise ValueError(f"chunk_seconds must be given and seed must be non-negative, got {chunk_seconds} and {seed}")
     if block < chunk:
         raise ValueError(f"block_seconds ({block / sr} s) must be at least chunk_seconds ({chunk / sr} s)")
-    records, audios = _load(find_sources(sources, exclude=out), sr, skip_bad, progress)
+    _check_out_path(out)
+    paths = find_sources(sources, exclude=out)
+    try:
+        with locked_output(out, "fastsrnn prepare"):
+            return _prepare_locked(paths, out, sr, chunk, hop, block, fractions, int(seed), normalize, skip_bad,
+                                   progress)
+    except OSError as e:
+        full = e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+        if _about_output(e, out) and (isinstance(e, PermissionError) or full):
+            where = e.filename or out
+            raise OutputNotWritable(e.errno, f"cannot write the dataset in {out} ({where}: {e.strerror}); "
+                                    "choose a writable --out folder") from None
+        raise
+
+
+def _about_output(e: OSError, out: Path) -> bool:
+    """Whether an error names the output folder, a folder above it or a file in it (not a source)."""
+    if e.filename is None:
+        return True
+    p, o = Path(os.fsdecode(e.filename)).resolve(), out.resolve()
+    return p == o or p in o.parents or o in p.parents
+
+
+def _prepare_locked(paths: List[Path], out: Path, sr: int, chunk: int, hop: int, block: int, fractions,
+                    seed: int, normalize: str, skip_bad: bool, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    records, audios = _load(paths, sr, skip_bad, progress)
     for r, g in zip(records, _gains(audios, normalize)):
         r["gain"] = g
     header = {"format": FORMAT, "version": VERSION, "sample_rate": sr, "chunk_samples": chunk, "hop_samples": hop,
-              "block_samples": block, "seed": int(seed), "normalize": normalize,
+              "block_samples": block, "seed": seed, "normalize": normalize,
               "splits": dict(zip(SPLITS, fractions)), "sources": records}
     _check_out_dir(out, header)
-    chunks = plan_chunks([r["samples"] for r in records], chunk, hop, block, fractions, int(seed))
+    chunks = plan_chunks([r["samples"] for r in records], chunk, hop, block, fractions, seed)
     _write_if_changed(out / PLAN_FILE, json.dumps(header, indent=1) + "\n")
     for stale in (p for s in SPLITS for p in (out / s).glob(".*.part")):
         stale.unlink()  # temporary files of ours left by a process that was killed mid-write
@@ -298,23 +413,36 @@ def read_manifest(data_dir) -> dict:
     for k, t in _FIELDS.items():
         if not isinstance(m.get(k), t):
             raise ValueError(f"{path}: field {k!r} is missing or not a {t.__name__}")
+    root = Path(data_dir).resolve()
     for i, c in enumerate(m["chunks"]):
         bad = [k for k, t in _CHUNK_FIELDS.items() if not isinstance(c.get(k), t)] if isinstance(c, dict) else ["all"]
         if bad or c["split"] not in SPLITS or not 0 <= c["source"] < len(m["sources"]):
             raise ValueError(f"{path}: chunk {i} is malformed (check {', '.join(bad) or 'split/source'})")
+        target = (root / c["file"]).resolve()
+        if Path(c["file"]).is_absolute() or root not in target.parents:
+            raise ValueError(f"{path}: chunk {i} names {c['file']!r}, which is outside the dataset folder {root}; "
+                             "a manifest may only name files inside its own folder")
     return m
 
 
-def split_files(data_dir, split: str) -> List[Path]:
-    """The chunk files of one split, in manifest order; each is checked to exist."""
+def split_files(data_dir, split: str, verify: bool = True) -> List[Path]:
+    """The chunk files of one split, in manifest order; each is checked to exist and, with
+    ``verify``, to have the sha256 the manifest records (about 1 ms per 8-second FLAC)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    files = [Path(data_dir) / c["file"] for c in read_manifest(data_dir)["chunks"] if c["split"] == split]
+    chunks = [c for c in read_manifest(data_dir)["chunks"] if c["split"] == split]
+    files = [Path(data_dir) / c["file"] for c in chunks]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: chunk listed in the manifest is missing "
                                 f"({len(missing)} missing in all); "
                                 f"re-run 'fastsrnn prepare' with the same options to restore them")
+    if verify:
+        changed = [f for f, c in zip(files, chunks) if file_sha256(f) != c["sha256"]]
+        if changed:
+            raise ValueError(f"{changed[0]}: the chunk's sha256 differs from the one in the manifest "
+                             f"({len(changed)} {split} chunk(s) differ in all): it was modified or damaged; "
+                             "re-run 'fastsrnn prepare' with the same options to restore it")
     return files
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -18,12 +19,15 @@ NOISY_FLATNESS = 0.5  # spectral flatness of white noise is ~1, of music well un
 TRAP_CORRELATION = 0.95  # envelope self-similarity at one lag over the second half (riff-based music reaches ~0.92)
 
 
+EMPTY, INVALID = "empty", "invalid (NaN/Inf samples)"
+
+
 @dataclass
 class ClipReport:
-    rms_dbfs: float  # level of the clip
-    flatness: float  # mean spectral flatness in [0, 1]
-    repetition: float  # best envelope autocorrelation of the second half, lags 0.25-4 s
-    verdict: str  # "ok", "silent", "noise" or "trap"
+    rms_dbfs: Optional[float]  # level of the clip (None for an empty or invalid clip)
+    flatness: Optional[float]  # mean spectral flatness in [0, 1]
+    repetition: Optional[float]  # best envelope autocorrelation of the second half, lags 0.25-4 s
+    verdict: str  # "ok", "silent", "noise", "trap", "empty" or "invalid (NaN/Inf samples)"
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -62,6 +66,10 @@ def repetition(audio: np.ndarray, sample_rate: int, hop_s: float = 0.01) -> floa
 def analyze_clip(audio: np.ndarray, sample_rate: int) -> ClipReport:
     """audio: (T,) float in [-1, 1] -> its :class:`ClipReport`."""
     audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        return ClipReport(None, None, None, EMPTY)
+    if not np.isfinite(audio).all():
+        return ClipReport(None, None, None, INVALID)
     level, flat, rep = rms_dbfs(audio), spectral_flatness(audio), repetition(audio, sample_rate)
     verdict = ("silent" if level < SILENT_DBFS else "noise" if flat > NOISY_FLATNESS
                else "trap" if rep > TRAP_CORRELATION else "ok")
@@ -99,18 +107,33 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
-def run(args) -> int:
-    import soundfile as sf
+def _row(rep: ClipReport, path) -> str:
+    if rep.rms_dbfs is None:
+        return f"{rep.verdict:<7} {path}"
+    return (f"{rep.verdict:<7} level {rep.rms_dbfs:6.1f} dBFS  flatness {rep.flatness:5.3f}  "
+            f"repetition {rep.repetition:5.3f}  {path}")
 
+
+def run(args) -> int:
+    """One row per clip; a clip that cannot be read gets an error row (stderr) and the rest go on.
+    Exit status 1 when any clip could not be read."""
+    import sys
+
+    from fastsrnn.data.audio import require_soundfile
+
+    sf = require_soundfile()
+    failed = 0
     for path in args.clips:
         try:
-            audio, sr = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read audio ({e})") from None
+            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+        except Exception as e:  # any unreadable file: report it and go on with the others
+            failed += 1
+            if args.json:
+                print(json.dumps({"file": str(path), "verdict": "error", "error": f"cannot read audio ({e})"}))
+            print(f"error   {path}: cannot read audio ({e})", file=sys.stderr)
+            continue
         rep = analyze_clip(audio.mean(axis=1), sr)
-        if args.json:
-            print(json.dumps({"file": str(path), **asdict(rep)}))
-        else:
-            print(f"{rep.verdict:<7} level {rep.rms_dbfs:6.1f} dBFS  flatness {rep.flatness:5.3f}  "
-                  f"repetition {rep.repetition:5.3f}  {path}")
-    return 0
+        print(json.dumps({"file": str(path), **asdict(rep)}) if args.json else _row(rep, path))
+    if failed:
+        print(f"fastsrnn analyze: {failed} of {len(args.clips)} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
