@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import time
+from pathlib import Path
 
 from fastsrnn import env
 from fastsrnn.backends import BACKENDS
-from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.generator import check_device
+from fastsrnn.generation.longgen import GenerationRun, _read_settings
+
+# The options that define a new generation (None on the command line = not given). A resumed
+# generation keeps its stored settings: giving one of these with --resume must agree with them.
+DEFAULTS = {"out": "generated", "seconds": 30.0, "n_seq": 1, "temperature": 1.0, "argmax": False, "h0": "learned",
+            "seed": 0, "prime": None, "prime_seconds": None, "fmt": "wav", "normalize": "peak",
+            "chunk_seconds": 1.0, "save_every": 10.0}
+OPTION = {"fmt": "--format", "save_every": "--save-every"}
 
 
 def _temperature(text: str):
@@ -29,49 +39,94 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint", nargs="?", help="a checkpoint .pt written by 'fastsrnn train'")
     p.add_argument("--resume", metavar="DIR",
-                   help="continue the interrupted generation in DIR (no other options needed)")
-    p.add_argument("--out", default="generated", help="output directory (new or empty) [default: generated]")
-    p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio per sequence [default: 30]")
-    p.add_argument("--n-seq", type=int, default=1, help="sequences generated in parallel, one file each [default: 1]")
-    p.add_argument("--temperature", type=_temperature, default=1.0,
+                   help="continue the interrupted generation in DIR with its stored settings (no CHECKPOINT; "
+                        "other options, if given, must agree with them; --backend and --device may change)")
+    p.add_argument("--out", default=None, help="output directory (new or empty) [default: generated]")
+    p.add_argument("--seconds", type=float, default=None, help="seconds of audio per sequence [default: 30]")
+    p.add_argument("--n-seq", type=int, default=None,
+                   help="sequences generated in parallel, one file each [default: 1]")
+    p.add_argument("--temperature", type=_temperature, default=None,
                    help="sampling temperature, or one per sequence: 0.9,1.0,1.1 [default: 1.0]")
-    p.add_argument("--argmax", action="store_true", help="take the most likely sample instead of sampling")
-    p.add_argument("--h0", choices=("learned", "random", "zeros"), default="learned",
+    p.add_argument("--argmax", action="store_true", default=None,
+                   help="take the most likely sample instead of sampling")
+    p.add_argument("--h0", choices=("learned", "random", "zeros"), default=None,
                    help="initial RNN state: the learned one, or random U[-0.5, 0.5] (more varied music) "
                         "[default: learned]")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same audio [default: 0]")
+    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same audio [default: 0]")
     p.add_argument("--prime", metavar="AUDIO", help="continue this recording (any format soundfile reads)")
     p.add_argument("--prime-seconds", type=float, help="use only the last N seconds of --prime")
     p.add_argument("--backend", default=None, choices=("auto",) + BACKENDS,
                    help="generation backend [default: $FASTSRNN_BACKEND or auto = fastest here; "
                         f"now {env.default_backend()}]")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] [default: cuda if available]")
-    p.add_argument("--format", dest="fmt", choices=("wav", "flac"), default="wav",
+    p.add_argument("--format", dest="fmt", choices=("wav", "flac"), default=None,
                    help="final audio format [default: wav]")
-    p.add_argument("--normalize", choices=("peak", "none"), default="peak",
+    p.add_argument("--normalize", choices=("peak", "none"), default=None,
                    help="peak-normalize each finished file to 0.9 (gain capped at 10x) or keep the model's level "
                         "[default: peak]")
-    p.add_argument("--chunk-seconds", type=float, default=1.0,
+    p.add_argument("--chunk-seconds", type=float, default=None,
                    help="audio copied to the host and written per chunk [default: 1]")
-    p.add_argument("--save-every", type=float, default=10.0,
+    p.add_argument("--save-every", type=float, default=None,
                    help="save the resumable state every N seconds of audio [default: 10]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _option(name: str) -> str:
+    return OPTION.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_resume_options(args) -> None:
+    """--resume continues with the stored settings: a CHECKPOINT or an option that disagrees is refused."""
+    out = Path(args.resume)
+    settings = _read_settings(out)
+    sr = settings["sample_rate"]
+    stored = {"seconds": settings["seconds"], "n_seq": settings["n_seq"], "temperature": settings["temperature"],
+              "argmax": settings["argmax"], "h0": settings["h0"], "seed": settings["seed"],
+              "prime_seconds": settings.get("prime_seconds"), "fmt": settings["audio_format"],
+              "normalize": settings["normalize"]}
+    wrong = []
+    if args.checkpoint and Path(args.checkpoint).resolve() != Path(settings["checkpoint"]).resolve():
+        wrong.append(f"CHECKPOINT {args.checkpoint} (the generation uses {settings['checkpoint']})")
+    if args.out is not None and Path(args.out).resolve() != out.resolve():
+        wrong.append(f"--out {args.out} (resuming writes into {out})")
+    for name, value in stored.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            wrong.append(f"{_option(name)} {given} (stored: {value})")
+    if args.prime is not None and str(Path(args.prime).resolve()) != settings.get("prime"):
+        wrong.append(f"--prime {args.prime} (stored: {settings.get('prime')})")
+    for name, key in (("chunk_seconds", "chunk_samples"), ("save_every", "save_every_samples")):
+        given = getattr(args, name)
+        if given is not None and int(given * sr) != settings[key]:
+            wrong.append(f"{_option(name)} {given} (stored: {settings[key] / sr:g})")
+    if wrong:
+        raise ValueError(f"--resume {out} continues the generation with the settings it was started with; these "
+                         f"disagree: {'; '.join(wrong)}. Drop them, or start a new generation in another --out")
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
+    check_device(args.device, "--device")
     if args.resume:
+        _check_resume_options(args)
         gen_run = GenerationRun.reopen(args.resume, backend=args.backend, device=args.device)
         print(f"resuming {args.resume} at {gen_run.generated / gen_run.settings['sample_rate']:.1f} s")
     else:
         if not args.checkpoint:
             raise ValueError("give a CHECKPOINT to generate from, or --resume DIR")
+        o = {k: (DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)) for k in DEFAULTS}
         gen_run = GenerationRun.create(
-            args.checkpoint, args.out, seconds=args.seconds, n_seq=args.n_seq, temperature=args.temperature,
-            argmax=args.argmax, h0=args.h0, seed=args.seed, prime=args.prime, prime_seconds=args.prime_seconds,
-            backend=args.backend, device=args.device, fmt=args.fmt, normalize=args.normalize,
-            chunk_seconds=args.chunk_seconds, save_every_seconds=args.save_every)
-    files = gen_run.run(progress=not args.no_progress)
+            args.checkpoint, o["out"], seconds=o["seconds"], n_seq=o["n_seq"], temperature=o["temperature"],
+            argmax=o["argmax"], h0=o["h0"], seed=o["seed"], prime=o["prime"], prime_seconds=o["prime_seconds"],
+            backend=args.backend, device=args.device, fmt=o["fmt"], normalize=o["normalize"],
+            chunk_seconds=o["chunk_seconds"], save_every_seconds=o["save_every"])
+    try:
+        files = gen_run.run(progress=not args.no_progress)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RuntimeError(f"{gen_run.out}: the disk is full ({e}); free some space, then continue with "
+                               f"'fastsrnn generate --resume {gen_run.out}'") from None
+        raise
     took = time.perf_counter() - t0
     s = gen_run.settings
     print(f"wrote {len(files)} file(s) of {s['seconds']:.1f} s to {gen_run.out} in {took:.1f} s "

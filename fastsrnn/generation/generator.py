@@ -8,6 +8,8 @@ Samples come back to the host once per chunk, so memory does not grow with lengt
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from typing import Iterator, Optional, Union
 
 import numpy as np
@@ -26,6 +28,67 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(device, what: str = "device") -> torch.device:
+    """``device`` (None: the default) as a torch.device that exists here, or a clear ValueError."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what}: {device!r} is not a device; use cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {device}: torch has no CUDA device here (torch {torch.__version__}, "
+                             f"built with CUDA {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _check_int(name: str, value, minimum: int = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_temperature(temperature) -> None:
+    """A number or one per sequence (list, tuple, tensor, array); the values are checked by temperature_tensor."""
+    if isinstance(temperature, (torch.Tensor, np.ndarray)):
+        t = torch.as_tensor(temperature) if temperature.dtype != object else None
+        if t is None or t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"temperature must be a number or one number per sequence, got {temperature!r}")
+        return
+    vals = temperature if isinstance(temperature, (list, tuple)) else [temperature]
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"temperature must be a number or a list of numbers (one per sequence), "
+                            f"got {temperature!r}")
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"temperature must be finite and > 0 (use argmax for greedy), got {temperature!r}")
+
+
+def _check_prime(prime) -> torch.Tensor:
+    """prime: quantized levels (an integer tensor, array or list), never audio in [-1, 1]."""
+    if isinstance(prime, (str, os.PathLike)):
+        raise TypeError("prime: a path is read with prime_levels(path, model.cfg) (fastsrnn.generate accepts one); "
+                        "Generator takes the quantized levels")
+    if isinstance(prime, (list, tuple)):
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in prime):
+            raise TypeError("prime: expected integer quantized levels (see prime_levels), got a list with non-integers")
+        return torch.as_tensor(prime, dtype=torch.long)
+    if isinstance(prime, np.ndarray):
+        prime = torch.from_numpy(np.ascontiguousarray(prime))
+    if not isinstance(prime, torch.Tensor):
+        raise TypeError(f"prime: expected a tensor of integer quantized levels (see prime_levels), "
+                        f"got {type(prime).__name__}")
+    if prime.dtype == torch.bool or prime.is_floating_point() or prime.is_complex():
+        raise TypeError(f"prime: expected integer quantized levels (see prime_levels), got a {prime.dtype} tensor; "
+                        "audio in [-1, 1] must be quantized first (prime_levels reads and quantizes a file)")
+    return prime
+
+
 class Generator:
     """n_seq sequences generated in parallel from one model.
 
@@ -36,12 +99,18 @@ class Generator:
     def __init__(self, model: SampleRNN, n_seq: int = 1, *, temperature: Union[float, list] = 1.0,
                  argmax: bool = False, h0: str = "learned", seed: int = 0, backend: str = None,
                  device=None, prime: Optional[torch.Tensor] = None, **backend_options):
-        if n_seq < 1:
-            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        if not isinstance(model, SampleRNN):
+            hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
+            raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
+        n_seq = _check_int("n_seq", n_seq, 1)
+        seed = _check_int("seed", seed)
+        _check_temperature(temperature)
         if h0 not in H0_MODES:
             raise ValueError(f"h0 must be one of {H0_MODES}, got {h0!r}")
+        if prime is not None:
+            prime = _check_prime(prime)
         self.cfg = model.cfg
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
         self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
@@ -147,10 +216,17 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
              progress: bool = False) -> np.ndarray:
     """Generate ``n_samples`` samples for each of ``n_seq`` sequences: (n_seq, n_samples) float32.
 
-    prime: None or (T,) int64 quantized samples (see :func:`prime_levels`).
+    prime: None, (T,) int64 quantized samples (see :func:`prime_levels`), or the path of a recording
+    (read whole with :func:`prime_levels`).
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(model, SampleRNN):
+        hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
+        raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
+    n_samples = _check_int("n_samples", n_samples, 1)
+    if isinstance(prime, (str, os.PathLike)):
+        prime = prime_levels(prime, model.cfg)
     gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
                     backend=backend, device=device, prime=prime)
     out = np.empty((n_seq, n_samples), dtype=np.float32)
