@@ -3,22 +3,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
 from fastsrnn.config import PRESETS
 
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither nan nor infinite (argparse names the option)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return x
+
 # option -> TrainConfig field; None defaults mean "the run's saved value, else TrainConfig's default"
 _OPTIONS = {
     "batch_size": (int, "chunks per batch (the paper: 128; capped at the number of train chunks)"),
     "tbptt": (int, "frames per truncated-BPTT sub-sequence (64 frames = 1,024 samples at F=16)"),
-    "lr": (float, "Adam learning rate"),
-    "grad_clip": (float, "clip each gradient element to [-x, x] (0 = off)"),
+    "lr": (finite_float, "Adam learning rate"),
+    "grad_clip": (finite_float, "clip each gradient element to [-x, x] (0 = off)"),
     "max_steps": (int, "stop after this many optimizer steps in all (one step per sub-sequence)"),
     "checkpoint_every": (int, "steps between checkpoints (last.pt) and generated clips"),
     "valid_every": (int, "steps between validations (0 = at every checkpoint)"),
     "n_clips": (int, "clips generated at each checkpoint (the paper: 10; 0 = none)"),
-    "clip_seconds": (float, "seconds per clip (the paper: 30)"),
+    "clip_seconds": (finite_float, "seconds per clip (the paper: 30)"),
+    "clip_temperature": (finite_float, "sampling temperature of clips"),
     "clip_h0": (str, "initial RNN state of clips: random, learned or zeros"),
     "clip_backend": (str, "generation backend for clips (see 'fastsrnn backends')"),
     "seed": (int, "seed of the weights and of the chunk order"),
@@ -28,7 +41,9 @@ _OPTIONS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsrnn.training.trainer import TrainConfig
+    from fastsrnn.training.trainer import CLIP_BACKENDS, TrainConfig
+
+    choices = {"clip_h0": ("random", "learned", "zeros"), "clip_backend": CLIP_BACKENDS}
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # defaults are spelled out below
     defaults = TrainConfig()
@@ -45,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model preset (default: the run's own when resuming, else dadabots-2tier)")
     for name, (typ, help_text) in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None,
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),
                        help=f"{help_text} (default {getattr(defaults, name)})")
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from RUN/checkpoints/last.pt when it exists (the default)")
@@ -55,12 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsrnn.training.trainer import TrainConfig, _read_run_config, train
+    from fastsrnn.training.trainer import TrainConfig, TrainingInterrupted, _read_run_config, train
 
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()
     overrides = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
-    summary = train(args.data, args.out, args.preset, replace(base, **overrides),
-                    resume=args.resume, progress=not args.quiet)
+    try:
+        summary = train(args.data, args.out, args.preset, replace(base, **overrides),
+                        resume=args.resume, progress=not args.quiet)
+    except TrainingInterrupted as e:  # last.pt saved and the resume command printed: 143 for SIGTERM, 130 for SIGINT
+        return e.exit_code
     print(json.dumps(summary, indent=2))
     return 0

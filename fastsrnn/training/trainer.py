@@ -13,9 +13,18 @@ Shapes: B chunks per batch, L samples per chunk, F frame size, T samples per sub
 """
 from __future__ import annotations
 
-import copy
+import contextlib
+import errno
+import hashlib
 import json
+import math
+import shlex
+import shutil
+import signal
+import sys
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -24,9 +33,11 @@ import torch
 
 from fastsrnn import env
 from fastsrnn.atomic import atomic_write_text
+from fastsrnn.backends import ALIASES, BACKENDS
 from fastsrnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fastsrnn.config import PRESETS, SampleRNNConfig
 from fastsrnn.model import RNNState, SampleRNN, nll_bits
+from fastsrnn.outlock import LOCK_NAME, locked_output
 from fastsrnn.training.data import (
     ChunkSet,
     chunk_nll,
@@ -45,6 +56,27 @@ LN2 = 0.6931471805599453
 DEFAULT_PRESET = "dadabots-2tier"
 # Changing these would give the saved position (batch, sub-sequence, RNN state) another meaning.
 RUN_DEFINING = ("batch_size", "tbptt", "seed")
+CLIP_BACKENDS = ("auto",) + BACKENDS + tuple(ALIASES)
+FLOAT_OPTIONS = ("lr", "grad_clip", "clip_seconds", "clip_temperature")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, ...); the previous one is intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run after saving last.pt. exit_code: 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -72,13 +104,18 @@ class TrainConfig:
 
         for name in ("batch_size", "tbptt", "max_steps", "checkpoint_every"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in FLOAT_OPTIONS:
+            need(math.isfinite(getattr(self, name)), f"{name} must be a finite number, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.clip_temperature > 0, f"clip_temperature must be > 0, got {self.clip_temperature}")
         need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
         need(self.valid_every >= 0 and self.n_clips >= 0 and self.num_threads >= 0,
              "valid_every, n_clips and num_threads must be >= 0")
         need(self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}")
         need(self.clip_h0 in ("random", "learned", "zeros"),
              f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
+        need(self.clip_backend in CLIP_BACKENDS,
+             f"clip_backend must be one of {', '.join(CLIP_BACKENDS)}, got {self.clip_backend!r}")
 
     @property
     def validate_every(self) -> int:
@@ -119,7 +156,7 @@ class _Loop:
     """The run's objects: configs, data, model, optimizer, paths, distributed context."""
 
     def __init__(self, data_dir, run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, dist: Dist, progress: bool):
-        self.run, self.cfg, self.tcfg, self.dist = run, cfg, tcfg, dist
+        self.run, self.cfg, self.tcfg, self.dist, self.data_dir = run, cfg, tcfg, dist, data_dir
         self.log = print if (progress and dist.rank0) else (lambda *a, **k: None)
         self.device = dist.device(tcfg.device)
         self.tbptt_samples = tcfg.tbptt * cfg.frame_size
@@ -129,6 +166,9 @@ class _Loop:
         self.model = dist.wrap(self.raw)
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=tcfg.lr)
         self._perm_epoch, self._perm, self._batch_key, self._batch_x = None, None, None, None
+        self.pending_clips = None  # (step, CPU weights) of clips that failed at the last checkpoint
+        self.resume_clips = False  # last.pt's clips are missing: write them before training on
+        self.stop_signal = None  # SIGTERM/SIGINT received: save and stop after this step
 
     def _load_data(self, data_dir) -> None:
         train = load_split(data_dir, "train", self.cfg)
@@ -165,12 +205,31 @@ class _Loop:
         bits = nll_bits(logits, inp[:, self.cfg.frame_size:])
         self.opt.zero_grad(set_to_none=True)
         (bits * LN2).backward()  # optimize nats, report bits
+        loss = bits.item()
+        if not (math.isfinite(loss) and self._grads_finite()):  # before the step: the weights stay good
+            self._diverged(pos.step + 1, f"the loss is {loss}" if not math.isfinite(loss) else
+                           f"the gradients hold NaN or infinite values (loss {loss:.4f} bits)")
         if self.tcfg.grad_clip > 0:
             torch.nn.utils.clip_grad_value_(self.raw.parameters(), self.tcfg.grad_clip)
         self.opt.step()
         pos.state = new_state.detach()
         pos.advance(self.n_sub, self.n_batches)
-        return bits.item()
+        return loss
+
+    def _grads_finite(self) -> bool:
+        """Whether every gradient is finite (one device sync; under DDP the all-reduced gradients,
+        so that every rank agrees)."""
+        grads = [p.grad for p in self.raw.parameters() if p.grad is not None]
+        return not grads or bool(torch.stack([g.detach().abs().amax().float() for g in grads]).isfinite().all())
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p.detach()).all()) for p in self.raw.parameters())
+
+    def _diverged(self, step: int, what: str) -> None:
+        last = self.run / "checkpoints" / "last.pt"
+        keep = (f"the last good checkpoint, {last}, is kept" if last.exists() else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged at step {step}: {what} (lr {self.tcfg.lr}); {keep}. "
+                               "Lower --lr and resume, or start again in another --out")
 
     def nll(self, chunks: ChunkSet) -> Optional[float]:
         """Mean bits per sample over whole chunks (all ranks share the work); None if there are none."""
@@ -180,20 +239,35 @@ class _Loop:
         return total / count if count else None
 
     # ---- checkpoints -------------------------------------------------------------------
-    def save_last(self, pos: Position) -> None:
+    def save_last(self, pos: Position, clips_pending: bool = False) -> None:
+        """last.pt; clips_pending: this step's clips are still to be written (a resume writes them)."""
         h, c = self.dist.gather_state(pos.state)  # every rank's carried state, batch in rank order
         if not self.dist.rank0:
             return
+        if not self.weights_finite():  # never replace a good checkpoint with a broken one
+            self._diverged(pos.step, "the weights hold NaN or infinite values")
         rng = {"torch_rng": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(self.run / "checkpoints" / "last.pt", self.raw, kind="last", optimizer=self.opt.state_dict(),
-                        train_config=self.tcfg.to_dict(), step=pos.step, epoch=pos.epoch, batch=pos.batch, sub=pos.sub,
-                        rnn_h=h, rnn_c=c, best_valid=pos.best_valid, best_step=pos.best_step,
-                        elapsed=pos.elapsed, **rng)
+        self._save(self.run / "checkpoints" / "last.pt", kind="last", optimizer=self.opt.state_dict(),
+                   train_config=self.tcfg.to_dict(), step=pos.step, epoch=pos.epoch, batch=pos.batch, sub=pos.sub,
+                   rnn_h=h, rnn_c=c, best_valid=pos.best_valid, best_step=pos.best_step,
+                   elapsed=pos.elapsed, clips_pending=clips_pending, **rng)
+
+    def _save(self, path: Path, **extra) -> None:
+        """save_checkpoint, a failed write (a full disk: torch raises '[enforce fail at
+        inline_container.cc] ... unexpected pos' or OSError ENOSPC) turned into a clear error."""
+        try:
+            save_checkpoint(path, self.raw, **extra)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointWriteError(
+                f"could not write the checkpoint {path} at step {extra['step']}: {_write_cause(e, path)}; "
+                f"the previous {path.name} is intact. Free some space and resume ("
+                f"'fastsrnn train DATA --out {shlex.quote(str(self.run))}')") from e
 
     def restore(self, path: Path) -> Position:
-        """Load last.pt into the model and optimizer; returns the saved position."""
+        """Load last.pt into the model and optimizer; returns the saved position (and sets
+        ``resume_clips`` when that step's clips were not all written)."""
         ckpt = load_checkpoint(path)
         saved = SampleRNNConfig.from_dict(ckpt["config"])
         if saved != self.cfg:
@@ -202,13 +276,20 @@ class _Loop:
         self.raw.load_state_dict(model_from_checkpoint(ckpt, path).state_dict())
         try:
             self.opt.load_state_dict(ckpt["optimizer"])
+            for group in self.opt.param_groups:  # the lr of this session (--lr on resume), not the saved one
+                group["lr"] = self.tcfg.lr
             pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sub"], None,
                            float(ckpt["best_valid"]), int(ckpt["best_step"]), float(ckpt["elapsed"]))
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: not a training checkpoint that can be resumed "
                                   f"({type(e).__name__}: {e})") from None
+        if pos.batch >= self.n_batches or pos.sub >= self.n_sub:
+            raise CheckpointError(f"{path}: stopped at batch {pos.batch}, sub-sequence {pos.sub}, but this dataset "
+                                  f"has {self.n_batches} batches of {self.n_sub} sub-sequences: was the run "
+                                  "trained on another dataset? Choose another --out")
         if ckpt["rnn_h"] is not None:
             pos.state = self.dist.local_state(ckpt["rnn_h"], ckpt["rnn_c"], self.device)
+        self.resume_clips = bool(ckpt.get("clips_pending", False)) and not self.clips_complete(pos.step)
         torch.set_rng_state(ckpt["torch_rng"])
         if "cuda_rng" in ckpt and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
@@ -216,22 +297,60 @@ class _Loop:
 
     def save_best(self, pos: Position, valid_bits: float) -> None:
         if self.dist.rank0:
-            save_checkpoint(self.run / "checkpoints" / "best.pt", self.raw, kind="best", step=pos.step,
-                            valid_bits=valid_bits, train_config=self.tcfg.to_dict())
+            if not self.weights_finite():
+                self._diverged(pos.step, "the weights hold NaN or infinite values")
+            self._save(self.run / "checkpoints" / "best.pt", kind="best", step=pos.step,
+                       valid_bits=valid_bits, train_config=self.tcfg.to_dict())
+
+    def clips_dir(self, step: int) -> Path:
+        return self.run / "samples" / f"{step:07d}"
+
+    def clips_complete(self, step: int) -> bool:
+        return all((self.clips_dir(step) / f"clip_{i:02d}.wav").is_file() for i in range(self.tcfg.n_clips))
 
     def write_clips(self, step: int) -> Optional[Path]:
-        """n_clips clips of clip_seconds from the current weights, seeded by the step."""
+        """n_clips clips of clip_seconds from the current weights, seeded by the step.
+
+        Never fails: an exception in generating or writing them is a warning and a ``clips_failed``
+        record in metrics.jsonl, and these weights are kept to try again at the next checkpoint.
+        """
         if not self.dist.rank0 or self.tcfg.n_clips == 0:
             return None
+        retry, self.pending_clips = self.pending_clips, None
+        if retry is not None:  # the clips that failed at the last checkpoint, from that step's weights
+            self._try_clips(retry[0], retry[1], retry_of_failed=True)
+        return self._try_clips(step, self.raw.state_dict(), retry_of_failed=False)
+
+    def _try_clips(self, step: int, weights, retry_of_failed: bool) -> Optional[Path]:
+        try:
+            return self._clips(step, weights)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            again = "" if retry_of_failed else "; tried again at the next checkpoint"
+            warnings.warn(f"clips of step {step} could not be written ({error}){again}; training goes on",
+                          RuntimeWarning, stacklevel=2)
+            record = {"event": "clips_failed", "step": step, "error": error}
+            if retry_of_failed:
+                record["retry"] = True
+            else:  # a CPU copy of these weights, to generate the same clips later
+                self.pending_clips = (step, {k: v.detach().cpu().clone() for k, v in weights.items()})
+            _append_metrics(self.run / "metrics.jsonl", record)
+            return None
+
+    def _clips(self, step: int, weights) -> Path:
         from fastsrnn.data.audio import write_audio
         from fastsrnn.generation.generator import generate
 
         t = self.tcfg
-        model = copy.deepcopy(self.raw)  # generation moves the model and sets eval mode: not the trained one
+        # A fresh model, not a deepcopy of the trained one (weight norm's computed weights are no graph
+        # leaves and refuse to be copied), built without touching the training RNG.
+        with torch.random.fork_rng(devices=[]):
+            model = SampleRNN(self.cfg)
+        model.load_state_dict(weights)
         audio = generate(model, int(round(t.clip_seconds * self.cfg.sample_rate)), n_seq=t.n_clips,
                          temperature=t.clip_temperature, h0=t.clip_h0, seed=step, backend=t.clip_backend,
                          device=self.device)  # (n_clips, T) float32
-        out = self.run / "samples" / f"{step:07d}"
+        out = self.clips_dir(step)
         for i, clip in enumerate(audio):
             write_audio(out / f"clip_{i:02d}.wav", clip, self.cfg.sample_rate)
         return out
@@ -249,26 +368,79 @@ def train(data_dir, out_dir, model_cfg: Union[SampleRNNConfig, str, None] = None
     Returns a summary dict (also written to ``out_dir/summary.json``).
     """
     data_dir, run = data_path(data_dir), Path(out_dir)
+    _check_run_folder(run)
+    dist = Dist.from_env()
+    # One process per run folder: rank 0 holds the lock for the whole run (the other ranks are its helpers).
+    with (locked_output(run, "fastsrnn train") if dist.rank0 else contextlib.nullcontext()):
+        summary = _train_locked(data_dir, run, model_cfg, train_cfg, dist, resume, progress, callback)
+    dist.close()
+    return summary
+
+
+def _train_locked(data_dir: Path, run: Path, model_cfg, train_cfg, dist: Dist, resume: bool, progress: bool,
+                  callback) -> Dict[str, Any]:
+    # Everything is checked before anything is written: a refused resume leaves the run as it was.
+    _check_run_folder(run)
     saved = _read_run_config(run)
     cfg, tcfg = _resolve_configs(run, saved, model_cfg, train_cfg)
     _check_sample_rate(data_dir, cfg)
+    fingerprint = _dataset_fingerprint(data_dir)
     last = run / "checkpoints" / "last.pt"
     if last.exists() and not resume:
         raise FileExistsError(f"{run} already holds a training run ({last}); resume it, or choose another --out")
-    dist = Dist.from_env()
+    if saved and saved.get("dataset") and saved["dataset"] != fingerprint and last.exists():
+        raise ValueError(f"{run} was trained on another dataset ({saved.get('data')}, not {data_dir}: their chunks "
+                         "differ); resume it with its own dataset, or choose another --out")
     if tcfg.num_threads or env.num_threads():
         torch.set_num_threads(tcfg.num_threads or env.num_threads())
     loop = _Loop(data_dir, run, cfg, tcfg, dist, progress)
     pos = loop.restore(last) if last.exists() else Position()
     if dist.rank0:
-        _write_run_config(run, cfg, tcfg, data_dir)
+        _write_run_config(run, cfg, tcfg, data_dir, fingerprint)
         _truncate_metrics(run / "metrics.jsonl", pos.step)
     loop.log(f"model: {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
              f"device {loop.device}; " + (f"resuming at step {pos.step}" if pos.step else "starting"))
-    _run_steps(loop, pos, progress, callback)
-    summary = _finish(loop, pos)
-    dist.close()
-    return summary
+    if loop.resume_clips:  # killed between last.pt and its clips: write them from the same weights
+        loop.write_clips(pos.step)
+    with _StopOnSignal(loop):
+        _run_steps(loop, pos, progress, callback)
+    return _finish(loop, pos)
+
+
+def resume_command(data_dir, run) -> str:
+    """The command that continues the run in ``run`` (its options are kept in RUN/config.json)."""
+    return f"fastsrnn train {shlex.quote(str(data_dir))} --out {shlex.quote(str(run))}"
+
+
+class _StopOnSignal:
+    """SIGTERM and SIGINT set ``loop.stop_signal``; the loop then saves last.pt after the current
+    step and stops (TrainingInterrupted). A second signal of the same kind stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, loop: _Loop):
+        self.loop, self.old = loop, {}
+
+    def _handler(self, signum, frame):
+        if self.loop.stop_signal is not None:  # asked twice: stop now, without saving
+            self._restore()
+            raise KeyboardInterrupt
+        self.loop.stop_signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        self.old = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
 
 
 def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
@@ -290,14 +462,36 @@ def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
             done = pos.step == t.max_steps
             info = {"step": pos.step, "epoch": pos.epoch, "train_bits": bits, "checkpointed": False}
             if pos.step % t.validate_every == 0 or done:
-                info["valid_bits"] = _validate(loop, pos, bits_sum / n_bits, samples_per_step * n_bits / t_train)
+                info["valid_bits"] = _validate(loop, pos, loop.dist.mean(bits_sum / n_bits),  # over the ranks
+                                               samples_per_step * n_bits / t_train)
                 bits_sum, n_bits, t_train = 0.0, 0, 0.0
             if pos.step % t.checkpoint_every == 0 or done:
-                loop.save_last(pos)
+                loop.save_last(pos, clips_pending=t.n_clips > 0)
                 loop.write_clips(pos.step)
                 info["checkpointed"] = True
             if callback is not None:
                 callback(info)
+            if _stop_requested(loop):
+                if not info["checkpointed"]:
+                    loop.save_last(pos)
+                name = signal.Signals(loop.stop_signal).name
+                last = loop.run / "checkpoints" / "last.pt"
+                msg = (f"{name}: stopped at step {pos.step} of {t.max_steps}; saved {last}. "
+                       f"Resume with:\n  {resume_command(loop.data_dir, loop.run)}")
+                if loop.dist.rank0:
+                    print(f"fastsrnn train: {msg}", file=sys.stderr, flush=True)
+                raise TrainingInterrupted(msg, loop.stop_signal)
+
+
+def _stop_requested(loop: _Loop) -> bool:
+    """Whether a signal asked the run to stop; under torchrun every rank must agree (save_last is collective)."""
+    flag = loop.stop_signal is not None
+    if loop.dist.world > 1:
+        total, _ = loop.dist.sum(float(loop.stop_signal or 0), 0)
+        if total and not flag:
+            loop.stop_signal = signal.SIGTERM
+        flag = bool(total)
+    return flag
 
 
 def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: float) -> Optional[float]:
@@ -325,7 +519,8 @@ def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
     test = loop.nll(loop.test)
     summary = {"run_dir": str(loop.run), "steps": pos.step, "epoch": pos.epoch, "best_step": pos.best_step,
                "best_valid_bits": None if pos.best_valid == float("inf") else pos.best_valid, "test_bits": test,
-               "best_checkpoint": str(best), "last_checkpoint": str(loop.run / "checkpoints" / "last.pt"),
+               "best_checkpoint": str(best) if best.exists() else None,
+               "last_checkpoint": str(loop.run / "checkpoints" / "last.pt"),
                "samples_dir": str(loop.run / "samples"), "train_seconds": round(pos.elapsed, 2)}
     if loop.dist.rank0:
         _append_metrics(loop.run / "metrics.jsonl", {"step": pos.step, "best_step": pos.best_step, "test_bits": test})
@@ -341,13 +536,51 @@ def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
 
 
 # ---- run directory ------------------------------------------------------------------------
+def _check_run_folder(run: Path) -> None:
+    """A new or empty folder, or a fastsrnn run (RUN/config.json); anything else is refused untouched."""
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"{run}: --out must be a folder, and this is a file")
+    if not run.is_dir() or (run / "config.json").is_file():
+        return
+    others = sorted(p.name for p in run.iterdir() if p.name != LOCK_NAME)
+    if others:
+        raise FileExistsError(f"{run} is not empty and is not a fastsrnn training run (no config.json; it holds "
+                              f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
+                              "choose a new or empty --out folder")
+
+
+def _dataset_fingerprint(data_dir: Path) -> str:
+    """sha256 over the manifest's chunks (file, split, sha256): the same data wherever it lies."""
+    from fastsrnn.data.prepare import read_manifest
+
+    h = hashlib.sha256()
+    for c in read_manifest(data_dir)["chunks"]:
+        h.update(f"{c['file']}\t{c['split']}\t{c['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def _write_cause(e: BaseException, path: Path) -> str:
+    """Why a checkpoint write failed, in words (the disk's free space when it is a full disk)."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free on that disk"
+    except OSError:
+        free = "free space unknown"
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left on the device ({free}; {text})"
+    if "inline_container" in str(e) or "unexpected pos" in str(e):
+        return f"the write was cut short, most likely no space left on the device ({free}; torch: {text})"
+    return f"{text} ({free})"
+
+
 def _read_run_config(run: Path) -> Optional[Dict[str, Any]]:
     path = run / "config.json"
     if not path.exists():
         return None
     try:
         saved = json.loads(path.read_text())
-        return {"model": SampleRNNConfig.from_dict(saved["model"]), "train": saved["train"]}
+        return {"model": SampleRNNConfig.from_dict(saved["model"]), "train": saved["train"],
+                "data": saved.get("data"), "dataset": saved.get("dataset")}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable run config ({e}); choose another --out") from None
 
@@ -386,10 +619,10 @@ def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:
                          f"re-run 'fastsrnn prepare --sample-rate {cfg.sample_rate}' or change the config")
 
 
-def _write_run_config(run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, data_dir: Path) -> None:
+def _write_run_config(run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, data_dir: Path, dataset: str) -> None:
     from fastsrnn import __version__
 
-    text = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "data": str(data_dir),
+    text = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "data": str(data_dir), "dataset": dataset,
                        "fastsrnn_version": __version__}, indent=2)
     atomic_write_text(run / "config.json", text + "\n")
 
