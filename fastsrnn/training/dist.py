@@ -1,9 +1,15 @@
 """Optional data-parallel training under torchrun (WORLD_SIZE > 1), kept small.
 
-Every rank walks the same chunk permutation and takes every world-th chunk of each batch
-(like DistributedSampler); DDP averages the gradients; rank 0 writes every file. The carried
-RNN states of all ranks are gathered into rank 0's checkpoint so that a resume is exact.
-Only the single-process path (world = 1) is tested in this repository.
+Every rank walks the same chunk permutation and takes every world-th chunk of each global batch
+(like DistributedSampler), so the ranks hold disjoint, equal shards of the batch a single process
+would train on at that step. The loss is a mean over the local batch and DDP averages the
+gradients, so the update equals the single-process one (up to the order of float sums). The
+carried RNN state is per chunk and shards with the batch; checkpoints hold it gathered back
+into the global batch order, so a run resumes exactly, on any number of processes that divides
+the batch. Metrics are averaged over the ranks; rank 0 writes every file.
+
+Backends: gloo for CPU tensors, NCCL for CUDA tensors when CUDA is available (one process group
+that routes by device). tests/test_distributed.py runs 2 CPU processes on gloo.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ class Dist:
         world, rank, local_rank = env.torchrun_ranks()
         d = cls(world, rank, local_rank)
         if world > 1 and not tdist.is_initialized():
-            tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # CPU tensors (metrics, and everything under --device cpu) go over gloo even where CUDA exists.
+            tdist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
             d._owns_group = True
         return d
 
@@ -44,6 +51,8 @@ class Dist:
                 raise ValueError(f"device {spec!r}: CUDA is not available on this machine (use --device cpu)")
             if self.world > 1 and dev.index is None:
                 dev = torch.device("cuda", self.local_rank)
+            if self.world > 1:
+                torch.cuda.set_device(dev)  # NCCL collectives (barrier included) use the current device
         return dev
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -51,8 +60,10 @@ class Dist:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # h0 takes part only in the first sub-sequence of a batch: other steps leave it unused.
-        ids = [model.h0.device.index] if model.h0.device.type == "cuda" else None
+        # The learned h0/c0 (frame_rnn.h0) take part only in the first sub-sequence of a batch (the
+        # trainer builds the state from them outside the forward): other steps leave them unused.
+        dev = next(model.parameters()).device
+        ids = [dev.index] if dev.type == "cuda" else None
         return DDP(model, device_ids=ids, find_unused_parameters=True)
 
     def local_batch(self, batch_size: int) -> int:
@@ -63,6 +74,14 @@ class Dist:
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         return idx[self.rank::self.world]
 
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (train bits: each rank's mean over an equal shard)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        tdist.all_reduce(t)
+        return float(t[0]) / self.world
+
     def sum(self, total: float, count: int) -> Tuple[float, int]:
         if self.world == 1:
             return total, count
@@ -71,7 +90,7 @@ class Dist:
         return float(t[0]), int(t[1])
 
     def gather_state(self, state: Optional[RNNState]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(h, c) on the CPU with the batch (dim 1) of all ranks in rank order; (None, None) for no state."""
+        """(h, c) on the CPU with the batch (dim 1) of the global batch, in its order; (None, None) for no state."""
         if state is None:
             return None, None
         return self._gather(state.h), (None if state.c is None else self._gather(state.c))
@@ -81,12 +100,15 @@ class Dist:
             return x.detach().cpu().clone()
         parts = [torch.empty_like(x) for _ in range(self.world)]
         tdist.all_gather(parts, x.detach().contiguous())
-        return torch.cat(parts, dim=1).cpu()
+        # rank r holds global rows r, r + world, ...: interleave back into the global batch order
+        L, b, H = x.shape
+        return torch.stack(parts, dim=2).reshape(L, b * self.world, H).cpu()
 
     def local_state(self, h: torch.Tensor, c: Optional[torch.Tensor], device) -> RNNState:
-        """This rank's part of a gathered state: (L, B, H) -> (L, B / world, H) on ``device``."""
-        b = h.shape[1] // self.world
-        part = lambda x: x[:, self.rank * b:(self.rank + 1) * b].to(device)  # noqa: E731
+        """This rank's part of a gathered state, the rows shard() gives it: (L, B, H) -> (L, B / world, H)."""
+        if h.shape[1] % self.world:
+            raise ValueError(f"a carried state of {h.shape[1]} chunks cannot be split over {self.world} ranks")
+        part = lambda x: x[:, self.rank::self.world].contiguous().to(device)  # noqa: E731
         return RNNState(part(h), None if c is None else part(c))
 
     def barrier(self) -> None:
@@ -96,4 +118,8 @@ class Dist:
 
     def close(self) -> None:
         if self._owns_group:
+            # All ranks tear the group down together: a rank that destroys it while rank 0 still writes the
+            # summary has been seen to abort at exit ("terminate called without an active exception").
+            tdist.barrier()
             tdist.destroy_process_group()
+            self._owns_group = False
