@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from fastsrnn import env
 from fastsrnn.config import PRESETS
 
 
@@ -80,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
                         resume=args.resume, progress=not args.quiet)
     except TrainingInterrupted as e:  # last.pt saved and the resume command printed: 143 for SIGTERM, 130 for SIGINT
         return e.exit_code
-    print(json.dumps(summary, indent=2))
+    if env.torchrun_ranks()[1] == 0:  # under torchrun, rank 0 speaks for the run
+        print(json.dumps(summary, indent=2))
     return 0
