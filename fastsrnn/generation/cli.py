@@ -9,7 +9,7 @@ from pathlib import Path
 from fastsrnn import env
 from fastsrnn.backends import BACKENDS
 from fastsrnn.generation.generator import check_device
-from fastsrnn.generation.longgen import GenerationRun, _read_settings
+from fastsrnn.generation.longgen import GenerationRun, _read_settings, init_ranks
 
 # The options that define a new generation (None on the command line = not given). A resumed
 # generation keeps its stored settings: giving one of these with --resume must agree with them.
@@ -32,10 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Generate audio from a trained checkpoint. Files are written as generation proceeds "
                      "(seq_000.part.wav ... always valid up to the last chunk) and the state is saved "
                      "every --save-every seconds, so a killed run continues with --resume DIR and gives the "
-                     "same audio as an uninterrupted one.")
+                     "same audio as an uninterrupted one. Under 'torchrun --nproc-per-node N' the sequences are "
+                     "split over the N processes (one GPU each), all writing into the one --out; each sequence is "
+                     "the same audio whatever N, and --resume needs the same N.")
     p.epilog = ("examples:\n"
                 "  fastsrnn generate runs/album/checkpoints/best.pt --seconds 360 --n-seq 20 --out gen/album\n"
-                "  fastsrnn generate --resume gen/album")
+                "  fastsrnn generate --resume gen/album\n"
+                "  torchrun --nproc-per-node 4 -m fastsrnn generate best.pt --seconds 360 --n-seq 20 --out gen/album")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint", nargs="?", help="a checkpoint .pt written by 'fastsrnn train'")
     p.add_argument("--resume", metavar="DIR",
@@ -58,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=("auto",) + BACKENDS,
                    help="generation backend [default: $FASTSRNN_BACKEND or auto = fastest here; "
                         f"now {env.default_backend()}]")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] [default: cuda if available]")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda[:N] [default: cuda if available; under torchrun cuda:LOCAL_RANK]")
     p.add_argument("--format", dest="fmt", choices=("wav", "flac"), default=None,
                    help="final audio format [default: wav]")
     p.add_argument("--normalize", choices=("peak", "none"), default=None,
@@ -104,13 +108,37 @@ def _check_resume_options(args) -> None:
                          f"disagree: {'; '.join(wrong)}. Drop them, or start a new generation in another --out")
 
 
+def _rank_device(device):
+    """Under torchrun, each process takes its own GPU: cuda (or no --device, with CUDA here) -> cuda:LOCAL_RANK."""
+    world, _, local_rank = env.torchrun_ranks()
+    if world == 1 or device not in (None, "cuda"):
+        return device
+    if device is None and check_device(None).type != "cuda":
+        return device
+    return f"cuda:{local_rank}"
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
+    args.device = _rank_device(args.device)
     check_device(args.device, "--device")
+    world, rank = init_ranks()
+    try:
+        return _run(args, t0, rank)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _run(args, t0: float, rank: int) -> int:
+    say = print if rank == 0 else (lambda *a, **k: None)
     if args.resume:
         _check_resume_options(args)
         gen_run = GenerationRun.reopen(args.resume, backend=args.backend, device=args.device)
-        print(f"resuming {args.resume} at {gen_run.generated / gen_run.settings['sample_rate']:.1f} s")
+        say(f"resuming {args.resume} at {gen_run.generated / gen_run.settings['sample_rate']:.1f} s")
     else:
         if not args.checkpoint:
             raise ValueError("give a CHECKPOINT to generate from, or --resume DIR")
@@ -121,7 +149,7 @@ def run(args) -> int:
             backend=args.backend, device=args.device, fmt=o["fmt"], normalize=o["normalize"],
             chunk_seconds=o["chunk_seconds"], save_every_seconds=o["save_every"])
     try:
-        files = gen_run.run(progress=not args.no_progress)
+        gen_run.run(progress=not args.no_progress)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise RuntimeError(f"{gen_run.out}: the disk is full ({e}); free some space, then continue with "
@@ -129,8 +157,8 @@ def run(args) -> int:
         raise
     took = time.perf_counter() - t0
     s = gen_run.settings
-    print(f"wrote {len(files)} file(s) of {s['seconds']:.1f} s to {gen_run.out} in {took:.1f} s "
-          f"({s['n_samples'] * s['n_seq'] / took:,.0f} samples/s with backend {gen_run.gen.backend_name})")
-    for f in files:
-        print(f"  {f}")
+    say(f"wrote {len(s['files'])} file(s) of {s['seconds']:.1f} s to {gen_run.out} in {took:.1f} s "
+        f"({s['n_samples'] * s['n_seq'] / took:,.0f} samples/s with backend {gen_run.gen.backend_name})")
+    for f in s["files"]:
+        say(f"  {gen_run.out / f}")
     return 0

@@ -148,15 +148,18 @@ class Generator:
     def frames(self, n_frames: int) -> torch.Tensor:
         """Generate ``n_frames`` frames: (B, n_frames * F) int64 on the CPU."""
         F, B = self.cfg.frame_size, self.n_seq
-        # One draw per chunk: the same numbers, in the same order, as one (B, F) draw per frame
-        # (torch's CPU generator fills element by element), copied to the device once.
-        u = torch.rand(n_frames, B, F, generator=self.rng)
+        u = self._uniforms(n_frames)
         if self.device.type == "cuda":
             u = u.pin_memory()
         u = u.to(self.device, non_blocking=True)
         buf = self.backend.step_frames(self.state, u, self.inv_temperature, self.argmax)  # (B, n, F) on device
         self.frames_done += n_frames
         return buf.view(B, n_frames * F).cpu()  # one copy to the host per chunk
+
+    def _uniforms(self, n_frames: int) -> torch.Tensor:
+        """A chunk's uniforms (n_frames, B, F) on the CPU, in one draw: the same numbers, in the same
+        order, as one (B, F) draw per frame (torch's CPU generator fills element by element)."""
+        return torch.rand(n_frames, self.n_seq, self.cfg.frame_size, generator=self.rng)
 
     def stream(self, n_samples: int, chunk_samples: int = 16000) -> Iterator[np.ndarray]:
         """Yield (B, <= chunk_samples) float32 audio chunks until n_samples more have been made.

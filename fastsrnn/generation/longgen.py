@@ -7,8 +7,16 @@ Layout of an output directory:
   seq_000.wav|flac ...   the finished files (level applied), written when the run completes
 Memory is bounded by one chunk: nothing grows with the length generated.
 
-One process at a time: a run holds the folder's lock (fastsrnn.outlock) from create/reopen to the
-end of run(). Finalizing is resumable: each part file is removed only once its final file is
+One run at a time: a run holds the folder's lock (fastsrnn.outlock) from create/reopen to the
+end of run().
+
+Across processes (``torchrun --nproc-per-node N -m fastsrnn generate ...``, WORLD_SIZE > 1): the
+n_seq sequences are split into N contiguous ranges, one per rank, and each rank writes its own
+seq_NNN files and its own ``state.rank{r}.pt``; rank 0 alone holds the lock and writes
+generation.json (with ``world_size``). Sequence i is the same audio whatever N: every rank draws
+the full n_seq-wide initial state and uniforms from the one seeded RNG and keeps its rows
+(:class:`RowsGenerator`). A resume must use the same N. The ranks meet (gloo) only at the start
+and at the end. Finalizing is resumable: each part file is removed only once its final file is
 complete (written atomically), so a resume redoes the finalize of every sequence whose part file
 is still there and keeps the finals whose part file is gone.
 """
@@ -28,12 +36,14 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from fastsrnn import env
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.prepare import file_sha256
 from fastsrnn.generation.generator import Generator, check_device, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
+from fastsrnn.model import RNNState
 from fastsrnn.outlock import LOCK_NAME, locked_output
 
 SETTINGS, STATE = "generation.json", "state.pt"
@@ -47,9 +57,13 @@ class GenerationRun:
     """One output directory's generation: create it, or reopen it to resume."""
 
     def __init__(self, out_dir: Path, settings: dict, gen: Generator, stats: dict,
-                 lock: Optional[contextlib.ExitStack] = None):
+                 lock: Optional[contextlib.ExitStack] = None, rows: Optional[range] = None, world: int = 1,
+                 rank: int = 0):
         self.out, self.settings, self.gen, self.stats = Path(out_dir), settings, gen, stats
-        self.parts = [self.out / f"seq_{i:03d}.part.wav" for i in range(settings["n_seq"])]
+        self.world, self.rank = world, rank
+        self.rows = range(settings["n_seq"]) if rows is None else rows  # the sequences this process makes
+        self.parts = [self.out / f"seq_{i:03d}.part.wav" for i in self.rows]
+        self.state_path = _state_path(self.out, world, rank)
         self.files = []
         self._lock = lock  # released by close() (run() closes)
 
@@ -90,7 +104,10 @@ class GenerationRun:
             raise ValueError(f"--normalize must be 'peak' or 'none', got {normalize!r}")
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"--out {out} is a file, not a directory")
-        _check_new_output(out)  # again under the lock, below: this one fails before the model is loaded
+        world, rank = init_ranks()
+        rows = split_rows(n_seq, world, rank)
+        if rank == 0:  # the other ranks may already see rank 0's files
+            _check_new_output(out)  # again under the lock, below: this one fails before the model is loaded
         check_device(device, "--device")
         require_soundfile()  # the part files need it: say so before the model is loaded
         ckpt_path = Path(checkpoint).resolve()
@@ -100,13 +117,13 @@ class GenerationRun:
         if n_samples < F:
             raise ValueError(f"--seconds {seconds:g} is under one frame: the minimum is {F} samples = {F / sr:g} s "
                              f"at {sr} Hz")
-        check_generation_fits(model.cfg, n_seq, device)
-        _ensure_open_files(n_seq)
+        check_generation_fits(model.cfg, len(rows), device)
+        _ensure_open_files(len(rows))
         levels = prime_levels(prime, model.cfg, prime_seconds) if prime is not None else None
         prime_samples = 0 if levels is None else int(levels.numel())
         _check_disk(out, n_seq, prime_samples + n_samples, prime_samples + n_samples)
-        gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
-                        backend=backend, device=device, prime=levels)
+        gen = _generator(model, n_seq, rows, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
+                         backend=backend, device=device, prime=levels)
         settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path),
                     "checkpoint_sha256": file_sha256(ckpt_path),
                     "seconds": seconds, "n_samples": n_samples, "sample_rate": sr, "n_seq": n_seq,
@@ -115,23 +132,40 @@ class GenerationRun:
                     "prime_samples": prime_samples, "audio_format": fmt,
                     "normalize": normalize, "chunk_samples": int(chunk_seconds * sr),
                     "save_every_samples": int(save_every_seconds * sr), "backend": gen.backend_name, "complete": False}
-        lock = _lock(out)
+        if world > 1:
+            settings["world_size"] = world
+        lock, err = None, None
+        if rank == 0:
+            try:
+                lock = _lock(out)
+                _check_new_output(out)
+                atomic_write_text(out / SETTINGS, json.dumps(settings, indent=2))
+            except BaseException as e:
+                if lock is not None:
+                    lock.close()
+                err = e
+        _raise_if_any_failed(world, err, "starting the generation")  # the others wait for rank 0's folder
         try:
-            _check_new_output(out)
-            atomic_write_text(out / SETTINGS, json.dumps(settings, indent=2))
-            stats = {"written": 0, "sum": [0.0] * n_seq, "sumsq": [0.0] * n_seq, "peak": [0.0] * n_seq}
-            run = cls(out, settings, gen, stats, lock)
+            n = len(rows)
+            stats = {"written": 0, "sum": [0.0] * n, "sumsq": [0.0] * n, "peak": [0.0] * n}
+            run = cls(out, settings, gen, stats, lock, rows, world, rank)
+            err = None
             try:
                 run._open_parts(levels)
                 run.save_state()
+            except BaseException as e:
+                err = e
+            try:
+                _raise_if_any_failed(world, err, "starting the generation")
             except BaseException:  # nothing half-made: the folder can be used again
                 run.close_files_only()
-                for p in [*run.parts, out / STATE, out / SETTINGS]:
+                for p in [*run.parts, run.state_path] + ([out / SETTINGS] if rank == 0 else []):
                     with contextlib.suppress(OSError):
                         p.unlink()
                 raise
         except BaseException:
-            lock.close()
+            if lock is not None:
+                lock.close()
             raise
         return run
 
@@ -140,39 +174,66 @@ class GenerationRun:
         out = Path(out_dir)
         _read_settings(out)  # a clear error for a folder that is not a generation, before locking it
         check_device(device, "--device")
-        lock = _lock(out)
+        world, rank = init_ranks()
+        lock, err = None, None
+        if rank == 0:
+            try:
+                lock = _lock(out)
+            except BaseException as e:
+                err = e
+        _raise_if_any_failed(world, err, "resuming the generation")
+        run, err = None, None
         try:
-            return cls._reopen_locked(out, lock, backend, device)
+            run = cls._reopen_locked(out, lock, backend, device, world, rank)
+        except BaseException as e:
+            err = e
+        try:
+            _raise_if_any_failed(world, err, "resuming the generation")
         except BaseException:
-            lock.close()
+            if run is not None:
+                run.close_files_only()
+            if lock is not None:
+                lock.close()
             raise
+        return run
 
     @classmethod
-    def _reopen_locked(cls, out: Path, lock, backend, device) -> "GenerationRun":
+    def _reopen_locked(cls, out: Path, lock, backend, device, world: int = 1, rank: int = 0) -> "GenerationRun":
         settings = _read_settings(out)
         require_soundfile()
         if settings.get("complete"):
-            with contextlib.suppress(OSError):
-                (out / STATE).unlink()  # left behind by a kill just after the run was marked complete
+            if rank == 0:  # left behind by a kill just after the run was marked complete
+                for p in [out / STATE, *out.glob("state.rank*.pt")]:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
             raise FileExistsError(f"{out}: this generation is already complete; nothing to resume")
-        if not (out / STATE).is_file():
-            raise FileNotFoundError(f"{out}: no {STATE} to resume from (the run died before its first save); "
-                                    "start it again in a new --out")
+        started = settings.get("world_size", 1)
+        if started != world:
+            how = ("without torchrun" if started == 1 else
+                   f"under 'torchrun --nproc-per-node {started}' (one process per {started} GPU(s))")
+            raise ValueError(f"{out}: this generation was started by {started} process(es) and is resumed by {world}; "
+                             f"each process saved its own sequences' state, so resume it {how}")
+        rows = split_rows(settings["n_seq"], world, rank)
+        state_path = _state_path(out, world, rank)
+        if not state_path.is_file():
+            raise FileNotFoundError(f"{out}: no {state_path.name} to resume from (the run died before its first "
+                                    "save); start it again in a new --out")
         ckpt_path = Path(settings["checkpoint"])
         if not ckpt_path.is_file() or file_sha256(ckpt_path) != settings["checkpoint_sha256"]:
             raise ValueError(f"{out}: its checkpoint {ckpt_path} is missing or has changed since the run started; "
                              "cannot resume exactly")
-        _ensure_open_files(settings["n_seq"])
+        _ensure_open_files(len(rows))
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
-        gen = Generator(model, settings["n_seq"], temperature=settings["temperature"], argmax=settings["argmax"],
-                        h0=settings["h0"], seed=settings["seed"], backend=backend or settings["backend"], device=device)
-        saved = _read_state(out / STATE, settings["n_seq"])
+        gen = _generator(model, settings["n_seq"], rows, temperature=settings["temperature"],
+                         argmax=settings["argmax"], h0=settings["h0"], seed=settings["seed"],
+                         backend=backend or settings["backend"], device=device)
+        saved = _read_state(state_path, len(rows))
         try:
             gen.load_state_dict(saved["generator"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-            raise ValueError(f"{out / STATE}: damaged ({type(e).__name__}: {e}); cannot resume, "
+            raise ValueError(f"{state_path}: damaged ({type(e).__name__}: {e}); cannot resume, "
                              "start the generation again in a new --out") from None
-        run = cls(out, settings, gen, saved["stats"], lock)
+        run = cls(out, settings, gen, saved["stats"], lock, rows, world, rank)
         total = settings["prime_samples"] + settings["n_samples"]
         if run.stats["written"] < total:
             _check_disk(out, settings["n_seq"], total, total - run.stats["written"])
@@ -189,7 +250,7 @@ class GenerationRun:
         for p in self.parts:  # one at a time: those opened before a failure are in self.files, to close
             self.files.append(AudioStreamWriter(p, sr, "wav"))
         if levels is not None:  # the recording being continued starts each file, as the model heard it
-            audio = self.gen.to_audio(levels[None]).repeat(self.settings["n_seq"], axis=0)
+            audio = self.gen.to_audio(levels[None]).repeat(len(self.parts), axis=0)
             self._write(audio)
 
     def _truncate_parts(self) -> None:
@@ -217,7 +278,7 @@ class GenerationRun:
         self.stats["peak"] = [max(p, float(np.abs(a).max())) for p, a in zip(self.stats["peak"], audio)]
 
     def save_state(self) -> None:
-        with atomic_path(self.out / STATE) as tmp:
+        with atomic_path(self.state_path) as tmp:
             torch.save({"generator": self.gen.state_dict(), "stats": self.stats}, tmp)
 
     @property
@@ -238,6 +299,7 @@ class GenerationRun:
         s, sr = self.settings, self.settings["sample_rate"]
         left = s["n_samples"] - self.generated
         since_save, t0, done0 = 0, time.perf_counter(), self.generated
+        progress = progress and self.rank == 0  # one bar: rank 0's (the ranks go at the same pace)
         with tqdm(total=s["n_samples"] / sr, initial=self.generated / sr, unit="s", disable=not progress,
                   desc=f"generate {s['n_seq']} x ({self.gen.backend_name})",
                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]") as bar:
@@ -265,35 +327,50 @@ class GenerationRun:
         be (re)made, and a part file gone means its final file is done.
         """
         self.close_files_only()
-        finals, notes = [], []
-        for i, part in enumerate(self.parts):
-            gain, note = self._gain(i)
-            if note:
-                notes.append(note)
-                warnings.warn(note)
-            final = part.with_name(f"seq_{i:03d}.{self.settings['audio_format']}")
-            if part.exists():
-                _copy_with_gain(part, final, gain, self.settings["audio_format"])
-                part.unlink()
-            elif not final.is_file():
-                raise FileNotFoundError(f"{self.out}: both {part.name} and {final.name} are missing; sequence {i} "
-                                        "is lost, start the generation again in a new --out")
-            finals.append(final)
-        self.settings.update(complete=True, files=[f.name for f in finals], notes=notes,
-                             gains=[self._gain(i)[0] for i in range(len(finals))])
-        atomic_write_text(self.out / SETTINGS, json.dumps(self.settings, indent=2))
-        (self.out / STATE).unlink()
+        finals, notes, err = [], [], None
+        try:
+            for j, part in enumerate(self.parts):
+                i = self.rows[j]
+                gain, note = self._gain(j)
+                if note:
+                    notes.append(note)
+                    warnings.warn(note)
+                final = part.with_name(f"seq_{i:03d}.{self.settings['audio_format']}")
+                if part.exists():
+                    _copy_with_gain(part, final, gain, self.settings["audio_format"])
+                    part.unlink()
+                elif not final.is_file():
+                    raise FileNotFoundError(f"{self.out}: both {part.name} and {final.name} are missing; sequence "
+                                            f"{i} is lost, start the generation again in a new --out")
+                finals.append(final)
+        except BaseException as e:
+            err = e
+        mine = ([f.name for f in finals], notes, [self._gain(j)[0] for j in range(len(finals))])
+        every = _all_gather(self.world, (None if err is None else f"{type(err).__name__}: {err}", mine))
+        if err is not None:
+            raise err
+        _raise_failed(every, "finishing the generation")
+        self.settings.update(complete=True, files=[n for _, m in every for n in m[0]],
+                             notes=[n for _, m in every for n in m[1]], gains=[g for _, m in every for g in m[2]])
+        if self.rank == 0:
+            atomic_write_text(self.out / SETTINGS, json.dumps(self.settings, indent=2))
+        _all_gather(self.world, None)  # generation.json says complete before any rank's state goes
+        self.state_path.unlink()
         return finals
 
-    def _gain(self, i: int):
-        """Peak normalization (the paper's clips were normalized), capped so silence stays silence."""
+    def _gain(self, j: int):
+        """Peak normalization (the paper's clips were normalized), capped so silence stays silence.
+
+        j: the index among this process's sequences (self.rows[j] is the sequence's number).
+        """
         n = max(self.stats["written"], 1)
-        mean = self.stats["sum"][i] / n
-        rms = max(self.stats["sumsq"][i] / n - mean * mean, 0.0) ** 0.5
+        mean = self.stats["sum"][j] / n
+        rms = max(self.stats["sumsq"][j] / n - mean * mean, 0.0) ** 0.5
         note = None
         if rms < SILENT_RMS:
-            note = f"sequence {i} is near-silent (RMS {rms:.2e}); try another seed, temperature or checkpoint"
-        peak = self.stats["peak"][i]
+            note = (f"sequence {self.rows[j]} is near-silent (RMS {rms:.2e}); try another seed, temperature or "
+                    "checkpoint")
+        peak = self.stats["peak"][j]
         if self.settings["normalize"] == "none" or peak <= 0:
             return 1.0, note
         return min(PEAK_TARGET / peak, MAX_GAIN), note
@@ -367,6 +444,112 @@ def _lock(out: Path) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     stack.enter_context(locked_output(out, LOCK_WHAT))
     return stack
+
+
+# ---- several processes (torchrun) ------------------------------------------------------------
+def init_ranks() -> tuple:
+    """(world, rank) from torchrun's variables; joins a gloo process group (CPU, for the few meetings)
+    when WORLD_SIZE > 1 and none is set up yet."""
+    world, rank, _ = env.torchrun_ranks()
+    if rank >= world:
+        raise ValueError(f"RANK {rank} is not below WORLD_SIZE {world}")
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise RuntimeError(f"WORLD_SIZE={world} but this torch has no torch.distributed; run one process")
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise RuntimeError(f"the process group ({dist.get_rank()} of {dist.get_world_size()}) disagrees with "
+                               f"RANK {rank} / WORLD_SIZE {world}")
+    return world, rank
+
+
+def split_rows(n_seq: int, world: int, rank: int) -> range:
+    """The sequences rank ``rank`` of ``world`` generates: a contiguous range, sizes differing by at most one."""
+    if n_seq < world:
+        raise ValueError(f"--n-seq {n_seq} is fewer than the {world} processes: give each process at least one "
+                         f"sequence (--n-seq >= {world}) or run fewer processes")
+    return range(rank * n_seq // world, (rank + 1) * n_seq // world)
+
+
+def _state_path(out: Path, world: int, rank: int) -> Path:
+    return out / (STATE if world == 1 else f"state.rank{rank}.pt")
+
+
+def _all_gather(world: int, obj) -> list:
+    """obj from every rank, in rank order (a meeting of all the ranks); [obj] for one process."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    every = [None] * world
+    dist.all_gather_object(every, obj)
+    return every
+
+
+def _raise_failed(every: list, what: str) -> None:
+    bad = [(r, e[0]) for r, e in enumerate(every) if e[0] is not None]
+    if bad:
+        raise RuntimeError(f"{what}: " + "; ".join(f"rank {r} failed: {m}" for r, m in bad))
+
+
+def _raise_if_any_failed(world: int, err: Optional[BaseException], what: str) -> None:
+    """Every rank learns whether any failed, and raises then (its own error where it has one)."""
+    every = _all_gather(world, (None if err is None else f"{type(err).__name__}: {err}", None))
+    if err is not None:
+        raise err
+    _raise_failed(every, what)
+
+
+class RowsGenerator(Generator):
+    """Rows ``rows`` of a ``n_seq_total``-sequence generation, bit for bit those rows of
+    ``Generator(model, n_seq_total, ...)`` (same backend and device): the RNG draws the full
+    n_seq_total-wide initial state and (n_frames, n_seq_total, F) uniforms per chunk, and this
+    generator keeps its rows. temperature: a number or one per sequence of all n_seq_total.
+    """
+
+    def __init__(self, model, rows: range, n_seq_total: int, *, temperature=1.0, h0: str = "learned",
+                 prime: Optional[torch.Tensor] = None, **options):
+        if not (0 <= rows.start < rows.stop <= n_seq_total and rows.step == 1):
+            raise ValueError(f"rows {rows} must be a non-empty contiguous range within the {n_seq_total} sequences")
+        if isinstance(temperature, (list, tuple)):
+            if len(temperature) != n_seq_total:
+                raise ValueError(f"temperature: one per sequence expected ({n_seq_total}), got {len(temperature)}")
+            temperature = list(temperature[rows.start:rows.stop])
+        super().__init__(model, len(rows), temperature=temperature, h0=h0, **options)
+        self.rows, self.n_seq_total = rows, n_seq_total
+        self.rng = torch.Generator().manual_seed(self.seed)  # again: draw the full-width state from the start
+        with torch.no_grad():
+            full = self.model.initial_state(n_seq_total, h0, self.rng)
+            keep = slice(rows.start, rows.stop)
+            self.state.rnn = RNNState(full.h[:, keep].contiguous(),
+                                      None if full.c is None else full.c[:, keep].contiguous())
+            if prime is not None:
+                self._prime(prime)
+
+    @torch.no_grad()
+    def _uniforms(self, n_frames: int) -> torch.Tensor:
+        """This rank's rows of the whole run's (n_frames, M, F) draw: the same numbers as one process."""
+        u = torch.rand(n_frames, self.n_seq_total, self.cfg.frame_size, generator=self.rng)
+        return u[:, self.rows.start:self.rows.stop].contiguous()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rows": [self.rows.start, self.rows.stop], "n_seq_total": self.n_seq_total}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("rows") != [self.rows.start, self.rows.stop] or d.get("n_seq_total") != self.n_seq_total:
+            raise ValueError(f"generation state is for sequences {d.get('rows')} of {d.get('n_seq_total')}, this "
+                             f"generator makes [{self.rows.start}, {self.rows.stop}) of {self.n_seq_total}")
+        super().load_state_dict(d)
+
+
+def _generator(model, n_seq: int, rows: range, **options) -> Generator:
+    """One process's generator: the plain one for all the sequences, else a RowsGenerator for its rows."""
+    if len(rows) == n_seq:
+        return Generator(model, n_seq, **options)
+    return RowsGenerator(model, rows, n_seq, **options)
 
 
 def _check_float(name: str, value) -> float:
