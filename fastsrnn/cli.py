@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastsrnn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        # Library errors carry the file or argument at fault; show them without a traceback.
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        # Library errors carry the file or argument at fault, and an OSError its path (a folder
+        # that is a file, a read-only disk, a full one): show them without a traceback.
         print(f"fastsrnn {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -37,3 +37,16 @@ def test_a_file_is_not_an_output_folder(tmp_path):
         with locked_output(f):
             pass
     assert f.read_text() == "mine"
+
+
+def test_cli_train_into_a_file_is_a_clear_error(tmp_path, capsys):
+    """An OSError of the library (here: --out is a file) is a one-line error, not a traceback."""
+    from helpers import riff_dataset
+
+    from fastsrnn.cli import main
+
+    data = riff_dataset(tmp_path / "src")
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    assert main(["train", str(data), "--preset", "tiny", "--out", str(f), "--max-steps", "1"]) == 1
+    assert "fastsrnn train: error:" in capsys.readouterr().err and f.read_text() == "mine"
