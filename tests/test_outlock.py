@@ -45,6 +45,7 @@ def test_cli_train_into_a_file_is_a_clear_error(tmp_path, capsys):
 
     from fastsrnn.cli import main
 
+    (tmp_path / "src").mkdir()
     data = riff_dataset(tmp_path / "src")
     f = tmp_path / "notes.txt"
     f.write_text("mine")
