@@ -298,3 +298,31 @@ def forced_logits(be, model, x: torch.Tensor):
         assert torch.equal(drawn, tgt)
     assert torch.equal(state.window, x[:, -F:])
     return got, state
+
+
+def run_python(args: list, cwd: Path, nproc: int = 1, timeout: int = 180) -> None:
+    """``python ARGS`` (``-m fastsrnn ...`` or a script) in a fresh process, under torch.distributed.run
+    with ``nproc`` CPU processes when nproc > 1 (on 127.0.0.1 and a free port: no network needed),
+    one thread each; fails the test with the output unless it exits 0."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cmd = [sys.executable]
+    if nproc > 1:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+                "--master-port", str(port)]
+    cmd += [str(a) for a in args]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", FASTSRNN_NUM_THREADS="1")
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no network needed, nor a resolvable hostname
+    proc = subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -9,16 +9,12 @@ RNN state (LSTM cells reach several units) within 1.3e-4; a resume on the same n
 is bit-identical. The bounds below leave a margin for other CPUs and BLAS builds.
 """
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch.distributed as tdist
-from helpers import riff_dataset
+from helpers import riff_dataset, run_python
 
 from fastsrnn.checkpoint import load_checkpoint
 
@@ -40,27 +36,9 @@ def data(tmp_path_factory):
     return riff_dataset(tmp_path_factory.mktemp("riff"))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(data, run: Path, steps: int, nproc: int) -> None:
     """``fastsrnn train`` in a fresh process; under torch.distributed.run when nproc > 1."""
-    cmd = [sys.executable, "-m"]
-    if nproc > 1:
-        cmd += ["torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port()), "-m"]
-    cmd += ["fastsrnn", "train", str(data), "--out", str(run), "--max-steps", str(steps)] + ARGS
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", FASTSRNN_NUM_THREADS="1")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no network needed, nor a resolvable hostname
-    proc = subprocess.run(cmd, env=env, cwd=str(run.parent), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    run_python(["-m", "fastsrnn", "train", data, "--out", run, "--max-steps", steps, *ARGS], run.parent, nproc)
 
 
 def _last(run: Path) -> dict:

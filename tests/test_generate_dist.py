@@ -3,17 +3,13 @@
 Two CPU processes under ``python -m torch.distributed.run`` (gloo), a tiny random checkpoint.
 """
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import random_model
+from helpers import random_model, run_python
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
@@ -34,24 +30,9 @@ def ckpt(tmp_path):
     return save_checkpoint(tmp_path / "model.pt", _model())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, args: list, cwd: Path) -> None:
-    """``args`` (``-m fastsrnn ...`` or a script) under torch.distributed.run with nproc CPU processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(_free_port()), *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", FASTSRNN_NUM_THREADS="1")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no network needed, nor a resolvable hostname
-    proc = subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    """``args`` (``fastsrnn ...`` or a module) under torch.distributed.run with nproc CPU processes."""
+    run_python(args, cwd, nproc)
 
 
 def _same_folders(a: Path, b: Path) -> None:
