@@ -45,28 +45,30 @@ def check_device(device, what: str = "device") -> torch.device:
     return dev
 
 
-def _check_int(name: str, value, minimum: int = None) -> int:
+def check_int(name: str, value, minimum: Optional[int] = None) -> int:
+    """``value`` as an int, or a TypeError/ValueError naming ``name`` (an argument or a CLI option)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
-def _check_temperature(temperature) -> None:
-    """A number or one per sequence (list, tuple, tensor, array); the values are checked by temperature_tensor."""
+def check_temperature(temperature, name: str = "temperature", greedy: str = "argmax") -> None:
+    """A number or one per sequence (list, tuple, tensor, array), finite and > 0, or a TypeError/
+    ValueError naming ``name``; ``greedy`` names the argmax option in the message."""
     if isinstance(temperature, (torch.Tensor, np.ndarray)):
         t = torch.as_tensor(temperature) if temperature.dtype != object else None
         if t is None or t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"temperature must be a number or one number per sequence, got {temperature!r}")
-        return
+            raise TypeError(f"{name} must be a number or one number per sequence, got {temperature!r}")
+        return  # the values are checked by temperature_tensor
     vals = temperature if isinstance(temperature, (list, tuple)) else [temperature]
     for v in vals:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"temperature must be a number or a list of numbers (one per sequence), "
+            raise TypeError(f"{name} must be a number or a list of numbers (one per sequence), "
                             f"got {temperature!r}")
         if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"temperature must be finite and > 0 (use argmax for greedy), got {temperature!r}")
+            raise ValueError(f"{name} must be finite and > 0 (use {greedy} for greedy), got {temperature!r}")
 
 
 def _check_prime(prime) -> torch.Tensor:
@@ -102,9 +104,9 @@ class Generator:
         if not isinstance(model, SampleRNN):
             hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
             raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
-        n_seq = _check_int("n_seq", n_seq, 1)
-        seed = _check_int("seed", seed)
-        _check_temperature(temperature)
+        n_seq = check_int("n_seq", n_seq, 1)
+        seed = check_int("seed", seed)
+        check_temperature(temperature)
         if h0 not in H0_MODES:
             raise ValueError(f"h0 must be one of {H0_MODES}, got {h0!r}")
         if prime is not None:
@@ -227,7 +229,7 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
     if not isinstance(model, SampleRNN):
         hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
         raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
-    n_samples = _check_int("n_samples", n_samples, 1)
+    n_samples = check_int("n_samples", n_samples, 1)
     if isinstance(prime, (str, os.PathLike)):
         prime = prime_levels(prime, model.cfg)
     gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,

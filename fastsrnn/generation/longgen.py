@@ -41,7 +41,7 @@ from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.prepare import file_sha256
-from fastsrnn.generation.generator import Generator, check_device, prime_levels
+from fastsrnn.generation.generator import Generator, check_device, check_int, check_temperature, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
 from fastsrnn.model import RNNState
 from fastsrnn.outlock import LOCK_NAME, locked_output
@@ -95,9 +95,9 @@ class GenerationRun:
             if prime is None:
                 raise ValueError("--prime-seconds needs --prime (the recording to continue)")
             prime_seconds = _check_float("--prime-seconds", prime_seconds)
-        n_seq = _check_int("--n-seq", n_seq, 1)
-        _check_int("--seed", seed)
-        _check_temperature(temperature)
+        n_seq = check_int("--n-seq", n_seq, 1)
+        check_int("--seed", seed)
+        check_temperature(temperature, "--temperature", "--argmax")
         if fmt not in ("wav", "flac"):
             raise ValueError(f"--format must be 'wav' or 'flac', got {fmt!r}")
         if normalize not in ("peak", "none"):
@@ -559,23 +559,6 @@ def _check_float(name: str, value) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be > 0 and finite, got {value}")
     return value
-
-
-def _check_int(name: str, value, minimum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_temperature(temperature) -> None:
-    vals = temperature if isinstance(temperature, (list, tuple)) else [temperature]
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"--temperature must be a number or one number per sequence, got {temperature!r}")
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"--temperature must be finite and > 0 (use --argmax for greedy), got {temperature!r}")
 
 
 def _ensure_open_files(n_seq: int) -> None:
