@@ -15,6 +15,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as fnn
+from torch import _VF
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 from fastsrnn.config import SampleRNNConfig
@@ -106,16 +107,41 @@ class FrameLevelRNN(nn.Module):
             if i > 0 and self.use_skip:
                 x = torch.cat([x, x_in], dim=-1)  # (B, N, H + F)
             if state.c is not None:
-                x, (h, c) = rnn(x, (state.h[i : i + 1].contiguous(), state.c[i : i + 1].contiguous()))
+                x, (h, c) = self.run_rnn(rnn, x, (state.h[i : i + 1].contiguous(), state.c[i : i + 1].contiguous()))
                 cs.append(c)
             else:
-                x, h = rnn(x, state.h[i : i + 1].contiguous())
+                x, h = self.run_rnn(rnn, x, state.h[i : i + 1].contiguous())
             hs.append(h)
             if self.use_skip:
                 proj = self.skip_proj[i](x)
                 total = proj if total is None else total + proj
         out = total if self.use_skip else x  # (B, N, H)
         return out, RNNState(torch.cat(hs, 0), torch.cat(cs, 0) if cs else None)
+
+    def run_rnn(self, rnn: nn.RNNBase, x: torch.Tensor, hx, flat: Optional[bool] = None):
+        """``rnn(x, hx)``; with ``flat`` (default: on CUDA with weight norm) its weights are first
+        laid out in one contiguous buffer, in cuDNN's order (w_ih, w_hh, b_ih, b_hh).
+
+        Why: weight norm recomputes w_ih and w_hh from (g, v) at every forward, as fresh tensors,
+        so ``flatten_parameters()`` cannot help (it flattens the stored tensors, which the next
+        forward replaces), and cuDNN, finding the weights scattered, compacts them itself at every
+        call and warns "RNN module weights are not part of single contiguous chunk of memory".
+        One ``torch.cat`` of the computed weights gives it the chunk it wants (the same copy cuDNN
+        would make, O(weights), without the warning); the gradients flow back through the cat.
+        The values are the same tensors, so results do not change; off CUDA the module runs as is.
+        """
+        if flat is None:
+            flat = x.is_cuda and self.cfg.weight_norm
+        if not flat:
+            return rnn(x, hx)
+        weights = [getattr(rnn, name) for name in rnn._flat_weights_names]  # weight norm computes them here
+        buf = torch.cat([w.reshape(-1) for w in weights])
+        views = [v.view_as(w) for v, w in zip(buf.split([w.numel() for w in weights]), weights)]
+        args = (rnn.bias, rnn.num_layers, 0.0, self.training, rnn.bidirectional, rnn.batch_first)
+        if isinstance(rnn, nn.LSTM):
+            out, h, c = _VF.lstm(x, hx, views, *args)
+            return out, (h, c)
+        return tuple(_VF.gru(x, hx, views, *args))
 
     def advance(self, frames: torch.Tensor, state: RNNState, block: int = 1024) -> RNNState:
         """Run the recurrence over frames (B, N, F) without upsampling (priming): memory O(block)."""

@@ -7,10 +7,12 @@
 # 1. installs fastsrnn in place, offline (--no-deps --no-build-isolation: nothing is downloaded),
 # 2. records versions and nvidia-smi, 3. builds the CUDA extension, 4. runs the GPU tests,
 # 5. benchmarks the GPU backends with fastsrnn.tools.bench at n_seq 1, 16, 128 (graphs on/off,
-#    fp32/bf16; correctness against eager first).
+#    fp32/bf16; correctness against eager first), 6. times training steps (fastsrnn bench --train:
+#    dadabots-2tier, B 128 x 1,024 samples; fp32, amp bf16, torch.compile; first-step loss checked).
 # Every step runs under `timeout` within one overall budget (GPU_CHECK_BUDGET seconds, default
 # 570); a failed or timed-out step is reported and the next one still runs. Each step's output
-# goes to $GPU_CHECK_OUT/<step>.txt (default ./gpu_check_out), the bench's results to bench.json,
+# goes to $GPU_CHECK_OUT/<step>.txt (default ./gpu_check_out), the bench's results to bench.json
+# (the training bench's to train_bench.json),
 # and a summary of every step's status to summary.txt. Exit status: 0 when every step passed.
 # GPU_CHECK_PRESETS and GPU_CHECK_BENCH_ARGS change the bench's presets and add arguments;
 # GPU_CHECK_PYTEST_ARGS adds pytest arguments to both test runs (the GPU cases, then the rest).
@@ -113,20 +115,27 @@ bench() {
         --json "$OUT/bench.json" ${GPU_CHECK_BENCH_ARGS:-}
 }
 
+train_bench() {
+    # compile's first step compiles forward and backward (tens of seconds): the fp32 and bf16 rows print first.
+    "$PY" -m fastsrnn.tools.bench --train --device cuda --presets dadabots-2tier --variants fp32 bf16 compile \
+        --steps 10 --warmup 3 --json "$OUT/train_bench.json"
+}
+
 export PY OUT GPU_TESTS
-export -f install_wheels install versions gpu_tests bench
+export -f install_wheels install versions gpu_tests bench train_bench
 if compgen -G ".whl/*.whl" >/dev/null; then
     step wheels 60 480 install_wheels && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 step install 90 450 install
 step versions 30 420 versions
 step build 180 300 "$PY" -m fastsrnn.ops.build cuda
-step tests 240 150 gpu_tests
-step bench 600 0 bench
+step tests 240 270 gpu_tests
+step bench 600 120 bench
+step train_bench 120 0 train_bench
 
 {
     echo "== summary ($SECONDS s in all, budget $BUDGET s; logs in $OUT)"
     printf '%s\n' "${SUMMARY[@]}"
-    ((FAILED)) || echo "all steps passed (paste bench.txt's table into BENCHMARKS.md)"
+    ((FAILED)) || echo "all steps passed (paste bench.txt's and train_bench.txt's tables into BENCHMARKS.md)"
 } | tee "$OUT/summary.txt"
 exit "$FAILED"

@@ -1,4 +1,5 @@
-"""``fastsrnn bench``: samples per second of each generation backend against the eager reference.
+"""``fastsrnn bench``: samples per second of each generation backend against the eager reference
+(``--train``: training throughput instead, fastsrnn/tools/bench_train.py).
 
 Correctness first (llm.c): every backend generates a few frames from the same model, state and
 uniforms as eager and must draw the same integers (a mismatch is accepted only at a CDF near-tie,
@@ -194,6 +195,8 @@ EPILOG = """examples:
   fastsrnn bench --device cuda --backends eager triton cuda cuda:nograph
   fastsrnn bench --presets tiny --n-seq 1 --quick  # a smoke run in seconds
   fastsrnn bench --predict --gpu H100-SXM --presets dadabots-2tier --n-seq 1 16 128   # no GPU needed
+  fastsrnn bench --train                           # training steps/s: fp32, amp bf16, torch.compile (tiny on CPU)
+  fastsrnn bench --train --device cuda --variants fp32 bf16 compile --json train_bench.json
 
 "peak MiB" is the process's peak RSS on the CPU (it includes torch and every backend's weights)
 and the peak of torch's allocations on CUDA. The length check runs the generation driver for
@@ -206,8 +209,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     "Correctness is checked first; results print as a table."
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--presets", nargs="+", default=["tiny", "dadabots-2tier"], metavar="PRESET",
-                   help="model presets to time [default: tiny dadabots-2tier]")
+    p.add_argument("--presets", nargs="+", default=None, metavar="PRESET",
+                   help="model presets to time [default: tiny dadabots-2tier; with --train: tiny on the CPU, "
+                        "dadabots-2tier on a GPU]")
     p.add_argument("--n-seq", nargs="+", type=int, default=None, metavar="N",
                    help="sequences in parallel [default: 1 8 32; 1 8 32 128 on GPU; 1 16 128 with --predict]")
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
@@ -226,6 +230,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the performance model's predictions (fastsrnn/tools/perf_model.py) and time nothing")
     p.add_argument("--gpu", default="H100-SXM", choices=sorted(perf_model.GPUS),
                    help="GPU of --predict [default: H100-SXM]")
+    t = p.add_argument_group("training throughput (--train; fastsrnn/tools/bench_train.py)")
+    t.add_argument("--train", action="store_true",
+                   help="time training steps instead of generation: the plain fp32 loop and each --variants, "
+                        "on a synthetic batch, after a first-step loss check against fp32")
+    t.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                   help="fp32, bf16 (amp autocast), compile (torch.compile), bf16+compile "
+                        "[default: fp32 bf16 compile]")
+    t.add_argument("--steps", type=int, default=20, help="timed training steps; the median is reported [default: 20]")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps after the checked first one [default: 3]")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="chunks per batch [default: 8 for tiny, 128 for dadabots-2tier (the paper)]")
+    t.add_argument("--tbptt", type=int, default=None,
+                   help="frames per sub-sequence [default: 8 for tiny, 64 for dadabots-2tier (the paper)]")
 
 
 def _check_args(args, variants: List[str], n_seqs: List[int]) -> None:
@@ -286,6 +303,11 @@ def run_predict(args) -> int:
 
 
 def run(args) -> int:
+    if getattr(args, "train", False):
+        from fastsrnn.tools.bench_train import run_train
+
+        return run_train(args)
+    args.presets = args.presets or ["tiny", "dadabots-2tier"]
     if getattr(args, "predict", False):
         return run_predict(args)
     from tqdm.auto import tqdm

@@ -38,13 +38,15 @@ _OPTIONS = {
     "seed": (int, "seed of the weights and of the chunk order"),
     "device": (str, "auto (cuda if available), cpu, cuda, cuda:N"),
     "num_threads": (int, "torch CPU threads (0 = FASTSRNN_NUM_THREADS or torch's choice)"),
+    "amp": (str, "mixed precision: off (fp32), or bf16 (torch.autocast bf16 around the forward and loss; "
+                 "fp32 master weights and Adam; fastest on GPUs with bf16 tensor cores, allowed on the CPU)"),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsrnn.training.trainer import CLIP_BACKENDS, TrainConfig
+    from fastsrnn.training.trainer import AMP_MODES, CLIP_BACKENDS, TrainConfig
 
-    choices = {"clip_h0": ("random", "learned", "zeros"), "clip_backend": CLIP_BACKENDS}
+    choices = {"clip_h0": ("random", "learned", "zeros"), "clip_backend": CLIP_BACKENDS, "amp": AMP_MODES}
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # defaults are spelled out below
     defaults = TrainConfig()
@@ -63,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, (typ, help_text) in _OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),
                        help=f"{help_text} (default {getattr(defaults, name)})")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the model's forward (the first step compiles, which takes a while; "
+                        "a failure is a warning and training goes on eagerly) (default off)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="train without torch.compile (turns it off in a run that had it)")
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from RUN/checkpoints/last.pt when it exists (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()
-    overrides = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*_OPTIONS, "compile") if getattr(args, k, None) is not None}
     try:
         summary = train(args.data, args.out, args.preset, replace(base, **overrides),
                         resume=args.resume, progress=not args.quiet)

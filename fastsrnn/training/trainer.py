@@ -9,6 +9,11 @@ Run directory: ``RUN/config.json``, ``RUN/checkpoints/{last,best}.pt``, ``RUN/me
 carries (weights, Adam state, position, RNN state, RNG states), so a run killed at any moment
 continues from ``last.pt`` to bit-identical weights.
 
+Speed options (off by default, so the default loop is plain fp32 eager): ``amp='bf16'`` runs the
+forward and the loss under ``torch.autocast(device, bfloat16)`` with fp32 master weights, fp32
+Adam and an fp32 carried RNN state; ``compile=True`` runs the forward through ``torch.compile``
+(a compile failure is a warning and the step runs eagerly). ``fastsrnn bench --train`` times them.
+
 Shapes: B chunks per batch, L samples per chunk, F frame size, T samples per sub-sequence.
 """
 from __future__ import annotations
@@ -58,6 +63,7 @@ DEFAULT_PRESET = "dadabots-2tier"
 RUN_DEFINING = ("batch_size", "tbptt", "seed")
 CLIP_BACKENDS = ("auto",) + BACKENDS + tuple(ALIASES)
 FLOAT_OPTIONS = ("lr", "grad_clip", "clip_seconds", "clip_temperature")
+AMP_MODES = ("off", "bf16")
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,6 +102,8 @@ class TrainConfig:
     seed: int = 0  # weights init and chunk order
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
     num_threads: int = 0  # torch CPU threads; 0 = FASTSRNN_NUM_THREADS or torch's default
+    amp: str = "off"  # 'bf16': autocast bf16 forward and loss, fp32 master weights and Adam; 'off': fp32
+    compile: bool = False  # torch.compile the forward (falls back to eager with a warning if compiling fails)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -116,6 +124,8 @@ class TrainConfig:
              f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
         need(self.clip_backend in CLIP_BACKENDS,
              f"clip_backend must be one of {', '.join(CLIP_BACKENDS)}, got {self.clip_backend!r}")
+        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
 
     @property
     def validate_every(self) -> int:
@@ -152,6 +162,55 @@ class Position:
                 self.batch, self.epoch = 0, self.epoch + 1
 
 
+class TrainForward:
+    """The forward and loss of one training step, as ``amp`` and ``compile`` ask:
+    ``(inp (B, F + T), state) -> (bits, new state)``.
+
+    amp 'bf16': autocast bf16 around the forward and the loss (cross-entropy runs in fp32 under
+    autocast); the parameters, their gradients and Adam stay fp32, and the new RNN state is cast
+    back to fp32, so checkpoints hold the same dtypes whatever the setting. compile: the model's
+    forward through ``torch.compile``; the first call compiles, and a failure there is a warning,
+    after which every step runs eagerly (nothing has changed: the forward has no side effects).
+    With both off this is exactly ``nll_bits(model(inp, state))``, bit for bit.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp: str = "off", compile: bool = False):
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        self.model, self.device, self.amp = model, torch.device(device), amp
+        self.compiled = torch.compile(model) if compile else None
+        self.compile_ok = False  # the compiled forward has run once
+        self.compile_error: Optional[str] = None
+
+    def autocast(self):
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _model(self, inp: torch.Tensor, state: RNNState):
+        if self.compiled is not None:
+            try:
+                out = self.compiled(inp, state)
+                self.compile_ok = True
+                return out
+            except Exception as e:  # torch.compile raises many kinds (no C++ compiler, an unsupported op, ...)
+                if self.compile_ok:  # it compiled and ran before: a real error of this step
+                    raise
+                self.compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                warnings.warn(f"torch.compile failed ({self.compile_error}); training goes on without it",
+                              RuntimeWarning, stacklevel=3)
+                self.compiled = None
+        return self.model(inp, state)
+
+    def __call__(self, inp: torch.Tensor, state: RNNState, frame_size: int):
+        with self.autocast():
+            logits, new_state = self._model(inp, state)
+            bits = nll_bits(logits, inp[:, frame_size:])
+        if self.amp != "off":  # the carried state (and what last.pt saves) stays fp32
+            new_state = RNNState(new_state.h.float(), None if new_state.c is None else new_state.c.float())
+        return bits.float(), new_state
+
+
 class _Loop:
     """The run's objects: configs, data, model, optimizer, paths, distributed context."""
 
@@ -165,6 +224,7 @@ class _Loop:
         self.raw = SampleRNN(cfg).to(self.device)
         self.model = dist.wrap(self.raw)
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=tcfg.lr)
+        self.forward = TrainForward(self.model, self.device, tcfg.amp, tcfg.compile)
         self._perm_epoch, self._perm, self._batch_key, self._batch_x = None, None, None, None
         self.pending_clips = None  # (step, CPU weights) of clips that failed at the last checkpoint
         self.resume_clips = False  # last.pt's clips are missing: write them before training on
@@ -201,8 +261,7 @@ class _Loop:
         x = self.batch_input(pos)
         state = pos.state if pos.state is not None else self.raw.initial_state(x.shape[0])
         inp = subsequence(x, pos.sub, self.tbptt_samples, self.cfg.frame_size)  # (B, F + T)
-        logits, new_state = self.model(inp, state)
-        bits = nll_bits(logits, inp[:, self.cfg.frame_size:])
+        bits, new_state = self.forward(inp, state, self.cfg.frame_size)
         self.opt.zero_grad(set_to_none=True)
         (bits * LN2).backward()  # optimize nats, report bits
         loss = bits.item()
