@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from fastsrnn.backends.base import Backend, DecodeState
-from fastsrnn.ops.export import export_inference
+from fastsrnn.ops.export import export_inference_cached
 from fastsrnn.ops.frame_step import frame_step_ref
 from fastsrnn.ops.sample_frame import sample_frame_ref
 
@@ -28,8 +28,8 @@ class FoldedBackend(Backend):
 
     def __init__(self, model, device, dtype: torch.dtype = torch.float32, frame_dtype: Optional[torch.dtype] = None):
         super().__init__(model, device)
-        # Exported once per generation, never inside the loop (docs/DESIGN.md §3).
-        self.w = export_inference(model).to(self.device, dtype, frame_dtype or torch.float32)
+        # Exported once per weights version (cached across generations), never inside the loop (DESIGN §3).
+        self.w = export_inference_cached(model, self.device, dtype, frame_dtype or torch.float32)
         self._checked = None  # the (window, shape, device) whose sample-frame arguments were checked last
 
     def frame_step(self, state: DecodeState) -> torch.Tensor:

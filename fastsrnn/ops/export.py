@@ -6,11 +6,16 @@
 - W3, Wo as they are.
 Folds are computed in float64 and rounded once. Every shape is checked with a readable error.
 Nothing is transposed inside the decode loop.
+
+:func:`export_inference_cached` keeps the export of the last few models (build once, generate
+many): a second generation on unchanged weights reuses it; any change to a weight re-exports.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, fields
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -117,3 +122,117 @@ def export_inference(model: SampleRNN) -> InferenceWeights:
         wo=f32(_check("mlp.out.weight", d(mlp.out.weight), (Q, H))),
         bo=f32(_check("mlp.out.bias", d(mlp.out.bias), (Q,))),
     )
+
+
+# --- the export cache: build once, generate many ----------------------------------------------
+
+CACHE_MAX_MODELS = 2  # models whose latest export is kept (each costs its export + a copy of its weights)
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _fingerprint(model: SampleRNN) -> tuple:
+    """What identifies the weights' current version without reading them: per parameter and
+    buffer (weight-norm originals included) its name, object, autograd version counter (bumped by
+    optimizer steps, load_state_dict, in-place ops under no_grad), storage, layout and dtype."""
+    def one(name, t):
+        return (name, id(t), t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+                t.dtype, t.device)
+
+    return (id(model.cfg), model.cfg,
+            tuple(one(n, t) for n, t in model.named_parameters(remove_duplicate=False)),
+            tuple(one(n, t) for n, t in model.named_buffers(remove_duplicate=False) if t is not None))
+
+
+def _bits(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t's bits as integers of ``width`` bytes (-0.0 != 0.0 and NaN == NaN, as a bitwise copy)."""
+    t = t.detach()
+    if width == t.element_size() and not (t.is_floating_point() or t.is_complex()):
+        return t
+    return t.view(_INT_VIEW[width]) if width == t.element_size() else t.reshape(-1).view(_INT_VIEW[width])
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    if a.is_contiguous() and b.is_contiguous() and (a.numel() * a.element_size()) % 8 == 0:
+        try:  # the widest integers compare fastest (the check reads every weight twice)
+            return torch.equal(_bits(a, 8), _bits(b, 8))
+        except RuntimeError:  # a storage offset that int64 cannot view
+            pass
+    if a.element_size() in _INT_VIEW:
+        return torch.equal(_bits(a, a.element_size()), _bits(b, b.element_size()))
+    return torch.equal(_bits(a, 1), _bits(b, 1))
+
+
+def _snapshot(model: SampleRNN) -> List[torch.Tensor]:
+    """A copy of every weight (on its own device): what ``p.data.add_()`` changes unseen by the
+    version counters (``.data`` has a counter of its own) shows up as a difference from it."""
+    ts = [t for _, t in model.named_parameters(remove_duplicate=False)]
+    ts += [t for _, t in model.named_buffers(remove_duplicate=False) if t is not None]
+    return [t.detach().clone() for t in ts]
+
+
+def _unchanged(model: SampleRNN, snapshot: List[torch.Tensor]) -> bool:
+    ts = [t for _, t in model.named_parameters(remove_duplicate=False)]
+    ts += [t for _, t in model.named_buffers(remove_duplicate=False) if t is not None]
+    return len(ts) == len(snapshot) and all(_same_bits(a, b) for a, b in zip(ts, snapshot))
+
+
+class _Entry:
+    __slots__ = ("fingerprint", "snapshot", "weights", "moved", "used")
+
+    def __init__(self, fingerprint, snapshot, weights, used):
+        self.fingerprint, self.snapshot, self.weights, self.used = fingerprint, snapshot, weights, used
+        self.moved: Dict[Tuple, InferenceWeights] = {}
+
+
+_cache: "weakref.WeakKeyDictionary[SampleRNN, _Entry]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+_clock = [0]
+
+
+def _tick() -> int:
+    _clock[0] += 1
+    return _clock[0]
+
+
+def export_inference_cached(model: SampleRNN, device=None, dtype: Optional[torch.dtype] = None,
+                            frame_dtype: Optional[torch.dtype] = None) -> InferenceWeights:
+    """:func:`export_inference` (then ``.to(device, dtype, frame_dtype)``), reused while the weights
+    are unchanged: bit for bit what a fresh export gives.
+
+    The cache holds the latest export of the last :data:`CACHE_MAX_MODELS` models, by weak
+    reference (a dropped model frees its entry), with a copy of the weights to compare against
+    (on the weights' device: a cached model costs its export plus one copy of its parameters).
+    It is reused when every parameter and buffer is the same tensor at the same version
+    (optimizer steps, ``load_state_dict`` and in-place ops bump it) and holds the same bits (which
+    catches writes through ``.data``); anything else re-exports. The tensors returned are shared
+    by every caller: read them, never write them in place.
+    """
+    fp = _fingerprint(model)
+    with _lock:
+        entry = _cache.get(model)
+    if entry is None or entry.fingerprint != fp or not _unchanged(model, entry.snapshot):
+        with _lock:  # only the latest version is kept: free the stale one before building anew
+            _cache.pop(model, None)
+        snapshot = _snapshot(model)  # before the export: a write during it makes the next call re-export
+        entry = _Entry(fp, snapshot, export_inference(model), 0)
+        with _lock:
+            _cache[model] = entry
+    key = (None if device is None else torch.device(device), dtype, frame_dtype)
+    with _lock:
+        entry.used = _tick()
+        while len(_cache) > CACHE_MAX_MODELS:
+            del _cache[min(_cache.items(), key=lambda kv: kv[1].used)[0]]
+        moved = entry.moved.get(key)
+    if moved is None:
+        moved = entry.weights if key == (None, None, None) else entry.weights.to(device, dtype, frame_dtype)
+        with _lock:
+            entry.moved[key] = moved
+    return moved
+
+
+def clear_export_cache() -> None:
+    """Forget every cached export (their memory goes with the last backend that uses them)."""
+    with _lock:
+        _cache.clear()
