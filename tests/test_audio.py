@@ -169,6 +169,17 @@ def test_stream_writer_append_checks(tmp_path):
         AudioStreamWriter(tmp_path / "gone.flac", 16000, append=True, keep_frames=10)
 
 
+def test_flac_append_refused_leaves_no_copy_behind(tmp_path):
+    path = write_audio(tmp_path / "a.flac", np.zeros(100, np.float32), 16000)
+    with pytest.raises(AudioError, match="a.flac.*16000 Hz"):
+        AudioStreamWriter(path, 8000, append=True, keep_frames=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac"]  # no .a.flac.resume.flac left
+    with pytest.raises(AudioError, match="a.flac.*could read only 100"):
+        AudioStreamWriter(path, 16000, append=True, keep_frames=101)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac"]  # no .a.flac.resume.flac left
+    assert sf.info(str(path)).frames == 100
+
+
 def test_synth_album_is_seeded_music_not_noise(tmp_path):
     from fastsrnn.data.synth import synth_song, write_album
 

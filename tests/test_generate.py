@@ -9,7 +9,7 @@ from helpers import random_model
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
-from fastsrnn.generation.generator import Generator, generate
+from fastsrnn.generation.generator import Generator, generate, prime_levels
 from fastsrnn.generation.longgen import STATE, GenerationRun
 from fastsrnn.quantize import dequantize, silence_level
 
@@ -114,6 +114,14 @@ def test_prime_file_starts_the_output_and_level_is_sane(tmp_path, ckpt):
     s = json.loads((out / "generation.json").read_text())
     head = audio[:800] / s["gains"][0]
     assert np.corrcoef(head, 0.5 * np.sin(2 * np.pi * 110 * t))[0, 1] > 0.99
+
+
+def test_prime_seconds_under_one_sample_keeps_nothing_not_everything(tmp_path):
+    sf.write(tmp_path / "prime.wav", np.zeros(1000), 16000)
+    cfg = SampleRNNConfig()
+    assert prime_levels(tmp_path / "prime.wav", cfg, 0.01).numel() == 160
+    assert prime_levels(tmp_path / "prime.wav", cfg, 1e-5).numel() == 0  # was the whole recording (audio[-0:])
+    assert prime_levels(tmp_path / "prime.wav", cfg, 5.0).numel() == 1000
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, ckpt):

@@ -227,6 +227,14 @@ def test_a_different_preparation_is_refused(tmp_path, album):
         prepare(album, tmp_path / "other", **OPTS)
 
 
+def test_an_undecodable_record_in_out_is_named(tmp_path, album):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ValueError, match="manifest.json: not a readable fastsrnn preparation record"):
+        prepare(album, out, **OPTS)
+
+
 def test_bad_options_and_manifests_are_named(tmp_path, album):
     with pytest.raises(ValueError, match="splits"):
         prepare(album, tmp_path / "x", splits=(0.9, 0.2, 0.1), **OPTS)

@@ -262,26 +262,29 @@ class AudioStreamWriter:
         sf = require_soundfile()
         out = sf.SoundFile(str(tmp), "w", self.sample_rate, 1, "PCM_16", format=self.format)
         copied = 0
-        with sf.SoundFile(str(self.path)) as src:
-            self._check_same(src)
-            # An unclosed FLAC reports a bogus length and fails past its last whole block, so
-            # without keep_frames we read until the decoder stops.
-            want = int(keep) if keep is not None else None
-            while want is None or copied < want:
-                try:
-                    block = src.read(65536 if want is None else min(65536, want - copied), dtype="float32")
-                except sf.LibsndfileError:
-                    block = ()
-                if len(block) == 0:
-                    break
-                out.write(block)
-                copied += len(block)
-        if want is not None and copied < want:
+        try:
+            with sf.SoundFile(str(self.path)) as src:
+                self._check_same(src)
+                # An unclosed FLAC reports a bogus length and fails past its last whole block, so
+                # without keep_frames we read until the decoder stops.
+                want = int(keep) if keep is not None else None
+                while want is None or copied < want:
+                    try:
+                        block = src.read(65536 if want is None else min(65536, want - copied), dtype="float32")
+                    except sf.LibsndfileError:
+                        block = ()
+                    if len(block) == 0:
+                        break
+                    out.write(block)
+                    copied += len(block)
+            if want is not None and copied < want:
+                raise AudioError(f"{self.path}: asked to keep {want} frames but could read only {copied}")
+            out.flush()
+            os.replace(tmp, self.path)  # the open handle follows the file to its new name
+        except BaseException:  # the original is untouched: drop the half-made copy and its handle
             out.close()
-            tmp.unlink()
-            raise AudioError(f"{self.path}: asked to keep {want} frames but could read only {copied}")
-        out.flush()
-        os.replace(tmp, self.path)  # the open handle follows the file to its new name
+            tmp.unlink(missing_ok=True)
+            raise
         return out, copied
 
     def _check_same(self, f) -> None:  # f: an open soundfile.SoundFile

@@ -247,7 +247,7 @@ def _check_out_dir(out: Path, header: dict) -> None:
         if path.exists():
             try:
                 old = _identity(json.loads(path.read_text()))
-            except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
                 raise ValueError(f"{path}: not a readable fastsrnn preparation record ({e}); use another --out") from e
             new = _identity(header)
             if old != new:

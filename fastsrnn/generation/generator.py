@@ -211,8 +211,8 @@ def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:
     from fastsrnn.data.audio import read_audio  # audio I/O only where a file is read
 
     audio = read_audio(path, cfg.sample_rate)
-    if seconds is not None:
-        audio = audio[-int(seconds * cfg.sample_rate):]
+    if seconds is not None:  # not audio[-n:]: n == 0 (under one sample) would keep the whole recording
+        audio = audio[max(audio.shape[0] - int(seconds * cfg.sample_rate), 0):]
     return quantize(torch.from_numpy(np.ascontiguousarray(audio)), cfg.q_levels, cfg.q_type)
 
 
