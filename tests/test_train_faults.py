@@ -175,7 +175,9 @@ def full(data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_last_and_resume_is_exact(data, full, tmp_path, sig, code, capsys):
+def test_signal_saves_last_and_resume_is_exact(data, full, tmp_path, sig, code, capsys, monkeypatch):
+    closed = []
+    monkeypatch.setattr(trainer.Dist, "close", lambda self: closed.append(True))
 
     def cb(info):
         if info["step"] == 10:  # between the checkpoints of steps 7 and 14
@@ -188,6 +190,8 @@ def test_signal_saves_last_and_resume_is_exact(data, full, tmp_path, sig, code, 
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 10
     assert f"fastsrnn train {data} --out {run}" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
+    assert closed == [True]  # the process group (under torchrun) is torn down after a stop too
+    monkeypatch.undo()
     train(data, run, None, None, progress=False)
     assert_same_training_state(load_checkpoint(full / "checkpoints" / "last.pt"),
                                load_checkpoint(run / "checkpoints" / "last.pt"))
@@ -219,6 +223,25 @@ def test_sigterm_to_the_cli_saves_prints_the_resume_command_and_exits_143(data, 
     assert main(resume.split()[1:] + ["--max-steps", str(step + 3), "--quiet"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == step + 3
+
+
+def test_only_a_repeated_signal_stops_without_saving():
+    """Ctrl-C under torchrun: SIGINT, then the SIGTERM torchrun sends its workers; or a stop set by
+    another rank, then torchrun's SIGTERM: the run still saves. The same signal twice stops at once."""
+    from types import SimpleNamespace
+
+    loop = SimpleNamespace(stop_signal=None)
+    with trainer._StopOnSignal(loop):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # another kind: no KeyboardInterrupt
+        assert loop.stop_signal == signal.SIGINT  # the first one names the stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    loop = SimpleNamespace(stop_signal=signal.SIGTERM)  # as _stop_requested sets it for another rank's signal
+    with trainer._StopOnSignal(loop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert loop.stop_signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 # ---- 6. clips never kill the training -------------------------------------------------------
@@ -322,6 +345,7 @@ def test_full_disk_at_a_checkpoint_names_the_file_and_keeps_the_previous(data, t
     msg = str(e.value)
     assert str(run / "checkpoints") in msg and "at step 4" in msg and "no space left on the device" in msg, msg
     assert "previous" in msg and "intact" in msg
+    assert f"fastsrnn train {data} --out {run}" in msg, msg  # the real resume command, not a placeholder
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temp files
     # the CLI shows it as an error, exit code 1

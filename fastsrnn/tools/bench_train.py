@@ -19,7 +19,6 @@ warnings seen while training (0 expected: see FrameLevelRNN.run_rnn).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,7 +31,6 @@ from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN
 from fastsrnn.tools.bench_measure import machine_info, measured, versions
 
-LN2 = 0.6931471805599453
 VARIANTS = {"fp32": ("off", False), "bf16": ("bf16", False), "compile": ("off", True), "bf16+compile": ("bf16", True)}
 # First-step loss against fp32, relative: bf16 rounds every matmul input (8 bits of mantissa);
 # compile only reorders fp32 arithmetic (fused kernels).
@@ -60,18 +58,23 @@ class TrainRow:
     rnn_layout_warnings: int = 0
 
 
+def _not_finite(what: str) -> None:
+    raise RuntimeError(f"training step not finite: {what}")
+
+
 class _Trainer:
     """One variant's model, Adam and carried state on the synthetic batch: ``step()`` is one
-    optimizer step exactly as the trainer's (fastsrnn/training/trainer.py, _Loop.step)."""
+    optimizer step exactly as the trainer's (the same fastsrnn.training.trainer.optimizer_step)."""
 
     def __init__(self, cfg: SampleRNNConfig, variant: str, x: torch.Tensor, tbptt: int, device):
-        from fastsrnn.training.trainer import TrainForward
+        from fastsrnn.training.trainer import TrainForward, optimizer_step
 
         amp, compile = VARIANTS[variant]
         torch.manual_seed(0)
         self.model = SampleRNN(cfg).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.forward = TrainForward(self.model, device, amp, compile)
+        self.params, self._step = list(self.model.parameters()), optimizer_step
         self.cfg, self.x, self.T = cfg, x, tbptt * cfg.frame_size
         self.n_sub = (x.shape[1] - cfg.frame_size) // self.T
         self.sub, self.state = 0, None
@@ -80,18 +83,9 @@ class _Trainer:
         F = self.cfg.frame_size
         state = self.state if self.state is not None else self.model.initial_state(self.x.shape[0])
         inp = self.x[:, self.sub * self.T: self.sub * self.T + F + self.T]  # (B, F + T)
-        bits, new_state = self.forward(inp, state, F)
-        self.opt.zero_grad(set_to_none=True)
-        (bits * LN2).backward()
-        loss = bits.item()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = bool(torch.stack([g.detach().abs().amax().float() for g in grads]).isfinite().all())
-        if not (math.isfinite(loss) and finite):
-            raise RuntimeError(f"the loss ({loss}) or the gradients are not finite")
-        torch.nn.utils.clip_grad_value_(self.model.parameters(), 1.0)
-        self.opt.step()
+        loss, new_state = self._step(self.forward, self.opt, self.params, inp, state, F, 1.0, _not_finite)
         self.sub = (self.sub + 1) % self.n_sub
-        self.state = None if self.sub == 0 else new_state.detach()
+        self.state = None if self.sub == 0 else new_state
         return loss
 
 

@@ -211,6 +211,32 @@ class TrainForward:
         return bits.float(), new_state
 
 
+def grads_finite(params) -> bool:
+    """Whether every gradient is finite (one device sync; under DDP the all-reduced gradients,
+    so that every rank agrees)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.stack([g.detach().abs().amax().float() for g in grads]).isfinite().all())
+
+
+def optimizer_step(forward: TrainForward, opt: torch.optim.Optimizer, params, inp: torch.Tensor, state: RNNState,
+                   frame_size: int, grad_clip: float, on_bad: Callable[[str], None]):
+    """One training step on ``inp`` (B, F + T): forward and loss, backward (of nats; the loss is
+    reported in bits), the finite check, element-wise clipping (grad_clip > 0), Adam. on_bad(what)
+    must raise: it runs when the loss or the gradients are not finite, before the weights change.
+    Returns (loss in bits, the new RNN state, detached)."""
+    bits, new_state = forward(inp, state, frame_size)
+    opt.zero_grad(set_to_none=True)
+    (bits * LN2).backward()
+    loss = bits.item()
+    if not (math.isfinite(loss) and grads_finite(params)):
+        on_bad(f"the loss is {loss}" if not math.isfinite(loss) else
+               f"the gradients hold NaN or infinite values (loss {loss:.4f} bits)")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_value_(params, grad_clip)
+    opt.step()
+    return loss, new_state.detach()
+
+
 class _Loop:
     """The run's objects: configs, data, model, optimizer, paths, distributed context."""
 
@@ -261,25 +287,11 @@ class _Loop:
         x = self.batch_input(pos)
         state = pos.state if pos.state is not None else self.raw.initial_state(x.shape[0])
         inp = subsequence(x, pos.sub, self.tbptt_samples, self.cfg.frame_size)  # (B, F + T)
-        bits, new_state = self.forward(inp, state, self.cfg.frame_size)
-        self.opt.zero_grad(set_to_none=True)
-        (bits * LN2).backward()  # optimize nats, report bits
-        loss = bits.item()
-        if not (math.isfinite(loss) and self._grads_finite()):  # before the step: the weights stay good
-            self._diverged(pos.step + 1, f"the loss is {loss}" if not math.isfinite(loss) else
-                           f"the gradients hold NaN or infinite values (loss {loss:.4f} bits)")
-        if self.tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_value_(self.raw.parameters(), self.tcfg.grad_clip)
-        self.opt.step()
-        pos.state = new_state.detach()
+        loss, pos.state = optimizer_step(self.forward, self.opt, list(self.raw.parameters()), inp, state,
+                                         self.cfg.frame_size, self.tcfg.grad_clip,
+                                         lambda what: self._diverged(pos.step + 1, what))
         pos.advance(self.n_sub, self.n_batches)
         return loss
-
-    def _grads_finite(self) -> bool:
-        """Whether every gradient is finite (one device sync; under DDP the all-reduced gradients,
-        so that every rank agrees)."""
-        grads = [p.grad for p in self.raw.parameters() if p.grad is not None]
-        return not grads or bool(torch.stack([g.detach().abs().amax().float() for g in grads]).isfinite().all())
 
     def weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p.detach()).all()) for p in self.raw.parameters())
@@ -321,8 +333,8 @@ class _Loop:
         except (OSError, RuntimeError) as e:
             raise CheckpointWriteError(
                 f"could not write the checkpoint {path} at step {extra['step']}: {_write_cause(e, path)}; "
-                f"the previous {path.name} is intact. Free some space and resume ("
-                f"'fastsrnn train DATA --out {shlex.quote(str(self.run))}')") from e
+                f"the previous {path.name} is intact. Free some space and resume with:\n"
+                f"  {resume_command(self.data_dir, self.run)}") from e
 
     def restore(self, path: Path) -> Position:
         """Load last.pt into the model and optimizer; returns the saved position (and sets
@@ -430,8 +442,12 @@ def train(data_dir, out_dir, model_cfg: Union[SampleRNNConfig, str, None] = None
     _check_run_folder(run)
     dist = Dist.from_env()
     # One process per run folder: rank 0 holds the lock for the whole run (the other ranks are its helpers).
-    with (locked_output(run, "fastsrnn train") if dist.rank0 else contextlib.nullcontext()):
-        summary = _train_locked(data_dir, run, model_cfg, train_cfg, dist, resume, progress, callback)
+    try:
+        with (locked_output(run, "fastsrnn train") if dist.rank0 else contextlib.nullcontext()):
+            summary = _train_locked(data_dir, run, model_cfg, train_cfg, dist, resume, progress, callback)
+    except TrainingInterrupted:  # every rank stops at the same step (_stop_requested): the group ends cleanly
+        dist.close()
+        raise
     dist.close()
     return summary
 
@@ -473,18 +489,22 @@ def resume_command(data_dir, run) -> str:
 
 class _StopOnSignal:
     """SIGTERM and SIGINT set ``loop.stop_signal``; the loop then saves last.pt after the current
-    step and stops (TrainingInterrupted). A second signal of the same kind stops at once."""
+    step and stops (TrainingInterrupted). A second signal of the same kind, received by this
+    process, stops at once. A stop set by another rank (``_stop_requested``), or a signal of the
+    other kind (Ctrl-C's SIGINT, then the SIGTERM torchrun sends its workers), still saves."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, loop: _Loop):
-        self.loop, self.old = loop, {}
+        self.loop, self.old, self.received = loop, {}, set()
 
     def _handler(self, signum, frame):
-        if self.loop.stop_signal is not None:  # asked twice: stop now, without saving
+        if signum in self.received:  # asked twice: stop now, without saving
             self._restore()
             raise KeyboardInterrupt
-        self.loop.stop_signal = signum
+        self.received.add(signum)
+        if self.loop.stop_signal is None:  # the first signal names the stop (and the exit code)
+            self.loop.stop_signal = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -544,13 +564,13 @@ def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
 
 def _stop_requested(loop: _Loop) -> bool:
     """Whether a signal asked the run to stop; under torchrun every rank must agree (save_last is collective)."""
-    flag = loop.stop_signal is not None
+    sig = loop.stop_signal  # read once: the handler may set it at any moment
     if loop.dist.world > 1:
-        total, _ = loop.dist.sum(float(loop.stop_signal or 0), 0)
-        if total and not flag:
+        total, _ = loop.dist.sum(float(sig or 0), 0)
+        if total and loop.stop_signal is None:  # another rank's signal
             loop.stop_signal = signal.SIGTERM
-        flag = bool(total)
-    return flag
+        return bool(total)
+    return sig is not None
 
 
 def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: float) -> Optional[float]:
