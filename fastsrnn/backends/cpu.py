@@ -26,7 +26,6 @@ _FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B = 128, 4
 
 class CpuBackend(FoldedBackend):
     name = "cpu"
-    _status: Optional[Tuple[bool, str]] = None  # the build's outcome, once per process
 
     def __init__(self, model, device="cpu", dtype: torch.dtype = torch.float32,
                  frame_dtype: Optional[torch.dtype] = None, num_threads: Optional[int] = None):
@@ -69,10 +68,8 @@ class CpuBackend(FoldedBackend):
         device = torch.device(device)
         if device.type != "cpu":
             return False, f"the cpu backend runs on the CPU only, not on {device}"
-        if cls._status is None:
-            try:
-                mod = cpu_extension()
-                cls._status = (True, f"fused C++ kernel ({mod.isa}, {torch.get_num_threads()} threads)")
-            except BuildError as e:
-                cls._status = (False, str(e))
-        return cls._status
+        try:  # cpu_extension() resolves the build once per process and then returns its outcome
+            mod = cpu_extension()
+        except BuildError as e:
+            return False, str(e)
+        return True, f"fused C++ kernel ({mod.isa}, {torch.get_num_threads()} threads)"

@@ -1,13 +1,14 @@
 """The ``cuda`` backend: the persistent CUDA sample-frame kernel (csrc/cuda/sample_frame.cu).
 
-The frame step is ops/frame_step.py's (cuBLAS); all F sample steps of a frame run in one
-cooperative launch in which every block keeps its slice of W3 and Wo in shared memory and the
-blocks exchange only activations, with two grid-wide barriers per sample (nv-wavenet's
-persistent kernel). The launch is cooperative inside CUDA graphs too (graphs.py replays each
-frame), so the driver guarantees that all blocks are resident: the barriers cannot hang. The
-backend owns one zeroed workspace per batch size (the kernel's scratch and its barrier word),
-allocated once, outside graph capture. The extension is JIT-built on first use
-(fastsrnn.ops.build) for this GPU's architecture and cached on disk.
+The frame step is the fused Triton frame tier (ops/frame_step.py, FoldedBackend.frame_step);
+all F sample steps of a frame run in one cooperative launch in which every block keeps its
+slice of W3 and Wo in shared memory and the blocks exchange only activations, with two
+grid-wide barriers per sample (nv-wavenet's persistent kernel). The launch is cooperative
+inside CUDA graphs too (graphs.py replays the frames), so the driver guarantees that all blocks
+are resident: the barriers cannot hang. The backend owns one zeroed workspace per batch size
+(the kernel's scratch and its barrier word), allocated once, outside graph capture. The
+extension is JIT-built on first use (fastsrnn.ops.build) for this GPU's architecture and cached
+on disk.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from fastsrnn.ops.sample_frame import sample_frame_cuda
 
 class CudaBackend(GraphedBackend):
     name = "cuda"
-    _status: Optional[Tuple[bool, str]] = None  # the build's outcome, once per process
 
     def __init__(self, model, device="cuda", dtype: torch.dtype = torch.float32,
                  frame_dtype: Optional[torch.dtype] = None, graphs: Optional[bool] = None):
@@ -63,10 +63,8 @@ class CudaBackend(GraphedBackend):
             return False, f"the cuda backend runs on CUDA devices only, not on {device}"
         if not torch.cuda.is_available():
             return False, "torch sees no CUDA device (CPU-only torch build or no driver)"
-        if cls._status is None:
-            try:
-                cuda_extension()
-                cls._status = (True, f"persistent CUDA kernel on {torch.cuda.get_device_name(device)}")
-            except BuildError as e:
-                cls._status = (False, str(e))
-        return cls._status
+        try:  # cuda_extension() resolves the build once per process and then returns its outcome
+            cuda_extension()
+        except BuildError as e:
+            return False, str(e)
+        return True, f"persistent CUDA kernel on {torch.cuda.get_device_name(device)}"

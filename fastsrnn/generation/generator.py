@@ -71,6 +71,12 @@ def check_temperature(temperature, name: str = "temperature", greedy: str = "arg
             raise ValueError(f"{name} must be finite and > 0 (use {greedy} for greedy), got {temperature!r}")
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, SampleRNN):
+        hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
+        raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
+
+
 def _check_prime(prime) -> torch.Tensor:
     """prime: quantized levels (an integer tensor, array or list), never audio in [-1, 1]."""
     if isinstance(prime, (str, os.PathLike)):
@@ -101,9 +107,7 @@ class Generator:
     def __init__(self, model: SampleRNN, n_seq: int = 1, *, temperature: Union[float, list] = 1.0,
                  argmax: bool = False, h0: str = "learned", seed: int = 0, backend: str = None,
                  device=None, prime: Optional[torch.Tensor] = None, **backend_options):
-        if not isinstance(model, SampleRNN):
-            hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
-            raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
+        _check_model(model)
         n_seq = check_int("n_seq", n_seq, 1)
         seed = check_int("seed", seed)
         check_temperature(temperature)
@@ -226,9 +230,7 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, SampleRNN):
-        hint = " (load a checkpoint first: fastsrnn.load(path))" if isinstance(model, (str, os.PathLike)) else ""
-        raise TypeError(f"model must be a SampleRNN, got {type(model).__name__}{hint}")
+    _check_model(model)
     n_samples = check_int("n_samples", n_samples, 1)
     if isinstance(prime, (str, os.PathLike)):
         prime = prime_levels(prime, model.cfg)
