@@ -130,6 +130,12 @@ CACHE_MAX_MODELS = 2  # models whose latest export is kept (each costs its expor
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def _named_weights(model: SampleRNN) -> List[Tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (weight-norm originals included), in a fixed order."""
+    return ([(n, t) for n, t in model.named_parameters(remove_duplicate=False)]
+            + [(n, t) for n, t in model.named_buffers(remove_duplicate=False) if t is not None])
+
+
 def _fingerprint(model: SampleRNN) -> tuple:
     """What identifies the weights' current version without reading them: per parameter and
     buffer (weight-norm originals included) its name, object, autograd version counter (bumped by
@@ -138,9 +144,7 @@ def _fingerprint(model: SampleRNN) -> tuple:
         return (name, id(t), t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
                 t.dtype, t.device)
 
-    return (id(model.cfg), model.cfg,
-            tuple(one(n, t) for n, t in model.named_parameters(remove_duplicate=False)),
-            tuple(one(n, t) for n, t in model.named_buffers(remove_duplicate=False) if t is not None))
+    return (id(model.cfg), model.cfg, tuple(one(n, t) for n, t in _named_weights(model)))
 
 
 def _bits(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -167,14 +171,11 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _snapshot(model: SampleRNN) -> List[torch.Tensor]:
     """A copy of every weight (on its own device): what ``p.data.add_()`` changes unseen by the
     version counters (``.data`` has a counter of its own) shows up as a difference from it."""
-    ts = [t for _, t in model.named_parameters(remove_duplicate=False)]
-    ts += [t for _, t in model.named_buffers(remove_duplicate=False) if t is not None]
-    return [t.detach().clone() for t in ts]
+    return [t.detach().clone() for _, t in _named_weights(model)]
 
 
 def _unchanged(model: SampleRNN, snapshot: List[torch.Tensor]) -> bool:
-    ts = [t for _, t in model.named_parameters(remove_duplicate=False)]
-    ts += [t for _, t in model.named_buffers(remove_duplicate=False) if t is not None]
+    ts = [t for _, t in _named_weights(model)]
     return len(ts) == len(snapshot) and all(_same_bits(a, b) for a, b in zip(ts, snapshot))
 
 
