@@ -6,7 +6,9 @@ Two parts, both on one CUDA device, in one process:
 1. a sweep of ms/frame over n_seq (1 2 4 8 16 32 64 128) for cuda and triton, fp32 and bf16
    (fastsrnn.tools.bench_measure.time_frames: the bench's own timer), so that
    fastsrnn/backends/__init__.py's auto rule can follow the measured crossover;
-2. torch.profiler over ``step_frames`` of a few (n_seq, variant) pairs: each CUDA kernel's device
+2. (--paths) the Triton backend's two sample-tier paths, "small" and "split", against each other
+   over the same n_seq, so that kernels/sample_frame.py's SPLIT_MIN_B / SPLIT_MIN_H follow them;
+3. torch.profiler over ``step_frames`` of a few (n_seq, variant) pairs: each CUDA kernel's device
    time per frame, largest first, so the next optimisation aims at the kernel that costs most.
 No correctness gate here (``fastsrnn bench`` has it); this is a diagnostic, not a benchmark row.
 """
@@ -24,6 +26,7 @@ from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN
 from fastsrnn.tools.bench_measure import fresh_state, parse_variant, time_frames
 
+DEVICE = "cuda"
 SWEEP_N_SEQ = (1, 2, 4, 8, 16, 32, 64, 128)
 SWEEP_VARIANTS = ("cuda", "triton", "cuda:bf16", "triton:bf16")
 # Without graphs, so that the profiler sees each kernel (the kernels are the same ones a graph replays).
@@ -33,7 +36,7 @@ PROFILED = ((1, "cuda:nograph"), (1, "triton:nograph"), (16, "cuda:nograph"), (1
 
 def backend(model, variant: str, n_seq: int):
     name, opts = parse_variant(variant)
-    return make_backend(name, model, "cuda", n_seq=n_seq, **opts)
+    return make_backend(name, model, DEVICE, n_seq=n_seq, **opts)
 
 
 def sweep(model, frames: int, repeats: int) -> dict:
@@ -44,10 +47,33 @@ def sweep(model, frames: int, repeats: int) -> dict:
         cells = []
         for n in SWEEP_N_SEQ:
             be = backend(model, variant, n)
-            ms = time_frames(model, be, n, "cuda", frames=frames, repeats=repeats).seconds_per_frame * 1e3
+            ms = time_frames(model, be, n, DEVICE, frames=frames, repeats=repeats).seconds_per_frame * 1e3
             out[variant][n] = ms
             cells.append(f"{ms:.3f}")
         print(f"| {variant} | " + " | ".join(cells) + " |", flush=True)
+    return out
+
+
+def path_sweep(model, frames: int, repeats: int) -> dict:
+    out = defaultdict(dict)
+    print("triton sample-tier paths, ms/frame")
+    print("| dtype | path | " + " | ".join(f"n_seq {n}" for n in SWEEP_N_SEQ) + " |")
+    for dtype in (torch.float32, torch.bfloat16):
+        for path in ("small", "split"):
+            cells = []
+            for n in SWEEP_N_SEQ:
+                try:  # a path may not compile for a shape (registers, shared memory): say so, go on
+                    be = make_backend("triton", model, DEVICE, n_seq=n, dtype=dtype, frame_dtype=dtype,
+                                      sample_path=path)
+                    ms = time_frames(model, be, n, DEVICE, frames=frames, repeats=repeats).seconds_per_frame * 1e3
+                except Exception as e:  # noqa: BLE001  (a diagnostic: report any failure, keep sweeping)
+                    print(f"  {path} {dtype} n_seq {n} failed: {type(e).__name__}: {str(e)[:200]}")
+                    out[f"{dtype} {path}"][n] = None
+                    cells.append("fail")
+                    continue
+                out[f"{dtype} {path}"][n] = ms
+                cells.append(f"{ms:.3f}")
+            print(f"| {str(dtype)[6:]} | {path} | " + " | ".join(cells) + " |", flush=True)
     return out
 
 
@@ -84,7 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=16, help="frames per timed call [default: 16]")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats, median kept [default: 5]")
     p.add_argument("--top", type=int, default=8, help="kernels listed per profile [default: 8]")
-    p.add_argument("--no-sweep", action="store_true", help="profile only")
+    p.add_argument("--no-sweep", action="store_true", help="skip the backend sweep")
+    p.add_argument("--paths", action="store_true", help="also sweep the Triton sample-tier paths")
+    p.add_argument("--no-profile", action="store_true", help="skip the kernel profiles")
     p.add_argument("--json", default=None, help="write the sweep and the profiles here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -93,7 +121,11 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name(), "preset": args.preset}
     if not args.no_sweep:
         result["sweep_ms_per_frame"] = sweep(model, args.frames, args.repeats)
-    result["profiles"] = {f"{v} n_seq {n}": profile(model, n, v, args.frames, args.top) for n, v in PROFILED}
+    if args.paths:
+        result["triton_paths_ms_per_frame"] = path_sweep(model, args.frames, args.repeats)
+    if not args.no_profile:
+        result["profiles"] = {f"{v} n_seq {n}": profile(model, n, v, args.frames, args.top)
+                              for n, v in PROFILED}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
