@@ -16,6 +16,7 @@
 # and a summary of every step's status to summary.txt. Exit status: 0 when every step passed.
 # GPU_CHECK_PRESETS and GPU_CHECK_BENCH_ARGS change the bench's presets and add arguments;
 # GPU_CHECK_PYTEST_ARGS adds pytest arguments to both test runs (the GPU cases, then the rest);
+# GPU_CHECK_WORKERS sets pytest-xdist's workers where it is installed (default 8);
 # GPU_CHECK_CPU_TESTS=0 skips the second run (the same files' CPU cases, which CI runs anyway) to
 # leave a short lease's seconds to the bench.
 set -uo pipefail
@@ -94,12 +95,18 @@ gpu_tests() {
         echo "  bash ../shared/gpu/wheels.sh pytest pluggy iniconfig packaging"
         return 1
     fi
+    # In parallel where pytest-xdist is installed (the GPU image has it; tests/conftest.py gives
+    # each worker its share of the cores), each test under pytest-timeout's thread method where
+    # that is installed: a hung test is named, its stacks dumped, and the others still run.
+    local extra=()
+    "$PY" -c "import xdist" 2>/dev/null && extra+=(-n "${GPU_CHECK_WORKERS:-8}")
+    "$PY" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120 --timeout-method thread)
     # The cases that need the GPU first (the `gpu` mark), then the rest of the same files (CPU cases,
     # compile checks) with whatever time is left. --continue-on-collection-errors: one test file
     # broken by work in progress must not hide the others' results.
     # shellcheck disable=SC2086  # extra arguments are a word list
-    "$PY" -m pytest -q -rs -p no:cacheprovider --continue-on-collection-errors -m "gpu and not interpret" \
-        "${files[@]}" ${GPU_CHECK_PYTEST_ARGS:-}
+    "$PY" -m pytest -v -rs -p no:cacheprovider --continue-on-collection-errors -m "gpu and not interpret" \
+        "${extra[@]}" "${files[@]}" ${GPU_CHECK_PYTEST_ARGS:-}
     rc1=$?
     ((rc1 == 5)) && rc1=0  # no test selected
     if [ "${GPU_CHECK_CPU_TESTS:-1}" = 0 ]; then
@@ -108,7 +115,7 @@ gpu_tests() {
     fi
     # shellcheck disable=SC2086
     "$PY" -m pytest -q -rs -p no:cacheprovider --continue-on-collection-errors -m "not gpu and not interpret" \
-        "${files[@]}" ${GPU_CHECK_PYTEST_ARGS:-}
+        "${extra[@]}" "${files[@]}" ${GPU_CHECK_PYTEST_ARGS:-}
     rc2=$?
     ((rc2 == 5)) && rc2=0
     return $((rc1 != 0 || rc2 != 0))

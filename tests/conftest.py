@@ -2,11 +2,24 @@
 belong in that file, helpers used by several in helpers.py."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List
 
 import pytest
 from helpers import INTERPRET
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``, as scripts/gpu_check.sh runs the GPU tests) each worker gets
+    its share of the cores for torch's CPU threads. N workers with a full-size OpenMP pool each
+    oversubscribe the cores many times over, and the pools' spinning threads slowed the CPU
+    references of tests/test_ops.py past a 40 s timeout on a 16-core H100 host with 16 workers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")

@@ -265,6 +265,19 @@ def test_auto_picks_a_gpu_backend():
         assert resolve_backend("auto", "cuda", n_seq=128) == "triton"
 
 
+def test_auto_follows_the_measured_gpu_crossover(monkeypatch):
+    """With every backend available, auto on a GPU takes the CUDA kernel up to 64 sequences in
+    fp32 and 32 in bf16 (the H100 sweep in BENCHMARKS.md), the Triton backend from there."""
+    import fastsrnn.backends as backends
+
+    monkeypatch.setattr(backends, "backend_status", lambda name, device: (True, ""))
+    for n_seq, dtype, want in [(None, None, "cuda"), (1, None, "cuda"), (64, None, "cuda"), (65, None, "triton"),
+                               (128, torch.float32, "triton"), (32, torch.bfloat16, "cuda"),
+                               (33, torch.bfloat16, "triton"), (64, torch.float32, "cuda")]:
+        assert resolve_backend("auto", "cuda", n_seq, dtype) == want, (n_seq, dtype)
+    assert resolve_backend("auto", "cpu", 128, torch.bfloat16) == "cpu"
+
+
 def test_kernel_backend_checks_each_new_state_and_every_forced_frame():
     """The cpu backend checks a state's first frame fully, then trusts the window its kernel wrote,
     but a new state (or new shapes) and every teacher-forced frame are checked again."""

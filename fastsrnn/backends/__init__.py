@@ -15,12 +15,20 @@ from fastsrnn.backends.base import Backend, BackendUnavailable, DecodeState
 BACKENDS = ("eager", "folded", "cpu", "triton", "cuda")
 # Old names that still work, with a warning: old -> new.
 ALIASES = {"ref": "folded"}
-# Fastest first, per device type; on a GPU from AUTO_MANY_SEQ sequences the Triton split sample
-# tier (tensor cores over all SMs) beats the persistent CUDA kernel, which is built for few
-# sequences: the performance model's crossover on an H100 (tools/perf_model.py; not yet measured).
+# Fastest first, per device type; on a GPU from AUTO_MANY_SEQ[weights] sequences the Triton split
+# sample tier (tensor cores over all SMs) beats the persistent CUDA kernel, whose time grows with
+# every sequence. Measured on an H100 (BENCHMARKS.md, `python -m benchmarks.gpu_profile`): fp32
+# cuda 2.83 vs triton 2.92 ms/frame at 64 sequences, 5.06 vs 3.89 at 128; bf16 0.96 vs 1.02 at
+# 32, 1.73 vs 1.00 at 64.
 _AUTO_ORDER = {"cpu": ("cpu", "eager"), "cuda": ("cuda", "triton", "eager")}
 _AUTO_ORDER_MANY_SEQ = {"cpu": ("cpu", "eager"), "cuda": ("triton", "cuda", "eager")}
-AUTO_MANY_SEQ = 16
+AUTO_MANY_SEQ = {"fp32": 65, "bf16": 33}
+
+
+def auto_many_seq(dtype: Optional[torch.dtype] = None) -> int:
+    """From how many sequences 'auto' prefers the Triton backend on a GPU, for sample-tier weights
+    of ``dtype`` (None: float32)."""
+    return AUTO_MANY_SEQ["bf16" if dtype == torch.bfloat16 else "fp32"]
 
 
 def backend_class(name: str) -> type:
@@ -67,13 +75,15 @@ def available_backends(device) -> Dict[str, Tuple[bool, str]]:
     return {n: backend_status(n, device) for n in BACKENDS}
 
 
-def resolve_backend(name: str = "auto", device="cpu", n_seq: Optional[int] = None) -> str:
+def resolve_backend(name: str = "auto", device="cpu", n_seq: Optional[int] = None,
+                    dtype: Optional[torch.dtype] = None) -> str:
     """A concrete backend name for ``device``: 'auto' picks the fastest that works for ``n_seq``
-    sequences (None: few)."""
+    sequences (None: few) with sample-tier weights of ``dtype`` (None: float32)."""
     dev = torch.device(device)
     if name == "auto":
         reasons = []
-        order = _AUTO_ORDER_MANY_SEQ if n_seq is not None and n_seq >= AUTO_MANY_SEQ else _AUTO_ORDER
+        many = n_seq is not None and n_seq >= auto_many_seq(dtype)
+        order = _AUTO_ORDER_MANY_SEQ if many else _AUTO_ORDER
         for cand in order.get(dev.type, ("eager",)):
             ok, why = backend_status(cand, dev)
             if ok:
@@ -90,10 +100,10 @@ def resolve_backend(name: str = "auto", device="cpu", n_seq: Optional[int] = Non
 def make_backend(name: str, model, device="cpu", n_seq: Optional[int] = None, **options) -> Backend:
     """Instantiate the backend ``name`` ('auto' allowed; ``n_seq`` guides its choice) for ``model``
     on ``device``. options: the backend's own (dtype, frame_dtype, graphs, num_threads, block_b)."""
-    concrete = resolve_backend(name, device, n_seq)
+    concrete = resolve_backend(name, device, n_seq, options.get("dtype"))
     cls = backend_class(concrete)
     return cls(model, device, **options) if concrete != "eager" else cls(model, device)
 
 
 __all__ = ["Backend", "DecodeState", "BACKENDS", "ALIASES", "BackendUnavailable", "available_backends",
-           "backend_class", "backend_status", "resolve_backend", "make_backend"]
+           "backend_class", "backend_status", "resolve_backend", "make_backend", "auto_many_seq"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fastsrnn.backends import AUTO_MANY_SEQ, BACKENDS, available_backends, resolve_backend
+from fastsrnn.backends import BACKENDS, auto_many_seq, available_backends, resolve_backend
 
 
 def add_arguments(parser):
@@ -17,6 +17,10 @@ def run(args) -> int:
     for name in BACKENDS:
         ok, why = status[name]
         print(f"{name:<{width}}  {'yes' if ok else 'no ':<3}  {why}")
-    few, many = resolve_backend("auto", args.device), resolve_backend("auto", args.device, AUTO_MANY_SEQ)
-    print(f"auto -> {few}" if few == many else f"auto -> {few} below {AUTO_MANY_SEQ} sequences, {many} from there")
+    for dtype in (torch.float32, torch.bfloat16):
+        n = auto_many_seq(dtype)
+        few, many = resolve_backend("auto", args.device, dtype=dtype), resolve_backend("auto", args.device, n, dtype)
+        label = str(dtype).replace("torch.", "")
+        print(f"auto ({label}) -> {few}" if few == many else
+              f"auto ({label}) -> {few} below {n} sequences, {many} from there")
     return 0
