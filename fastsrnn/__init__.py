@@ -5,6 +5,7 @@
     fastsrnn.train("data/album", "runs/album", "dadabots-2tier")  # -> checkpoints
     model = fastsrnn.load("runs/album/checkpoints/best.pt")
     audio = fastsrnn.generate(model, 16000 * 30, n_seq=4)        # (4, T) float32
+    audio = fastsrnn.generate(model, 16000 * 30, precision="bf16")  # after an NLL check against fp32
 
 The public names are loaded on first use (PEP 562), so ``import fastsrnn`` and ``fastsrnn
 --help`` do not pay for torch, the audio libraries or the trainer until something needs them.
@@ -19,13 +20,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 __all__ = ["PRESETS", "SampleRNNConfig", "SampleRNN", "TrainConfig", "train", "prepare", "load",
-           "Generator", "generate", "__version__"]
+           "Generator", "generate", "PRECISIONS", "PrecisionRefused", "__version__"]
 
 if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eagerly
     from fastsrnn.checkpoint import load_model as load  # noqa: F401
     from fastsrnn.config import PRESETS, SampleRNNConfig  # noqa: F401
     from fastsrnn.data.prepare import prepare  # noqa: F401
     from fastsrnn.generation.generator import Generator, generate  # noqa: F401
+    from fastsrnn.generation.precision import PRECISIONS, PrecisionRefused  # noqa: F401
     from fastsrnn.model import SampleRNN  # noqa: F401
     from fastsrnn.training.trainer import TrainConfig, train  # noqa: F401
 
@@ -42,6 +44,8 @@ def __getattr__(name: str):
         from fastsrnn.data import prepare as module
     elif name in ("Generator", "generate"):
         from fastsrnn.generation import generator as module
+    elif name in ("PRECISIONS", "PrecisionRefused"):
+        from fastsrnn.generation import precision as module
     elif name == "load":
         from fastsrnn.checkpoint import load_model
 

@@ -75,6 +75,10 @@ def test_cached_equals_fresh_and_is_reused(rnn, count_exports):
     assert_bitwise_equal(half, export_inference(model).to("cpu", torch.bfloat16, torch.bfloat16))
     assert export_inference_cached(model, "cpu", torch.bfloat16, torch.bfloat16) is half
     assert half.w3.dtype == torch.bfloat16 and half.w_hh[0].dtype == torch.bfloat16
+    q8 = export_inference_cached(model, "cpu", None, torch.int8)  # int8 frame weights + per-row scales
+    assert_bitwise_equal(q8, export_inference(model).to("cpu", None, torch.int8))
+    assert export_inference_cached(model, "cpu", None, torch.int8) is q8
+    assert q8.up_w.dtype == torch.int8 and len(q8.w_hh_scale) == model.cfg.n_rnn and q8.w3.dtype == torch.float32
     assert len(count_exports) == 1  # one export per weights version, whatever the dtypes asked
 
 

@@ -155,6 +155,23 @@ def test_folded_backend_on_cpu_is_the_reference():
     assert torch.equal(got, want) and torch.equal(a.h, b.h) and torch.equal(a.c, b.c)
 
 
+def test_int8_frame_weights_take_the_reference_step():
+    """int8 frame weights have no Triton kernel: FusedFrameWeights refuses them, and the folded
+    backend (on any device) runs frame_step_ref, which dequantizes them."""
+    from fastsrnn.backends import make_backend
+    from fastsrnn.backends.base import DecodeState
+
+    cfg, w, st = _setup("gru", True, 3, 3)
+    with pytest.raises(TypeError, match="all float32 or all bfloat16"):
+        FusedFrameWeights.from_inference(w.to(frame_dtype=torch.int8))
+    backend = make_backend("folded", random_model(cfg), frame_dtype=torch.int8)
+    window = _windows(cfg, 3, 1)[0]
+    a, b = _clone(st), _clone(st)
+    got = backend.frame_step(DecodeState(a, window.clone()))
+    assert backend.w.int8 and backend.__dict__.get("_fused_frame") is None
+    assert torch.equal(got, frame_step_ref(backend.w, window, b)) and torch.equal(a.h, b.h)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])

@@ -21,10 +21,12 @@ namespace {
 template <typename T>
 struct FrameNet {
   std::vector<const T*> w_ih, w_hh, skip_w;  // per layer (G*H, K_i), (G*H, H), (H, H)
+  std::vector<const float*> s_ih, s_hh, s_skip;  // int8 only: their per-row scales (null otherwise)
   std::vector<const float*> b_ih, b_hh;  // per layer (G*H,)
   std::vector<int64_t> k_in;  // per layer input width K_i: F, then H (+ F with skip)
   const float* skip_b;  // (H,) or null
   const T* up_w;  // (F*H, H)
+  const float* s_up;  // (F*H,) int8 only
   const float* up_b;  // (F*H,)
   float* h;  // (L, B, H)
   float* c;  // (L, B, H) or null for GRU
@@ -76,11 +78,11 @@ void frame_step_body(const FrameNet<T>& n, const float* x_in, float* inp, float*
   for (int64_t i = 0; i < n.L; ++i) {
     // Layer i's input: the frame (layer 0), or layer i-1's new h (+ the frame, with skip).
     const float* x = i == 0 ? x_in : n.skip ? inp : n.h + (i - 1) * B * H;
-    linear_rows(n.w_ih[i], n.b_ih[i], x, B, n.k_in[i], GH, g0, g1, gi, Epilogue::kStore);
-    linear_rows(n.w_hh[i], n.b_hh[i], n.h + i * B * H, B, H, GH, g0, g1, gh, Epilogue::kStore);
+    linear_rows(n.w_ih[i], n.b_ih[i], x, B, n.k_in[i], GH, g0, g1, gi, Epilogue::kStore, n.s_ih[i]);
+    linear_rows(n.w_hh[i], n.b_hh[i], n.h + i * B * H, B, H, GH, g0, g1, gh, Epilogue::kStore, n.s_hh[i]);
     if (i > 0 && n.skip)  // layer i-1's projection: its h is final, and nobody writes `total` now
       linear_rows(n.skip_w[i - 1], i == 1 ? n.skip_b : nullptr, n.h + (i - 1) * B * H, B, H, H, o0, o1, total,
-                  i == 1 ? Epilogue::kStore : Epilogue::kAdd);
+                  i == 1 ? Epilogue::kStore : Epilogue::kAdd, n.s_skip[i - 1]);
 #pragma omp barrier
     cell_update(n, i, gi, gh, n.skip && i + 1 < n.L ? inp : nullptr, u0, u1);
 #pragma omp barrier
@@ -88,11 +90,11 @@ void frame_step_body(const FrameNet<T>& n, const float* x_in, float* inp, float*
   const float* out = n.h + (n.L - 1) * B * H;
   if (n.skip) {
     linear_rows(n.skip_w[n.L - 1], n.L == 1 ? n.skip_b : nullptr, out, B, H, H, o0, o1, total,
-                n.L == 1 ? Epilogue::kStore : Epilogue::kAdd);
+                n.L == 1 ? Epilogue::kStore : Epilogue::kAdd, n.s_skip[n.L - 1]);
 #pragma omp barrier
     out = total;
   }
-  linear_rows(n.up_w, n.up_b, out, B, H, F * H, p0, p1, n.cond, Epilogue::kStore);
+  linear_rows(n.up_w, n.up_b, out, B, H, F * H, p0, p1, n.cond, Epilogue::kStore, n.s_up);
 }
 
 template <typename T>
@@ -120,18 +122,23 @@ const T* typed(const at::Tensor& t) { return reinterpret_cast<const T*>(t.data_p
 
 }  // namespace
 
-// Arguments as in fastsrnn.export.InferenceWeights (weights all fp32 or all bf16); window
-// (B, F) int64; h, c (L, B, H) fp32 updated in place. Returns cond (B, F, H) fp32.
+// Arguments as in fastsrnn.export.InferenceWeights (weights all fp32, all bf16 or all int8, the
+// last with the fp32 per-row scales *_scale; empty lists and None otherwise); window (B, F)
+// int64; h, c (L, B, H) fp32 updated in place. Returns cond (B, F, H) fp32.
 at::Tensor frame_step(const std::vector<at::Tensor>& w_ih, const std::vector<at::Tensor>& w_hh,
                       const std::vector<at::Tensor>& b_ih, const std::vector<at::Tensor>& b_hh,
                       const std::vector<at::Tensor>& skip_w, const c10::optional<at::Tensor>& skip_b,
                       const at::Tensor& up_w, const at::Tensor& up_b, const at::Tensor& window, at::Tensor& h,
-                      const c10::optional<at::Tensor>& c, int64_t q_levels, int64_t num_threads) {
+                      const c10::optional<at::Tensor>& c, int64_t q_levels, int64_t num_threads,
+                      const std::vector<at::Tensor>& w_ih_scale, const std::vector<at::Tensor>& w_hh_scale,
+                      const std::vector<at::Tensor>& skip_w_scale, const c10::optional<at::Tensor>& up_w_scale) {
   const char* op = "frame_step";
   TORCH_CHECK_VALUE(h.dim() == 3 && window.dim() == 2, "frame_step: h must be (L, B, H) and window (B, F)");
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2), F = window.size(1), G = c ? 4 : 3;
   const auto wdt = up_w.scalar_type();
-  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "frame_step: weights must be float32 or bfloat16");
+  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16 || wdt == at::kChar,
+                   "frame_step: weights must be float32, bfloat16 or int8, got ", wdt);
+  const bool q8 = wdt == at::kChar;
   const bool skip = !skip_w.empty();
   TORCH_CHECK_VALUE(static_cast<int64_t>(w_ih.size()) == L && static_cast<int64_t>(w_hh.size()) == L &&
                     static_cast<int64_t>(b_ih.size()) == L && static_cast<int64_t>(b_hh.size()) == L &&
@@ -141,6 +148,13 @@ at::Tensor frame_step(const std::vector<at::Tensor>& w_ih, const std::vector<at:
   check(h, "h", at::kFloat, {L, B, H}, op);
   if (c) check(*c, "c", at::kFloat, {L, B, H}, op);
   check(up_w, "up_w", wdt, {F * H, H}, op);
+  TORCH_CHECK_VALUE(q8 == up_w_scale.has_value() && (q8 || (w_ih_scale.empty() && w_hh_scale.empty() &&
+                    skip_w_scale.empty())), "frame_step: int8 weights need their per-row scales "
+                    "(w_ih_scale, w_hh_scale, skip_w_scale, up_w_scale), float weights none");
+  TORCH_CHECK_VALUE(!q8 || (static_cast<int64_t>(w_ih_scale.size()) == L &&
+                            static_cast<int64_t>(w_hh_scale.size()) == L && skip_w_scale.size() == skip_w.size()),
+                    "frame_step: expected one scale vector per int8 matrix (", L, " layers)");
+  if (q8) check(*up_w_scale, "up_w_scale", at::kFloat, {F * H}, op);
   check(up_b, "up_b", at::kFloat, {F * H}, op);
   if (skip) check(*skip_b, "skip_b", at::kFloat, {H}, op);
   auto run = [&](auto* tag) {
@@ -159,9 +173,18 @@ at::Tensor frame_step(const std::vector<at::Tensor>& w_ih, const std::vector<at:
       n.b_hh.push_back(b_hh[i].data_ptr<float>());
       if (skip) n.skip_w.push_back(typed<T>(skip_w[i]));
       n.k_in.push_back(k);
+      if (q8) {
+        check(w_ih_scale[i], "w_ih_scale[i]", at::kFloat, {G * H}, op);
+        check(w_hh_scale[i], "w_hh_scale[i]", at::kFloat, {G * H}, op);
+        if (skip) check(skip_w_scale[i], "skip_w_scale[i]", at::kFloat, {H}, op);
+      }
+      n.s_ih.push_back(q8 ? w_ih_scale[i].data_ptr<float>() : nullptr);
+      n.s_hh.push_back(q8 ? w_hh_scale[i].data_ptr<float>() : nullptr);
+      if (skip) n.s_skip.push_back(q8 ? skip_w_scale[i].data_ptr<float>() : nullptr);
     }
     n.skip_b = skip ? skip_b->data_ptr<float>() : nullptr;
     n.up_w = typed<T>(up_w);
+    n.s_up = q8 ? up_w_scale->data_ptr<float>() : nullptr;
     n.up_b = up_b.data_ptr<float>();
     n.h = h.data_ptr<float>();
     n.c = c ? c->data_ptr<float>() : nullptr;
@@ -171,6 +194,7 @@ at::Tensor frame_step(const std::vector<at::Tensor>& w_ih, const std::vector<at:
     frame_step_run(n, window, q_levels, num_threads);
     return cond;
   };
+  if (q8) return run(static_cast<int8_t*>(nullptr));
   return wdt == at::kFloat ? run(static_cast<float*>(nullptr)) : run(static_cast<bf16_bits*>(nullptr));
 }
 

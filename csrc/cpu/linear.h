@@ -18,11 +18,16 @@ namespace {
 enum class Epilogue { kStore, kRelu, kAdd };
 
 // Y[s * N + r] = epi(bias[r] + W[r] . X[s]) for rows [r0, r1) and all S sequences; bias may be null.
+// int8 W: epi(bias[r] + scale[r] * (q[r] . X[s])), the row scale applied once to the fp32 sum.
 template <int R, int S, bool PF, typename T>
 inline void rows_tile(const T* W, const float* bias, const float* X, int64_t K, int64_t N,
-                      int64_t r, int64_t s, float* Y, Epilogue epi) {
+                      int64_t r, int64_t s, float* Y, Epilogue epi, const float* scale) {
   float acc[R][S];
   dot_tile<R, S, PF>(W + r * K, K, X + s * K, K, K, acc);
+  if constexpr (std::is_same_v<T, int8_t>) {
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < S; ++t) acc[i][t] *= scale[r + i];
+  }
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < S; ++t) {
       const float y = bias ? acc[i][t] + bias[r + i] : acc[i][t];
@@ -33,40 +38,42 @@ inline void rows_tile(const T* W, const float* bias, const float* X, int64_t K, 
 
 template <int R, bool PF, typename T>
 inline void rows_all_seqs(const T* W, const float* bias, const float* X, int64_t B, int64_t K,
-                          int64_t N, int64_t r, float* Y, Epilogue epi) {
+                          int64_t N, int64_t r, float* Y, Epilogue epi, const float* sc) {
   int64_t s = 0;
-  for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq, PF>(W, bias, X, K, N, r, s, Y, epi);
+  for (; s + kTileSeq <= B; s += kTileSeq) rows_tile<R, kTileSeq, PF>(W, bias, X, K, N, r, s, Y, epi, sc);
   // The remaining sequences in one tile too (B = 2, 3 would otherwise stream W per sequence).
   switch (B - s) {
-    case 3: if constexpr (kTileSeq > 3) rows_tile<R, 3, PF>(W, bias, X, K, N, r, s, Y, epi); break;
-    case 2: if constexpr (kTileSeq > 2) rows_tile<R, 2, PF>(W, bias, X, K, N, r, s, Y, epi); break;
-    case 1: rows_tile<R, 1, PF>(W, bias, X, K, N, r, s, Y, epi); break;
+    case 3: if constexpr (kTileSeq > 3) rows_tile<R, 3, PF>(W, bias, X, K, N, r, s, Y, epi, sc); break;
+    case 2: if constexpr (kTileSeq > 2) rows_tile<R, 2, PF>(W, bias, X, K, N, r, s, Y, epi, sc); break;
+    case 1: rows_tile<R, 1, PF>(W, bias, X, K, N, r, s, Y, epi, sc); break;
     default: break;
   }
 }
 
 template <bool PF, typename T>
 void linear_rows_impl(const T* W, const float* bias, const float* X, int64_t B, int64_t K, int64_t N,
-                      int64_t r0, int64_t r1, float* Y, Epilogue epi) {
+                      int64_t r0, int64_t r1, float* Y, Epilogue epi, const float* sc) {
   constexpr int64_t kBlock = 32;  // rows per block: 128 KB of fp32 weights at K = 1024
   for (int64_t rb = r0; rb < r1; rb += kBlock) {
     const int64_t re = std::min(rb + kBlock, r1);
     int64_t r = rb;
-    for (; r + kTileRows <= re; r += kTileRows) rows_all_seqs<kTileRows, PF>(W, bias, X, B, K, N, r, Y, epi);
-    for (; r < re; ++r) rows_all_seqs<1, PF>(W, bias, X, B, K, N, r, Y, epi);
+    for (; r + kTileRows <= re; r += kTileRows) rows_all_seqs<kTileRows, PF>(W, bias, X, B, K, N, r, Y, epi, sc);
+    for (; r < re; ++r) rows_all_seqs<1, PF>(W, bias, X, B, K, N, r, Y, epi, sc);
   }
 }
 
+// scale: int8 W's per-row scales (N,), required then; ignored for fp32 and bf16 W.
 template <typename T>
 void linear_rows(const T* W, const float* bias, const float* X, int64_t B, int64_t K, int64_t N,
-                 int64_t r0, int64_t r1, float* Y, Epilogue epi) {
-  // bf16 weight streams get software prefetch (simd.h, kPrefetchBytes) when this thread's share
-  // is large enough for it to pay: the prefetch runs up to kPrefetchBytes past the share's end.
-  if constexpr (std::is_same_v<T, bf16_bits>) {
+                 int64_t r0, int64_t r1, float* Y, Epilogue epi, const float* scale = nullptr) {
+  // bf16 and int8 weight streams get software prefetch (simd.h, kPrefetchBytes) when this
+  // thread's share is large enough for it to pay: the prefetch runs up to kPrefetchBytes past
+  // the share's end.
+  if constexpr (!std::is_same_v<T, float>) {
     if ((r1 - r0) * K * static_cast<int64_t>(sizeof(T)) >= 8 * kPrefetchBytes)
-      return linear_rows_impl<true>(W, bias, X, B, K, N, r0, r1, Y, epi);
+      return linear_rows_impl<true>(W, bias, X, B, K, N, r0, r1, Y, epi, scale);
   }
-  linear_rows_impl<false>(W, bias, X, B, K, N, r0, r1, Y, epi);
+  linear_rows_impl<false>(W, bias, X, B, K, N, r0, r1, Y, epi, scale);
 }
 
 // [lo, hi) of n items for thread tid of nth, in chunks that are multiples of align.

@@ -205,18 +205,25 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
   else fill(static_cast<bf16_bits*>(nullptr));
 }
 
-// y = x W^T + b for the frame step at small B: x (B, K) fp32, W (N, K) fp32 or bf16, b (N,)
-// fp32 -> (B, N) fp32. At B = 1 the frame tier is a chain of matrix-vector products over
-// 235 MB of weights, DRAM-bound; torch's gemv reaches about half the bandwidth that a plain
-// row-split stream (this) does. Activations stay fp32 even with bf16 weights.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t num_threads) {
+// y = x W^T + b for the frame step at small B: x (B, K) fp32, W (N, K) fp32, bf16 or int8 (with
+// scale (N,) fp32: y = scale * (x q^T) + b), b (N,) fp32 -> (B, N) fp32. At B = 1 the frame
+// tier is a chain of matrix-vector products over 235 MB of weights, DRAM-bound; torch's gemv
+// reaches about half the bandwidth that a plain row-split stream (this) does. Activations stay
+// fp32 whatever the weights.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t num_threads,
+                  const c10::optional<at::Tensor>& scale) {
   TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2, "linear: x must be (B, K) and w (N, K), got ", x.sizes(), " and ", w.sizes());
   const int64_t B = x.size(0), K = x.size(1), N = w.size(0);
   const auto wdt = w.scalar_type();
-  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16, "linear: w must be float32 or bfloat16, got ", wdt);
+  TORCH_CHECK_TYPE(wdt == at::kFloat || wdt == at::kBFloat16 || wdt == at::kChar,
+                   "linear: w must be float32, bfloat16 or int8, got ", wdt);
   check(x, "x", at::kFloat, {B, K}, "linear");
   check(w, "w", wdt, {N, K}, "linear");
   check(b, "b", at::kFloat, {N}, "linear");
+  const bool q8 = wdt == at::kChar;
+  TORCH_CHECK_VALUE(q8 == scale.has_value(), "linear: int8 w needs its per-row scale (N,), float w none");
+  if (q8) check(*scale, "scale", at::kFloat, {N}, "linear");
+  const float* sc = q8 ? scale->data_ptr<float>() : nullptr;
   at::Tensor y = at::empty({B, N}, x.options());
   const int avail = num_threads > 0 ? static_cast<int>(num_threads) : at::get_num_threads();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(avail, B * N * K / (256 * 1024))));
@@ -225,11 +232,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
     int64_t r0, r1;
     split(N, 32, tid, nth, r0, r1);
     linear_rows(reinterpret_cast<const T*>(w.data_ptr()), b.data_ptr<float>(), x.data_ptr<float>(), B, K, N,
-                r0, r1, y.data_ptr<float>(), Epilogue::kStore);
+                r0, r1, y.data_ptr<float>(), Epilogue::kStore, sc);
   };
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     if (wdt == at::kFloat) body(static_cast<float*>(nullptr), omp_get_thread_num(), omp_get_num_threads());
+    else if (q8) body(static_cast<int8_t*>(nullptr), omp_get_thread_num(), omp_get_num_threads());
     else body(static_cast<bf16_bits*>(nullptr), omp_get_thread_num(), omp_get_num_threads());
   }
   return y;
@@ -249,7 +257,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the frame-tier step (see fastsrnn.ops.frame_step.frame_step); h, c updated in place",
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),
         py::arg("up_w"), py::arg("up_b"), py::arg("window"), py::arg("h"), py::arg("c"), py::arg("q_levels"),
-        py::arg("num_threads") = 0);
-  m.def("linear", &fastsrnn::linear, "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32 or bf16 weights",
-        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0);
+        py::arg("num_threads") = 0, py::arg("w_ih_scale") = std::vector<at::Tensor>(),
+        py::arg("w_hh_scale") = std::vector<at::Tensor>(), py::arg("skip_w_scale") = std::vector<at::Tensor>(),
+        py::arg("up_w_scale") = py::none());
+  m.def("linear", &fastsrnn::linear,
+        "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32, bf16 or int8 weights (int8: times scale (N,))",
+        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0, py::arg("scale") = py::none());
 }

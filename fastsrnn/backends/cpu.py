@@ -5,7 +5,8 @@ all F sample steps (csrc/cpu/sample_frame.cpp, the twin of ops/sample_frame.py),
 multi-threaded (OpenMP, rows of every matrix split across cores) and vectorized (AVX-512,
 AVX2 or portable), with nothing returning to Python per sample. Large batches hand the frame
 step's products to torch's BLAS, which wins there. Weights: fp32, or bf16 storage (dtype,
-frame_dtype) widened exactly to fp32 in the kernels, activations and sums stay fp32.
+frame_dtype) widened exactly to fp32 in the kernels, or int8 frame weights (frame_dtype=torch.int8,
+per-row scales, ops/export.py); activations and sums stay fp32.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from fastsrnn.ops.build import BuildError, cpu_extension
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, linear_cpu, torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu
 
-# Largest batch at which the op's linear beats torch's for the frame step (see frame_mm).
-_FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B = 128, 4
+# Largest batch at which the op's linear beats torch's for the frame step (see frame_mm). int8:
+# torch must widen the whole matrix to fp32 per call, then multiply; (4096, 1024) on the 2-core
+# EPYC, 2 threads: B 8 0.17 vs 1.09 ms, 128 2.45 vs 5.72, 256 5.5 vs 10.7 (largest measured).
+_FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B, _INT8_STREAM_MAX_B = 128, 4, 256
+_STREAM_MAX_B = {torch.float32: _FP32_STREAM_MAX_B, torch.bfloat16: _BF16_STREAM_MAX_B,
+                 torch.int8: _INT8_STREAM_MAX_B}
 
 
 class CpuBackend(FoldedBackend):
@@ -37,19 +42,22 @@ class CpuBackend(FoldedBackend):
         if env.num_threads():  # FASTSRNN_NUM_THREADS covers the torch frame step as well
             torch.set_num_threads(env.num_threads())
 
-    def frame_mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def frame_mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, K) @ w.T + b for the frame step: the op's weight-streaming kernel where it beats
         torch's BLAS (measured on a 2-core EPYC: fp32 at every B up to 128, 2x at B = 1 where the
-        frame tier is DRAM-bound; bf16 up to B = 4), else frame_step's torch product."""
-        if x.shape[0] <= (_FP32_STREAM_MAX_B if w.dtype == torch.float32 else _BF16_STREAM_MAX_B):
-            return linear_cpu(x, w, b, self.num_threads)
-        return torch_linear(x, w, b)
+        frame tier is DRAM-bound; bf16 up to B = 4; int8 up to 256 at least, 2x torch's, which
+        must widen the whole matrix first), else frame_step's torch product. int8 w: with its
+        row ``scale``."""
+        if x.shape[0] <= _STREAM_MAX_B.get(w.dtype, 0):
+            return linear_cpu(x, w, b, self.num_threads, scale=scale)
+        return torch_linear(x, w, b, scale=scale)
 
     def frame_step(self, state: DecodeState) -> torch.Tensor:
         """The frame step: the op's fused C++ step where it is faster (see frame_mm), else
         ops/frame_step.py with the op's products. Updates state.rnn in place; cond (B, F, H)."""
         w, rnn = self.w, state.rnn
-        if state.batch > (_FP32_STREAM_MAX_B if w.up_w.dtype == torch.float32 else _BF16_STREAM_MAX_B):
+        if state.batch > _STREAM_MAX_B.get(w.up_w.dtype, 0):
             return frame_step_ref(w, state.window, rnn, mm=self.frame_mm)
         h, c = dense(rnn.h), dense(rnn.c)
         cond = frame_step_cpu(w, state.window, type(rnn)(h, c), self.num_threads)

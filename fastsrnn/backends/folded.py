@@ -37,12 +37,13 @@ class FoldedBackend(Backend):
 
         On a CUDA device with Triton: the fused kernels (ops.frame_step.frame_step_triton, L + 2
         launches; their weights prepared on the first call, their cond a buffer reused per batch
-        size); elsewhere the eager frame_step_ref."""
+        size); elsewhere, and for int8 frame weights, the eager frame_step_ref."""
         fused = self.__dict__.get("_fused_frame", False)
         if fused is False:  # decided once: a CUDA device and kernels that import
             from fastsrnn.ops.frame_step import FusedFrameWeights, triton_frame_step_available
 
-            ok = self.device.type == "cuda" and triton_frame_step_available()[0]
+            # int8 frame weights have no Triton kernel: frame_step_ref dequantizes them
+            ok = self.device.type == "cuda" and not self.w.int8 and triton_frame_step_available()[0]
             fused = self._fused_frame = FusedFrameWeights.from_inference(self.w) if ok else None
         if fused is None:
             return frame_step_ref(self.w, state.window, state.rnn)

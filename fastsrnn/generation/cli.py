@@ -10,12 +10,13 @@ from fastsrnn import env
 from fastsrnn.backends import BACKENDS
 from fastsrnn.generation.generator import check_device
 from fastsrnn.generation.longgen import GenerationRun, _read_settings, init_ranks
+from fastsrnn.generation.precision import MAX_NLL_DELTA_BITS, PRECISIONS
 
 # The options that define a new generation (None on the command line = not given). A resumed
 # generation keeps its stored settings: giving one of these with --resume must agree with them.
 DEFAULTS = {"out": "generated", "seconds": 30.0, "n_seq": 1, "temperature": 1.0, "argmax": False, "h0": "learned",
             "seed": 0, "prime": None, "prime_seconds": None, "fmt": "wav", "normalize": "peak",
-            "chunk_seconds": 1.0, "save_every": 10.0}
+            "chunk_seconds": 1.0, "save_every": 10.0, "precision": "fp32"}
 OPTION = {"fmt": "--format", "save_every": "--save-every"}
 
 
@@ -72,6 +73,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio copied to the host and written per chunk [default: 1]")
     p.add_argument("--save-every", type=float, default=None,
                    help="save the resumable state every N seconds of audio [default: 10]")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weights of the generation backends (cpu, folded; triton and cuda take fp32 and bf16). "
+                        "fp32: the reference, no check. bf16: frame and sample tiers in bf16, half the weight bytes "
+                        "per frame (dadabots-2tier at one sequence on a 2-core CPU: 2.49 vs 4.46 ms per frame, "
+                        "BENCHMARKS.md: the frame tier's weight bytes bound the speed), logits within ~3e-3 of fp32. "
+                        "int8: frame-tier weights in int8 with a "
+                        "scale per row, a quarter of fp32's frame-tier bytes (the biggest CPU gain at few sequences), "
+                        "sample tier fp32; the coarsest rounding. Before bf16 or int8 generate, a guard measures "
+                        "the teacher-forced NLL with fp32 and with the lower precision on the same data, same "
+                        f"backend, and refuses a loss over {MAX_NLL_DELTA_BITS:g} bits/sample (it prints both NLLs; "
+                        "bf16 on the cpu backend: about 0.5 s for 'tiny', 15-30 s for 'dadabots-2tier' on a "
+                        "2-core CPU; once per run) "
+                        "[default: fp32]")
+    p.add_argument("--precision-data", metavar="DATA",
+                   help="prepared dataset whose test split the --precision guard measures on [default: the dataset "
+                        "recorded in the checkpoint's run folder (RUN/config.json) when it still exists, else "
+                        "4 x 1 s of audio the fp32 model generates itself (seed 0): how far the precision moves "
+                        "the model's own distribution]")
+    p.add_argument("--no-precision-check", action="store_true",
+                   help="skip the --precision guard (use bf16 or int8 without measuring their NLL against fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -87,7 +108,7 @@ def _check_resume_options(args) -> None:
     stored = {"seconds": settings["seconds"], "n_seq": settings["n_seq"], "temperature": settings["temperature"],
               "argmax": settings["argmax"], "h0": settings["h0"], "seed": settings["seed"],
               "prime_seconds": settings.get("prime_seconds"), "fmt": settings["audio_format"],
-              "normalize": settings["normalize"]}
+              "normalize": settings["normalize"], "precision": settings.get("precision", "fp32")}
     wrong = []
     if args.checkpoint and Path(args.checkpoint).resolve() != Path(settings["checkpoint"]).resolve():
         wrong.append(f"CHECKPOINT {args.checkpoint} (the generation uses {settings['checkpoint']})")
@@ -137,7 +158,11 @@ def _run(args, t0: float, rank: int) -> int:
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.resume:
         _check_resume_options(args)
-        gen_run = GenerationRun.reopen(args.resume, backend=args.backend, device=args.device)
+        if args.precision_data is not None:
+            raise ValueError("--precision-data cannot change on --resume: the guard measures on the data the "
+                             "generation was started with")
+        gen_run = GenerationRun.reopen(args.resume, backend=args.backend, device=args.device,
+                                       precision=args.precision, check_precision=not args.no_precision_check)
         say(f"resuming {args.resume} at {gen_run.generated / gen_run.settings['sample_rate']:.1f} s")
     else:
         if not args.checkpoint:
@@ -147,7 +172,10 @@ def _run(args, t0: float, rank: int) -> int:
             args.checkpoint, o["out"], seconds=o["seconds"], n_seq=o["n_seq"], temperature=o["temperature"],
             argmax=o["argmax"], h0=o["h0"], seed=o["seed"], prime=o["prime"], prime_seconds=o["prime_seconds"],
             backend=args.backend, device=args.device, fmt=o["fmt"], normalize=o["normalize"],
-            chunk_seconds=o["chunk_seconds"], save_every_seconds=o["save_every"])
+            chunk_seconds=o["chunk_seconds"], save_every_seconds=o["save_every"], precision=o["precision"],
+            check_precision=not args.no_precision_check, precision_data=args.precision_data)
+    if gen_run.gen.precision_check is not None:
+        say(gen_run.gen.precision_check.describe())
     try:
         gen_run.run(progress=not args.no_progress)
     except OSError as e:

@@ -17,6 +17,7 @@ import torch
 
 from fastsrnn import env
 from fastsrnn.backends import DecodeState, make_backend
+from fastsrnn.generation.precision import guard_precision, merge_options
 from fastsrnn.model import SampleRNN
 from fastsrnn.ops.sampling import temperature_tensor
 from fastsrnn.quantize import dequantize, quantize, silence_level
@@ -102,11 +103,16 @@ class Generator:
 
     model: a SampleRNN (moved to ``device``); temperature: scalar or one per sequence;
     prime: None, or a (T,) int64 tensor of quantized samples to continue (all sequences).
+    precision: fp32 (default), bf16 or int8 weights (fastsrnn/generation/precision.py), merged with
+    ``backend_options``; bf16 and int8 must first pass the NLL guard (its result:
+    ``precision_check``; :class:`PrecisionRefused` if it fails) on ``precision_data`` (a prepared
+    dataset or levels; None: the model's own music), unless ``check_precision`` is False.
     """
 
     def __init__(self, model: SampleRNN, n_seq: int = 1, *, temperature: Union[float, list] = 1.0,
                  argmax: bool = False, h0: str = "learned", seed: int = 0, backend: str = None,
-                 device=None, prime: Optional[torch.Tensor] = None, **backend_options):
+                 device=None, prime: Optional[torch.Tensor] = None, precision: str = "fp32",
+                 check_precision: bool = True, precision_data=None, **backend_options):
         _check_model(model)
         n_seq = check_int("n_seq", n_seq, 1)
         seed = check_int("seed", seed)
@@ -115,13 +121,17 @@ class Generator:
             raise ValueError(f"h0 must be one of {H0_MODES}, got {h0!r}")
         if prime is not None:
             prime = _check_prime(prime)
+        options = merge_options(precision, backend_options)  # an unknown precision or a clash fails here
         self.cfg = model.cfg
         self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
         self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
         self.backend = make_backend(backend or env.default_backend(), self.model, self.device, n_seq=n_seq,
-                                    **backend_options)
+                                    **options)
+        self.precision, self.precision_check = precision, None
+        if precision != "fp32":
+            self._guard(precision, check_precision, precision_data, backend_options)
         self.rng = torch.Generator().manual_seed(seed)
         self.frames_done = 0
         with torch.no_grad():
@@ -134,6 +144,14 @@ class Generator:
     @property
     def backend_name(self) -> str:
         return self.backend.name
+
+    def _guard(self, precision: str, check: bool, data, backend_options: dict) -> None:
+        if self.backend.name == "eager":  # make_backend gives eager no weight options: it would stay fp32
+            raise ValueError(f"precision={precision!r} needs a backend that runs exported weights (folded, cpu, "
+                             "triton, cuda); the eager backend runs the model's own fp32 modules")
+        if check:
+            self.precision_check = guard_precision(self.model, precision, self.backend.name, self.device, data,
+                                                   **backend_options)
 
     def _prime(self, levels: torch.Tensor) -> None:
         """Warm the frame tier on a recording: frames [silence, p_0 .. p_{N-2}], window = p_{N-1}."""
@@ -222,11 +240,13 @@ def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:
 
 def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.0, argmax: bool = False,
              h0: str = "learned", seed: int = 0, backend: str = None, device=None, prime=None,
-             progress: bool = False) -> np.ndarray:
+             progress: bool = False, precision: str = "fp32", check_precision: bool = True,
+             precision_data=None) -> np.ndarray:
     """Generate ``n_samples`` samples for each of ``n_seq`` sequences: (n_seq, n_samples) float32.
 
     prime: None, (T,) int64 quantized samples (see :func:`prime_levels`), or the path of a recording
-    (read whole with :func:`prime_levels`).
+    (read whole with :func:`prime_levels`). precision, check_precision, precision_data: see
+    :class:`Generator` (bf16 and int8 are measured against fp32 first, once per model and data).
     """
     from tqdm.auto import tqdm
 
@@ -235,7 +255,10 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
     if isinstance(prime, (str, os.PathLike)):
         prime = prime_levels(prime, model.cfg)
     gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
-                    backend=backend, device=device, prime=prime)
+                    backend=backend, device=device, prime=prime, precision=precision,
+                    check_precision=check_precision, precision_data=precision_data)
+    if progress and gen.precision_check is not None:
+        print(gen.precision_check.describe())
     out = np.empty((n_seq, n_samples), dtype=np.float32)
     pos = 0
     with tqdm(total=n_samples / model.cfg.sample_rate, unit="s", disable=not progress,

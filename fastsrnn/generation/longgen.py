@@ -43,6 +43,7 @@ from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.prepare import file_sha256
 from fastsrnn.generation.generator import Generator, check_device, check_int, check_temperature, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
+from fastsrnn.generation.precision import precision_options, recorded_dataset
 from fastsrnn.model import RNNState
 from fastsrnn.outlock import LOCK_NAME, locked_output
 
@@ -86,7 +87,11 @@ class GenerationRun:
     @classmethod
     def create(cls, checkpoint, out_dir, *, seconds: float, n_seq: int = 1, temperature=1.0, argmax=False,
                h0="learned", seed=0, prime=None, prime_seconds=None, backend=None, device=None,
-               fmt="wav", normalize="peak", chunk_seconds=1.0, save_every_seconds=10.0) -> "GenerationRun":
+               fmt="wav", normalize="peak", chunk_seconds=1.0, save_every_seconds=10.0, precision="fp32",
+               check_precision=True, precision_data=None) -> "GenerationRun":
+        """precision: fp32, bf16 or int8 (checked against fp32 first unless ``check_precision`` is
+        False) on ``precision_data`` (None: the dataset the checkpoint's run folder records, else the
+        model's own music); kept in the settings, so a resume uses the same."""
         out = Path(out_dir)
         seconds = _check_float("--seconds", seconds)
         chunk_seconds = _check_float("--chunk-seconds", chunk_seconds)
@@ -97,6 +102,7 @@ class GenerationRun:
             prime_seconds = _check_float("--prime-seconds", prime_seconds)
         n_seq = check_int("--n-seq", n_seq, 1)
         check_int("--seed", seed)
+        _check_precision_name(precision)
         check_temperature(temperature, "--temperature", "--argmax")
         if fmt not in ("wav", "flac"):
             raise ValueError(f"--format must be 'wav' or 'flac', got {fmt!r}")
@@ -122,8 +128,11 @@ class GenerationRun:
         levels = prime_levels(prime, model.cfg, prime_seconds) if prime is not None else None
         prime_samples = 0 if levels is None else int(levels.numel())
         _check_disk(out, n_seq, prime_samples + n_samples, prime_samples + n_samples)
+        if precision != "fp32" and precision_data is None:
+            precision_data = recorded_dataset(ckpt_path)
         gen = _generator(model, n_seq, rows, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
-                         backend=backend, device=device, prime=levels)
+                         backend=backend, device=device, prime=levels, precision=precision,
+                         check_precision=check_precision, precision_data=precision_data)
         settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path),
                     "checkpoint_sha256": file_sha256(ckpt_path),
                     "seconds": seconds, "n_samples": n_samples, "sample_rate": sr, "n_seq": n_seq,
@@ -131,7 +140,9 @@ class GenerationRun:
                     "prime": None if prime is None else str(Path(prime).resolve()), "prime_seconds": prime_seconds,
                     "prime_samples": prime_samples, "audio_format": fmt,
                     "normalize": normalize, "chunk_samples": int(chunk_seconds * sr),
-                    "save_every_samples": int(save_every_seconds * sr), "backend": gen.backend_name, "complete": False}
+                    "save_every_samples": int(save_every_seconds * sr), "backend": gen.backend_name,
+                    "precision": precision, "precision_data": None if precision_data is None else str(precision_data),
+                    "precision_check": _check_record(gen), "complete": False}
         if world > 1:
             settings["world_size"] = world
         lock, err = None, None
@@ -170,9 +181,14 @@ class GenerationRun:
         return run
 
     @classmethod
-    def reopen(cls, out_dir, backend=None, device=None) -> "GenerationRun":
+    def reopen(cls, out_dir, backend=None, device=None, precision=None, check_precision=True) -> "GenerationRun":
+        """precision: None (the stored one) or the stored one; another is refused (the audio would change)."""
         out = Path(out_dir)
-        _read_settings(out)  # a clear error for a folder that is not a generation, before locking it
+        stored = _read_settings(out).get("precision", "fp32")  # read first: a clear error for a non-generation
+        if precision is not None and precision != stored:
+            raise ValueError(f"{out}: this generation was started with precision {stored}; resuming it with "
+                             f"{precision} would change its audio midway. Resume with --precision {stored} (or without "
+                             "--precision), or start a new generation in another --out")
         check_device(device, "--device")
         world, rank = init_ranks()
         lock, err = None, None
@@ -184,7 +200,7 @@ class GenerationRun:
         _raise_if_any_failed(world, err, "resuming the generation")
         run, err = None, None
         try:
-            run = cls._reopen_locked(out, lock, backend, device, world, rank)
+            run = cls._reopen_locked(out, lock, backend, device, world, rank, check_precision)
         except BaseException as e:
             err = e
         try:
@@ -198,7 +214,8 @@ class GenerationRun:
         return run
 
     @classmethod
-    def _reopen_locked(cls, out: Path, lock, backend, device, world: int = 1, rank: int = 0) -> "GenerationRun":
+    def _reopen_locked(cls, out: Path, lock, backend, device, world: int = 1, rank: int = 0,
+                       check_precision: bool = True) -> "GenerationRun":
         settings = _read_settings(out)
         require_soundfile()
         if settings.get("complete"):
@@ -226,7 +243,9 @@ class GenerationRun:
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         gen = _generator(model, settings["n_seq"], rows, temperature=settings["temperature"],
                          argmax=settings["argmax"], h0=settings["h0"], seed=settings["seed"],
-                         backend=backend or settings["backend"], device=device)
+                         backend=backend or settings["backend"], device=device,
+                         precision=settings.get("precision", "fp32"), check_precision=check_precision,
+                         precision_data=settings.get("precision_data"))
         saved = _read_state(state_path, len(rows))
         try:
             gen.load_state_dict(saved["generator"])
@@ -550,6 +569,20 @@ def _generator(model, n_seq: int, rows: range, **options) -> Generator:
     if len(rows) == n_seq:
         return Generator(model, n_seq, **options)
     return RowsGenerator(model, rows, n_seq, **options)
+
+
+def _check_precision_name(precision) -> None:
+    try:
+        precision_options(precision)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+
+
+def _check_record(gen: Generator) -> Optional[dict]:
+    """The guard's numbers for generation.json (None when it did not run)."""
+    c = gen.precision_check
+    return None if c is None else {"data": c.data, "backend": c.backend, "nll_fp32_bits": c.nll_fp32,
+                                   "nll_bits": c.nll, "delta_bits": c.delta, "limit_bits": c.limit}
 
 
 def _check_float(name: str, value) -> float:

@@ -7,6 +7,9 @@
 Folds are computed in float64 and rounded once. Every shape is checked with a readable error.
 Nothing is transposed inside the decode loop.
 
+Frame-tier storage: fp32, bf16, or int8 with one fp32 scale per output row (:func:`quantize_rows`;
+``InferenceWeights.to(frame_dtype=torch.int8)``): y[r] = scale[r] * sum_k q[r, k] x[k] + b[r].
+
 :func:`export_inference_cached` keeps the export of the last few models (build once, generate
 many): a second generation on unchanged weights reuses it; any change to a weight re-exports.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -43,14 +46,27 @@ class InferenceWeights:
     b3: torch.Tensor  # (H,)
     wo: torch.Tensor  # (Q, H)
     bo: torch.Tensor  # (Q,)
+    # int8 frame weights only: the fp32 scale of each row of w_ih, w_hh, skip_w, up_w (empty/None otherwise)
+    w_ih_scale: List[torch.Tensor] = field(default_factory=list)  # per layer (G*H,)
+    w_hh_scale: List[torch.Tensor] = field(default_factory=list)  # per layer (G*H,)
+    skip_w_scale: List[torch.Tensor] = field(default_factory=list)  # per layer (H,)
+    up_w_scale: Optional[torch.Tensor] = None  # (F*H,)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None, frame_dtype: Optional[torch.dtype] = None):
-        """Move every tensor; ``dtype`` for the sample tier, ``frame_dtype`` for the frame tier."""
+        """Move every tensor; ``dtype`` for the sample tier, ``frame_dtype`` for the frame tier
+        (float32, bfloat16, or int8: quantized per row from float weights, scales alongside)."""
+        if frame_dtype == torch.int8 and self.up_w.dtype != torch.int8:
+            return _quantized(self).to(device, dtype)
+        if frame_dtype not in (None, torch.int8) and self.up_w.dtype == torch.int8:
+            raise ValueError(f"InferenceWeights.to: int8 frame weights cannot become {frame_dtype}; export again")
         frame_names = {"w_ih", "w_hh", "skip_w", "up_w"}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             dt = frame_dtype if f.name in frame_names else dtype
+            if v is None or f.name == "cfg":
+                out[f.name] = v
+                continue
             if f.name in ("table", "w3", "wo") or f.name in frame_names:
                 conv = lambda t: t.to(device=device, dtype=dt or t.dtype).contiguous()  # noqa: E731
             else:  # biases and states stay fp32: accumulation is fp32
@@ -66,8 +82,39 @@ class InferenceWeights:
         return sum(t.numel() * t.element_size() for t in (self.w3, self.wo, self.b3, self.bo))
 
     def nbytes_frame_tier(self) -> int:
-        ts = self.w_ih + self.w_hh + self.skip_w + [self.up_w]
+        ts = self.w_ih + self.w_hh + self.skip_w + [self.up_w] + self.w_ih_scale + self.w_hh_scale + self.skip_w_scale
+        ts += [self.up_w_scale] if self.up_w_scale is not None else []
         return sum(t.numel() * t.element_size() for t in ts)
+
+    @property
+    def int8(self) -> bool:
+        """The frame weights are int8 with per-row scales."""
+        return self.up_w.dtype == torch.int8
+
+
+@torch.no_grad()
+def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """w (N, K) float -> q (N, K) int8, scale (N,) fp32: symmetric per row, scale = max|row| / 127,
+    q = round(w / scale) (to nearest, ties to even), so |w - scale * q| <= scale / 2. Computed in
+    float64 from w's values and the fp32 scale; a zero row gets scale 0 and q 0 (it stays exact)."""
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"quantize_rows: w must be a 2-d float tensor, got {tuple(w.shape)} {w.dtype}")
+    w64 = w.detach().double()
+    scale = (w64.abs().amax(dim=1) / 127).float()  # (N,)
+    s64 = scale.double().clamp_min(torch.finfo(torch.float64).tiny)  # a zero row: 0 / tiny = 0
+    q = torch.round(w64 / s64[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def _quantized(w: InferenceWeights) -> InferenceWeights:
+    """w with its frame-tier matrices quantized to int8 (quantize_rows), everything else as is."""
+    if w.up_w.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"InferenceWeights.to: int8 is quantized from float32 frame weights, not {w.up_w.dtype}")
+    pairs = {n: [quantize_rows(t) for t in getattr(w, n)] for n in ("w_ih", "w_hh", "skip_w")}
+    q_up, s_up = quantize_rows(w.up_w)
+    kw = {n: [q for q, _ in p] for n, p in pairs.items()}
+    kw.update({f"{n}_scale": [s for _, s in p] for n, p in pairs.items()})
+    return replace(w, up_w=q_up, up_w_scale=s_up, **kw)
 
 
 def _check(name: str, t: torch.Tensor, shape) -> torch.Tensor:
@@ -79,8 +126,11 @@ def _check(name: str, t: torch.Tensor, shape) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_inference(model: SampleRNN) -> InferenceWeights:
-    """Fold a SampleRNN (any device) into fp32 :class:`InferenceWeights` on the CPU."""
+def export_inference(model: SampleRNN, frame_dtype: Optional[torch.dtype] = None) -> InferenceWeights:
+    """Fold a SampleRNN (any device) into fp32 :class:`InferenceWeights` on the CPU; ``frame_dtype``
+    (bfloat16, int8) stores the frame tier so (``InferenceWeights.to``)."""
+    if frame_dtype not in (None, torch.float32):
+        return export_inference(model).to(frame_dtype=frame_dtype)
     cfg = model.cfg
     F, E, H, Q, L, G = cfg.frame_size, cfg.emb_size, cfg.dim, cfg.q_levels, cfg.n_rnn, cfg.gates
     fr, mlp = model.frame_rnn, model.mlp
@@ -199,8 +249,8 @@ def _tick() -> int:
 
 def export_inference_cached(model: SampleRNN, device=None, dtype: Optional[torch.dtype] = None,
                             frame_dtype: Optional[torch.dtype] = None) -> InferenceWeights:
-    """:func:`export_inference` (then ``.to(device, dtype, frame_dtype)``), reused while the weights
-    are unchanged: bit for bit what a fresh export gives.
+    """:func:`export_inference` (then ``.to(device, dtype, frame_dtype)``; frame_dtype float32,
+    bfloat16 or int8), reused while the weights are unchanged: bit for bit what a fresh export gives.
 
     The cache holds the latest export of the last :data:`CACHE_MAX_MODELS` models, by weak
     reference (a dropped model frees its entry), with a copy of the weights to compare against

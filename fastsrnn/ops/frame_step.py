@@ -23,17 +23,34 @@ from fastsrnn.ops.export import InferenceWeights
 from fastsrnn.quantize import frame_input
 
 
-def torch_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x (B, K) fp32 @ w.T (K, N) + b -> (B, N) fp32; w may be bf16 (fp32 accumulation)."""
+def torch_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (B, K) fp32 @ w.T (K, N) + b -> (B, N) fp32; w may be bf16 (fp32 accumulation), or int8
+    with its per-row scale (N,) fp32: b + scale * (x @ q.T), q widened exactly to fp32 (the
+    kernels' order: the fp32 sum first, then the row's scale, then the bias)."""
+    if w.dtype == torch.int8:
+        if scale is None or scale.shape != (w.shape[0],) or scale.dtype != torch.float32:
+            raise ValueError(f"torch_linear: int8 w ({tuple(w.shape)}) needs an fp32 scale of shape ({w.shape[0]},)")
+        return torch.addcmul(b, torch.mm(x, w.float().t()), scale)
     if w.dtype == torch.float32:
         return torch.addmm(b, x, w.t())
     return torch.mm(x.to(w.dtype), w.t()).float() + b
 
 
+def _scale(w: InferenceWeights, name: str, i: Optional[int] = None) -> Optional[torch.Tensor]:
+    """The per-row scale of frame matrix ``name`` (layer i) when the frame weights are int8, else None."""
+    if not w.int8:
+        return None
+    s = getattr(w, name + "_scale")
+    return s if i is None else s[i]
+
+
 def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=None) -> torch.Tensor:
     """One frame step in torch ops (see the module docstring for the contract).
 
-    mm: a replacement for ``torch_linear`` (same contract), e.g. :func:`linear_cpu`.
+    mm: a replacement for ``torch_linear`` (same contract, ``scale`` passed by keyword), e.g.
+    :func:`linear_cpu`. int8 frame weights (InferenceWeights.to(frame_dtype=torch.int8)) carry
+    their per-row scales.
     """
     mm = mm or torch_linear
     cfg = w.cfg
@@ -43,8 +60,8 @@ def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=
     for i in range(cfg.n_rnn):
         inp = torch.cat([x, x_in], dim=1) if (i > 0 and w.skip_w) else x
         h = rnn.h[i]
-        gi = mm(inp, w.w_ih[i], w.b_ih[i])  # (B, G*H)
-        gh = mm(h, w.w_hh[i], w.b_hh[i])  # (B, G*H)
+        gi = mm(inp, w.w_ih[i], w.b_ih[i], scale=_scale(w, "w_ih", i))  # (B, G*H)
+        gh = mm(h, w.w_hh[i], w.b_hh[i], scale=_scale(w, "w_hh", i))  # (B, G*H)
         if rnn.c is not None:  # LSTM, gate order i, f, g, o
             ig, fg, gg, og = (gi + gh).chunk(4, dim=1)
             c = torch.sigmoid(fg) * rnn.c[i] + torch.sigmoid(ig) * torch.tanh(gg)
@@ -60,26 +77,38 @@ def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=
         x = h_new
         if w.skip_w:
             zero = w.skip_b if i == 0 else torch.zeros_like(w.skip_b)
-            proj = mm(x, w.skip_w[i], zero)
+            proj = mm(x, w.skip_w[i], zero, scale=_scale(w, "skip_w", i))
             total = proj if total is None else total + proj
     out = total if w.skip_w else x  # (B, H)
-    return mm(out, w.up_w, w.up_b).view(B, F, H)  # (B, F*H) -> (B, F, H)
+    return mm(out, w.up_w, w.up_b, scale=_scale(w, "up_w")).view(B, F, H)  # (B, F*H) -> (B, F, H)
 
 
-def linear_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, num_threads: int = 0) -> torch.Tensor:
-    """torch_linear's contract in the C++ weight-streaming kernel (fp32 or bf16 weights, fp32 sums):
-    at small B the frame tier is a chain of DRAM-bound matrix-vector products."""
+def linear_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, num_threads: int = 0,
+               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """torch_linear's contract in the C++ weight-streaming kernel (fp32, bf16 or int8 weights with
+    their per-row ``scale``; fp32 sums): at small B the frame tier is a chain of DRAM-bound
+    matrix-vector products."""
     from fastsrnn.ops.build import cpu_extension
 
-    return cpu_extension().linear(x.contiguous(), w, b, int(num_threads))
+    return cpu_extension().linear(x.contiguous(), w, b, int(num_threads), scale=scale)
 
 
 def frame_step_cpu(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, num_threads: int = 0) -> torch.Tensor:
-    """frame_step_ref's contract in one fused C++ call (OpenMP over rows; h, c must be dense)."""
+    """frame_step_ref's contract in one fused C++ call (OpenMP over rows; h, c must be dense);
+    int8 frame weights with their per-row scales."""
     from fastsrnn.ops.build import cpu_extension
 
     return cpu_extension().frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
-                                      window.contiguous(), rnn.h, rnn.c, w.cfg.q_levels, int(num_threads))
+                                      window.contiguous(), rnn.h, rnn.c, w.cfg.q_levels, int(num_threads),
+                                      **int8_scales(w))
+
+
+def int8_scales(w: InferenceWeights) -> dict:
+    """The C++ frame step's scale arguments: w's per-row scales for int8 frame weights, else none."""
+    if not w.int8:
+        return {}
+    return dict(w_ih_scale=w.w_ih_scale, w_hh_scale=w.w_hh_scale, skip_w_scale=w.skip_w_scale,
+                up_w_scale=w.up_w_scale)
 
 
 @dataclass

@@ -13,6 +13,12 @@ GPU. Variants: ``cpu:bf16`` (bf16 weights, fp32 accumulation), ``cuda:nograph``.
 check: the real generation driver makes 50 and 500 frames of one sequence, and its peak memory
 must not grow with the length.
 
+Beside each low-precision row (bf16, int8 weights), "NLL Δ bits": its teacher-forced NLL minus
+fp32's on the same samples through the same backend (fastsrnn/generation/precision.py, the
+measurement ``fastsrnn generate --precision`` guards with), on 4 x 1 s that the benched model
+generates itself in fp32. The bench's weights are random (NLL near 8 bits), so the delta shows how
+far the rounding moves the model's distribution, not what a trained model's test loss would do.
+
 The measuring itself (timing, peak memory, the correctness gate, the floor) lives in
 fastsrnn/tools/bench_measure.py and is re-exported here: parse_variant, fresh_state, measured,
 frame_stepper, time_frames, checked_backends, check_against_eager, check_low_precision.
@@ -26,13 +32,14 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from fastsrnn.atomic import atomic_write_text
 from fastsrnn.backends import available_backends
 from fastsrnn.config import SampleRNNConfig
+from fastsrnn.generation.precision import nll_pair
 from fastsrnn.model import SampleRNN
 from fastsrnn.ops.export import export_inference
 from fastsrnn.tools import perf_model
@@ -75,6 +82,7 @@ class Row:
     check: str
     pred_ms_per_frame: Optional[float] = None  # perf_model's prediction on a known GPU
     pred_largest_term: Optional[str] = None
+    nll_delta_bits: Optional[float] = None  # low-precision rows: NLL minus fp32's, same samples (see nll_deltas)
 
 
 def _weight_bytes(model, variant_kw) -> int:
@@ -98,6 +106,24 @@ def prediction(preset: str, n_seq: int, variant: str, gpu: Optional[str]) -> Opt
     return None if math.isinf(p.time_per_frame_s) else p
 
 
+PRECISION_OPTIONS = ("dtype", "frame_dtype")
+
+
+def nll_deltas(model, variants: List[str], device) -> Dict[str, float]:
+    """Per low-precision variant (one whose options set dtype or frame_dtype), its NLL minus fp32's
+    in bits per sample: precision.py's paired measurement (:func:`nll_pair`) through the variant's
+    own backend, on samples the model generates itself in fp32 (measured once per model)."""
+    out = {}
+    for variant in variants:
+        name, kw = parse_variant(variant)
+        low = {k: v for k, v in kw.items() if k in PRECISION_OPTIONS}
+        if name != "eager" and low:
+            rest = {k: v for k, v in kw.items() if k not in PRECISION_OPTIONS}
+            nll32, nll, _, _ = nll_pair(model, low, name, device, None, rest)
+            out[variant] = nll - nll32
+    return out
+
+
 def _row(model, preset, n_seq, variant, t, peak, t_eager, floor, check, gpu=None) -> Row:
     cfg = model.cfg
     cost = frame_cost(cfg, n_seq, _weight_bytes(model, parse_variant(variant)[1]))
@@ -115,8 +141,11 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
     model = SampleRNN(SampleRNNConfig.from_name(preset)).eval().to(device)
     gpu = gpu_model_name(device)
     rows = []
+    deltas = None
     for n_seq in n_seqs:
         backends, checks = checked_backends(model, n_seq, variants, device)
+        if deltas is None:  # after the first correctness gate: nothing is measured on a refused backend
+            deltas = nll_deltas(model, list(backends), device)
         if progress is not None:
             progress.write(f"{preset} n_seq={n_seq}: All results match "
                            f"({', '.join(f'{v}: {c}' for v, c in checks.items())}). Starting benchmarks.")
@@ -128,6 +157,7 @@ def bench_preset(preset: str, n_seqs: List[int], variants: List[str], device, fr
             t = timing.seconds_per_frame
             t_eager = t if name == "eager" else t_eager
             rows.append(_row(model, preset, n_seq, variant, t, timing.peak_mib, t_eager, floor, checks[variant], gpu))
+            rows[-1].nll_delta_bits = deltas.get(variant)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix_str(f"{preset} B={n_seq} {variant}: "
@@ -161,16 +191,17 @@ def format_table(rows: List[Row]) -> str:
     """The bench table; with "pred ms/frame" and "pred/meas" columns when any row has a prediction."""
     pred = any(r.pred_ms_per_frame is not None for r in rows)
     head = ("| preset | n_seq | backend | ms/frame | samples/s/seq | samples/s total | x real time | vs eager "
-            "| GB/s | of floor | peak MiB | check |" + (" pred ms/frame | pred/meas | largest predicted term |"
-                                                         if pred else "")
-            + "\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|---|" if pred else ""))
+            "| GB/s | of floor | peak MiB | check | NLL Δ bits |"
+            + (" pred ms/frame | pred/meas | largest predicted term |" if pred else "")
+            + "\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|" + ("---:|---:|---|" if pred else ""))
     lines = [head]
     for r in rows:
         speed = f"{r.speedup_vs_eager:.1f}x" if r.speedup_vs_eager else "-"
         peak = "-" if r.peak_mib is None else f"{r.peak_mib:,.0f}"
+        delta = "-" if r.nll_delta_bits is None else f"{r.nll_delta_bits:+.4f}"
         line = (f"| {r.preset} | {r.n_seq} | {r.backend} | {r.ms_per_frame:.2f} | {r.samples_per_s_per_seq:,.0f} | "
                 f"{r.samples_per_s:,.0f} | {r.realtime_factor:.3f} | {speed} | {r.gb_per_s:.1f} | "
-                f"{100 * r.floor_fraction:.0f}% | {peak} | {r.check} |")
+                f"{100 * r.floor_fraction:.0f}% | {peak} | {r.check} | {delta} |")
         if pred:
             line += (" - | - | - |" if r.pred_ms_per_frame is None else
                      f" {r.pred_ms_per_frame:.3f} | {r.pred_ms_per_frame / r.ms_per_frame:.2f} | "
@@ -201,7 +232,15 @@ EPILOG = """examples:
 "peak MiB" is the process's peak RSS on the CPU (it includes torch and every backend's weights)
 and the peak of torch's allocations on CUDA. The length check runs the generation driver for
 each --length-frames count and reports how much its peak rose during that run. On an H100 SXM
-or H200, GPU rows also show fastsrnn/tools/perf_model.py's prediction and pred/meas."""
+or H200, GPU rows also show fastsrnn/tools/perf_model.py's prediction and pred/meas.
+
+"NLL Δ bits" (low-precision rows; "-" for fp32 and eager): the row's teacher-forced NLL minus
+fp32's on the same 4 x 1 s that the benched model generates itself in fp32, through the same
+backend (fastsrnn/generation/precision.py; 'fastsrnn generate --precision' refuses a precision
+whose delta exceeds 0.01 bits on the trained model). The bench's weights are random, so this
+shows how far the rounding moves the model's distribution, not a trained model's test loss. It
+costs three passes over 4 x 1 s per low-precision variant (about 15 s for dadabots-2tier on cpu
+on a 2-core CPU; minutes on folded, whose torch ops run per sample)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,14 +3,14 @@ correctness gate, and this machine's floor. ``fastsrnn bench`` (fastsrnn/tools/b
 pytest-benchmark suite (benchmarks/test_generation_bench.py) and the long-generation memory check
 (benchmarks/long_memory.py) all call these; none has its own timer or memory probe.
 
-- :func:`parse_variant` reads a backend variant (``cpu:bf16``, ``cuda:nograph``; ``ref`` is the
-  old name of ``folded``); :func:`fresh_state` makes a reproducible decode state.
+- :func:`parse_variant` reads a backend variant (``cpu:bf16``, ``cpu:int8``, ``cuda:nograph``;
+  ``ref`` is the old name of ``folded``); :func:`fresh_state` makes a reproducible decode state.
 - :func:`measured` is the timing and peak-memory method: wall seconds of a block, synchronised
   on CUDA, and the peak memory inside it (CUDA: torch's allocations; CPU: the process's RSS).
 - :func:`frame_stepper` is one timed unit (one ``step_frame``, synchronised);
   :func:`time_frames` times it: warm-up, repeats, median seconds per frame and peak memory.
-- :func:`check_against_eager` / :func:`check_low_precision` / :func:`checked_backends`: the gate,
-  which refuses to time a backend that disagrees with eager.
+- :func:`check_against_eager` / :func:`check_low_precision` / :func:`check_int8` /
+  :func:`checked_backends`: the gate, which refuses to time a backend that disagrees with eager.
 """
 from __future__ import annotations
 
@@ -31,21 +31,39 @@ from fastsrnn.config import SampleRNNConfig
 from fastsrnn.ops.sampling import cdf_margin
 
 NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)
-VARIANT_OPTIONS = ("bf16", "nograph")
+VARIANT_OPTIONS = ("bf16", "int8", "nograph")
+# int8 frame weights (per-row scales, fp32 sample tier): the largest teacher-forced logits error
+# against fp32 eager (||diff|| / ||ref||) the gate accepts. Measured (bench_measure's own check,
+# the folded twin): 1.5e-3 on dadabots-2tier at its initial weights (bf16 frame weights alone:
+# 6.8e-4; bf16 in both tiers, the cpu:bf16 variant: 2.6e-3), 0.7e-3 on tiny, 0.6-1.3e-3 on the
+# test models. int8 rounds each weight to 1/254 of its row's largest value, so trained rows whose
+# largest value is far above their typical one lose more: 1e-2 (bf16's gate) leaves ~7x for that,
+# while a wrong kernel (a scale lost, a layer skipped) is off by O(1).
+INT8_LOGITS_LIMIT = 1e-2
+# A fused int8 backend against its torch twin (folded, same int8 weights): both widen the same
+# integers exactly and sum in fp32, so only the summation order differs (fp32 rounding through
+# the layers: measured 1-3e-7 on tiny and dadabots-2tier); up_w's scales off by 1% give ~1e-3.
+INT8_TWIN_LIMIT = 1e-5
 
 
 def parse_variant(variant: str) -> Tuple[str, dict]:
-    """'cpu:bf16' -> ('cpu', {dtype: bf16, frame_dtype: bf16}); 'cuda:nograph' -> ('cuda', {graphs: False}).
-    The backend name is canonical ('ref' -> 'folded', with a DeprecationWarning)."""
+    """'cpu:bf16' -> ('cpu', {dtype: bf16, frame_dtype: bf16}); 'cpu:int8' -> ('cpu', {frame_dtype:
+    int8}) (the sample tier fp32, or bf16 with 'cpu:bf16,int8'); 'cuda:nograph' -> ('cuda', {graphs:
+    False}). The backend name is canonical ('ref' -> 'folded', with a DeprecationWarning)."""
     name, _, opts = variant.partition(":")
     kw = {}
+    int8 = False
     for opt in filter(None, opts.split(",")):
         if opt == "bf16":
             kw.update(dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
+        elif opt == "int8":
+            int8 = True
         elif opt == "nograph":
             kw["graphs"] = False
         else:
             raise ValueError(f"backend variant {variant!r}: unknown option {opt!r} ({', '.join(VARIANT_OPTIONS)})")
+    if int8:  # whatever the order of the options
+        kw["frame_dtype"] = torch.int8
     return canonical_name(name), kw
 
 
@@ -172,8 +190,9 @@ def time_frames(model, backend, n_seq: int, device, frames: int = 16, repeats: i
 
 # --- the correctness gate ------------------------------------------------------------------------
 
-def check_against_eager(model, be, eager_be, n_seq: int, device, frames: int = 3) -> str:
-    """Generate ``frames`` frames with both; 'match', 'near-tie (margin m)' or raise."""
+def check_against_eager(model, be, eager_be, n_seq: int, device, frames: int = 3, ref: str = "eager") -> str:
+    """Generate ``frames`` frames with both; 'match', 'near-tie (margin m)' or raise.
+    ``ref``: what ``eager_be`` is called in the message (another reference: the folded int8 twin)."""
     F, Q = model.cfg.frame_size, model.cfg.q_levels
     g = torch.Generator().manual_seed(1234)
     us = [torch.rand(n_seq, F, generator=g).to(device) for _ in range(frames)]
@@ -188,15 +207,17 @@ def check_against_eager(model, be, eager_be, n_seq: int, device, frames: int = 3
             b, j = bad[0].tolist()
             margin = float(cdf_margin(logits[b, j][None].cpu(), u[b, j][None].cpu(), inv_t[b][None].cpu())[0])
             if margin > NEAR_TIE:
-                raise RuntimeError(f"backend {be.name} draws {int(x_be[b, j])} where eager draws "
+                raise RuntimeError(f"backend {be.name} draws {int(x_be[b, j])} where {ref} draws "
                                    f"{int(x_ref[b, j])} (sequence {b}, step {j}, CDF margin {margin:.2e}): "
                                    "refusing to time it")
             return f"near-tie (margin {margin:.1e})"
     return "match"
 
 
-def check_low_precision(model, be, eager_be, n_seq: int, device, frames: int = 2, limit: float = 1e-2) -> str:
-    """Teacher-forced logits of a bf16-weight backend against fp32 eager: ||diff|| / ||ref|| <= limit."""
+def check_low_precision(model, be, eager_be, n_seq: int, device, frames: int = 2, limit: float = 1e-2,
+                        label: str = "bf16") -> str:
+    """Teacher-forced logits of a bf16-weight (``label``) backend against fp32 eager:
+    ||diff|| / ||ref|| <= limit."""
     F, Q = model.cfg.frame_size, model.cfg.q_levels
     g = torch.Generator().manual_seed(4321)
     inv_t = torch.ones(n_seq, device=device)
@@ -211,16 +232,34 @@ def check_low_precision(model, be, eager_be, n_seq: int, device, frames: int = 2
         den += float(ref.double().pow(2).sum())
     err = (num / den) ** 0.5
     if not err <= limit:  # NaN fails too
-        raise RuntimeError(f"backend {be.name} (bf16): logits relative error {err:.1e} > {limit:.0e}: "
+        raise RuntimeError(f"backend {be.name} ({label}): logits relative error {err:.1e} > {limit:.0e}: "
                            "refusing to time it")
-    return f"bf16: logits rel. err {err:.1e}"
+    return f"{label}: logits rel. err {err:.1e}"
+
+
+def check_int8(model, be, eager_be, variant: str, n_seq: int, device) -> str:
+    """int8 frame weights: the logits within INT8_LOGITS_LIMIT of fp32 eager, and a fused backend
+    draws what its torch twin, ``folded`` on the same int8 weights, draws (the same integers up to
+    a CDF near-tie: both widen the same int8 values exactly and sum in fp32)."""
+    name, kw = parse_variant(variant)
+    label = "int8" if "dtype" not in kw else "int8 + bf16"
+    out = check_low_precision(model, be, eager_be, n_seq, device, limit=INT8_LOGITS_LIMIT, label=label)
+    if name != "folded":
+        twin = make_backend("folded", model, device, **{k: v for k, v in kw.items() if k != "graphs"})
+        ref = "folded:" + ",".join(o for o in variant.partition(":")[2].split(",") if o != "nograph")
+        check_low_precision(model, be, twin, n_seq, device, limit=INT8_TWIN_LIMIT, label=f"int8, vs {ref}")
+        out += f"; vs {ref} {check_against_eager(model, be, twin, n_seq, device, ref=ref)}"
+    return out
 
 
 def check_backend(model, be, eager_be, variant: str, n_seq: int, device) -> str:
-    """The gate for one variant: exact draws for fp32 weights, the logits error for bf16 ones."""
+    """The gate for one variant: exact draws for fp32 weights, the logits error for bf16 ones, the
+    logits error and the int8 twin's draws for int8 frame weights."""
     name, kw = parse_variant(variant)
     if name == "eager":
         return "reference"
+    if kw.get("frame_dtype") == torch.int8:
+        return check_int8(model, be, eager_be, variant, n_seq, device)
     if "dtype" in kw:
         return check_low_precision(model, be, eager_be, n_seq, device)
     return check_against_eager(model, be, eager_be, n_seq, device)
