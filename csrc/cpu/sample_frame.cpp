@@ -248,19 +248,22 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastsrnn fused CPU sample-frame kernel";
   m.attr("isa") = fastsrnn::kIsa;
+  // Each op releases the GIL while it runs (its arguments are converted first): another Python
+  // thread can then run, e.g. the next frame's recurrent products beside the sample steps.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("sample_frame", &fastsrnn::sample_frame,
         "F sample steps of one frame for B sequences (see fastsrnn.ops.sample_frame.sample_frame_ref)",
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
-        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
+        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0, nogil);
   m.def("frame_step", &fastsrnn::frame_step,
         "the frame-tier step (see fastsrnn.ops.frame_step.frame_step); h, c updated in place",
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),
         py::arg("up_w"), py::arg("up_b"), py::arg("window"), py::arg("h"), py::arg("c"), py::arg("q_levels"),
         py::arg("num_threads") = 0, py::arg("w_ih_scale") = std::vector<at::Tensor>(),
         py::arg("w_hh_scale") = std::vector<at::Tensor>(), py::arg("skip_w_scale") = std::vector<at::Tensor>(),
-        py::arg("up_w_scale") = py::none());
+        py::arg("up_w_scale") = py::none(), nogil);
   m.def("linear", &fastsrnn::linear,
         "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32, bf16 or int8 weights (int8: times scale (N,))",
-        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0, py::arg("scale") = py::none());
+        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0, py::arg("scale") = py::none(), nogil);
 }
