@@ -92,7 +92,7 @@ def test_precision_options_and_errors():
     assert PRECISIONS == ("fp32", "bf16", "int8")
     assert precision_options("fp32") == {}
     assert precision_options("bf16") == {"dtype": torch.bfloat16, "frame_dtype": torch.bfloat16}
-    assert precision_options("int8") == {"frame_dtype": torch.int8}
+    assert precision_options("int8") == {"dtype": torch.bfloat16, "frame_dtype": torch.int8}
     assert merge_options("bf16", {"num_threads": 1, "dtype": torch.bfloat16})["frame_dtype"] == torch.bfloat16
     model = random_model(CFG)
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8, got 'fp16'"):
@@ -195,7 +195,7 @@ def test_generate_help_says_what_each_precision_costs(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--precision {fp32,bf16,int8}", "bf16: frame and sample tiers in bf16", "int8: frame-tier weights",
+    for words in ("--precision {fp32,bf16,int8}", "bf16: frame and sample tiers in bf16", "int8: the frame tier's weights in int8", "sample tier in bf16",
                   "refuses a loss over 0.01 bits/sample", "--no-precision-check", "--precision-data"):
         assert words in text, words
 
@@ -220,5 +220,5 @@ def test_int8_guard_passes_or_refuses_with_its_numbers(trained):
         return
     assert check.passed and check.nll != check.nll_fp32
     gen = Generator(model, precision="int8", backend="cpu", precision_data=test)
-    assert gen.backend.w.up_w.dtype == torch.int8 and gen.backend.w.w3.dtype == torch.float32
+    assert gen.backend.w.up_w.dtype == torch.int8 and gen.backend.w.w3.dtype == torch.bfloat16
     assert gen.frames(2).shape == (1, 2 * CFG.frame_size)
