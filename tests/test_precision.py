@@ -195,7 +195,8 @@ def test_generate_help_says_what_each_precision_costs(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--precision {fp32,bf16,int8}", "bf16: frame and sample tiers in bf16", "int8: the frame tier's weights in int8", "sample tier in bf16",
+    for words in ("--precision {fp32,bf16,int8}", "bf16: frame and sample tiers in bf16",
+                  "int8: the frame tier's weights in int8", "sample tier in bf16",
                   "refuses a loss over 0.01 bits/sample", "--no-precision-check", "--precision-data"):
         assert words in text, words
 
