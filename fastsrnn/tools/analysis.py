@@ -1,7 +1,9 @@
 """Listening aids for picking a checkpoint: silence, white noise and "traps" (a clip stuck in one
 riff), the failure modes the Dadabots paper describes; and a plot of the training curves.
 
-``fastsrnn analyze CLIPS...`` prints one row per clip.
+``fastsrnn analyze CLIPS...`` prints one row per clip. With ``--against DATA`` (a prepared
+dataset) the verdicts are relative to that album (:mod:`fastsrnn.tools.album_reference`):
+"silent", "noise-like", "trapped" or "ok", with a closeness score in [0, 1].
 """
 from __future__ import annotations
 
@@ -21,13 +23,22 @@ TRAP_CORRELATION = 0.95  # envelope self-similarity at one lag over the second h
 
 EMPTY, INVALID = "empty", "invalid (NaN/Inf samples)"
 
+# Verdicts against an album (its statistics: album_reference.AlbumReference.stats).
+SILENT_BELOW_DB = 20.0  # silent: level this far below the album's 5% quantile
+NOISE_MARGIN = 0.5  # noise-like: log10 flatness above the album's 95% quantile by this (x3.2 flatter)
+TRAP_MARGIN, TRAP_MAX_NINES = 1.0, 2.5  # trapped: -log10(1 - repetition) above min(q95 + 1, 2.5)
+
 
 @dataclass
 class ClipReport:
     rms_dbfs: Optional[float]  # level of the clip (None for an empty or invalid clip)
     flatness: Optional[float]  # mean spectral flatness in [0, 1]
     repetition: Optional[float]  # best envelope autocorrelation of the second half, lags 0.25-4 s
-    verdict: str  # "ok", "silent", "noise", "trap", "empty" or "invalid (NaN/Inf samples)"
+    verdict: str  # "ok", "silent", "noise", "trap", "empty" or "invalid (NaN/Inf samples)";
+    # against an album "ok", "silent", "noise-like" or "trapped" (or "empty", "invalid ...")
+    closeness: Optional[float] = None  # against an album: 1 = like its chunks, 0.5 = like its outliers
+    features: Optional[dict] = None  # against an album: album_reference.FEATURES of the clip
+    z: Optional[dict] = None  # against an album: robust z of each feature, (x - median) / (1.4826 MAD)
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -63,13 +74,43 @@ def repetition(audio: np.ndarray, sample_rate: int, hop_s: float = 0.01) -> floa
     return max((float(np.dot(env[:-k], env[k:])) / denom * n / (n - k) for k in lags), default=0.0)
 
 
-def analyze_clip(audio: np.ndarray, sample_rate: int) -> ClipReport:
-    """audio: (T,) float in [-1, 1] -> its :class:`ClipReport`."""
+def album_verdict(feats: dict, ref) -> str:
+    """features of a clip (album_reference.score) -> its verdict relative to the album ``ref``."""
+    s = ref.stats
+    if feats["level_dbfs"] < s["level_dbfs"]["q05"] - SILENT_BELOW_DB:
+        return "silent"
+    if feats["log_flatness"] > s["log_flatness"]["q95"] + NOISE_MARGIN:
+        return "noise-like"
+    if feats["repetition_nines"] > min(s["repetition_nines"]["q95"] + TRAP_MARGIN, TRAP_MAX_NINES):
+        return "trapped"
+    return "ok"
+
+
+def _against(audio: np.ndarray, sample_rate: int, ref) -> ClipReport:
+    from fastsrnn.data.audio import resample
+    from fastsrnn.tools.album_reference import N_FFT, score
+
+    audio = resample(audio, int(sample_rate), ref.sample_rate)  # (T',) at the album's rate
+    if len(audio) < N_FFT:
+        return ClipReport(None, None, None, EMPTY)
+    feats, z, closeness = score(audio, ref)
+    rep = 1.0 - 10 ** -feats["repetition_nines"]
+    return ClipReport(round(feats["level_dbfs"], 1), round(spectral_flatness(audio), 3), round(rep, 3),
+                      album_verdict(feats, ref), round(closeness, 3),
+                      {k: round(v, 3) for k, v in feats.items()}, {k: round(v, 2) for k, v in z.items()})
+
+
+def analyze_clip(audio: np.ndarray, sample_rate: int, reference=None) -> ClipReport:
+    """audio: (T,) float in [-1, 1] -> its :class:`ClipReport`; with ``reference`` (an
+    :class:`~fastsrnn.tools.album_reference.AlbumReference`, see ``album_reference(DATA)``) the
+    verdict is relative to that album and the report has closeness, features and z."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return ClipReport(None, None, None, EMPTY)
     if not np.isfinite(audio).all():
         return ClipReport(None, None, None, INVALID)
+    if reference is not None:
+        return _against(audio, sample_rate, reference)
     level, flat, rep = rms_dbfs(audio), spectral_flatness(audio), repetition(audio, sample_rate)
     verdict = ("silent" if level < SILENT_DBFS else "noise" if flat > NOISY_FLATNESS
                else "trap" if rep > TRAP_CORRELATION else "ok")
@@ -105,11 +146,22 @@ def plot_metrics(run_dir) -> Path:
 def add_arguments(p) -> None:
     p.add_argument("clips", nargs="+", help="audio files (e.g. RUN/samples/<step>/*.wav)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--against", metavar="DATA_DIR", default=None,
+                   help="a prepared dataset (fastsrnn prepare): verdicts and a closeness score relative to that "
+                        "album; its statistics are computed once and cached in DATA_DIR/album_stats.json")
+
+
+_SHOWN = (("level_dbfs", "level", "{:.1f} dBFS"), ("log_flatness", "log10 flatness", "{:.2f}"),
+          ("centroid_oct", "centroid", "2^{:.1f} Hz"), ("envelope_db", "dynamics", "{:.1f} dB"),
+          ("repetition_nines", "repetition", "{:.2f} nines"), ("mel_distance_db", "log-mel distance", "{:.1f} dB"))
 
 
 def _row(rep: ClipReport, path) -> str:
     if rep.rms_dbfs is None:
         return f"{rep.verdict:<7} {path}"
+    if rep.closeness is not None:
+        rel = "  ".join(f"{name} {fmt.format(rep.features[k])} (z {rep.z[k]:+.1f})" for k, name, fmt in _SHOWN)
+        return f"{rep.verdict:<10} closeness {rep.closeness:.2f}  {rel}  {path}"
     return (f"{rep.verdict:<7} level {rep.rms_dbfs:6.1f} dBFS  flatness {rep.flatness:5.3f}  "
             f"repetition {rep.repetition:5.3f}  {path}")
 
@@ -122,6 +174,11 @@ def run(args) -> int:
     from fastsrnn.data.audio import require_soundfile
 
     sf = require_soundfile()
+    ref = None
+    if args.against is not None:
+        from fastsrnn.tools.album_reference import album_reference
+
+        ref = album_reference(args.against)
     failed = 0
     for path in args.clips:
         try:
@@ -132,7 +189,7 @@ def run(args) -> int:
                 print(json.dumps({"file": str(path), "verdict": "error", "error": f"cannot read audio ({e})"}))
             print(f"error   {path}: cannot read audio ({e})", file=sys.stderr)
             continue
-        rep = analyze_clip(audio.mean(axis=1), sr)
+        rep = analyze_clip(audio.mean(axis=1), sr, reference=ref)
         print(json.dumps({"file": str(path), **asdict(rep)}) if args.json else _row(rep, path))
     if failed:
         print(f"fastsrnn analyze: {failed} of {len(args.clips)} file(s) could not be read", file=sys.stderr)
