@@ -223,3 +223,11 @@ def test_int8_guard_passes_or_refuses_with_its_numbers(trained):
     gen = Generator(model, precision="int8", backend="cpu", precision_data=test)
     assert gen.backend.w.up_w.dtype == torch.int8 and gen.backend.w.w3.dtype == torch.bfloat16
     assert gen.frames(2).shape == (1, 2 * CFG.frame_size)
+
+
+@pytest.mark.interpret
+def test_int8_is_refused_on_the_gpu_backends_before_any_export():
+    """The triton and cuda frame kernels take fp32 and bf16: int8 there is a clear error up front."""
+    model = random_model(CFG)
+    with pytest.raises(ValueError, match="precision='int8' runs on the cpu and folded backends, not on 'triton'"):
+        Generator(model, precision="int8", backend="triton")

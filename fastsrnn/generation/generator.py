@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fastsrnn import env
-from fastsrnn.backends import DecodeState, make_backend
+from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.generation.precision import guard_precision, merge_options
 from fastsrnn.model import SampleRNN
 from fastsrnn.ops.sampling import temperature_tensor
@@ -127,8 +127,11 @@ class Generator:
         self.model = model.to(self.device).eval()
         self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
         self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
-        self.backend = make_backend(backend or env.default_backend(), self.model, self.device, n_seq=n_seq,
-                                    **options)
+        name = resolve_backend(backend or env.default_backend(), self.device, n_seq, options.get("dtype"))
+        if precision == "int8" and name in ("triton", "cuda"):  # their frame kernels take fp32 and bf16
+            raise ValueError(f"precision='int8' runs on the cpu and folded backends, not on {name!r}; "
+                             "on a GPU use precision='bf16' (or backend='folded')")
+        self.backend = make_backend(name, self.model, self.device, n_seq=n_seq, **options)
         self.precision, self.precision_check = precision, None
         if precision != "fp32":
             self._guard(precision, check_precision, precision_data, backend_options)
@@ -149,6 +152,7 @@ class Generator:
         if self.backend.name == "eager":  # make_backend gives eager no weight options: it would stay fp32
             raise ValueError(f"precision={precision!r} needs a backend that runs exported weights (folded, cpu, "
                              "triton, cuda); the eager backend runs the model's own fp32 modules")
+
         if check:
             self.precision_check = guard_precision(self.model, precision, self.backend.name, self.device, data,
                                                    **backend_options)
