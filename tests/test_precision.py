@@ -231,3 +231,24 @@ def test_int8_is_refused_on_the_gpu_backends_before_any_export():
     model = random_model(CFG)
     with pytest.raises(ValueError, match="precision='int8' runs on the cpu and folded backends, not on 'triton'"):
         Generator(model, precision="int8", backend="triton")
+
+
+def test_resume_survives_a_moved_precision_dataset(trained, album, tmp_path):
+    """The guard's recorded dataset moved away since the start: the resume warns and measures on
+    the model's own music instead of failing (the run passed the guard once)."""
+    import shutil
+
+    import fastsrnn
+
+    data = tmp_path / "data"
+    fastsrnn.prepare([str(p) for p in album], str(data), chunk_seconds=1.0, progress=False)
+    ckpt = save_checkpoint(tmp_path / "model.pt", trained[0])
+    run = GenerationRun.create(ckpt, tmp_path / "gen", seconds=0.25, backend="cpu", device="cpu", precision="bf16",
+                               precision_data=data)
+    run.close()
+    assert json.loads((tmp_path / "gen" / "generation.json").read_text())["precision_data"] == str(data)
+    shutil.rmtree(data)
+    with pytest.warns(UserWarning, match="is gone; measuring on the model's own music instead"):
+        run = GenerationRun.reopen(tmp_path / "gen")
+    assert run.gen.precision_check is not None and run.gen.precision_check.passed
+    run.close()

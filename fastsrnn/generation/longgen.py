@@ -245,7 +245,7 @@ class GenerationRun:
                          argmax=settings["argmax"], h0=settings["h0"], seed=settings["seed"],
                          backend=backend or settings["backend"], device=device,
                          precision=settings.get("precision", "fp32"), check_precision=check_precision,
-                         precision_data=settings.get("precision_data"))
+                         precision_data=_resume_precision_data(settings.get("precision_data")))
         saved = _read_state(state_path, len(rows))
         try:
             gen.load_state_dict(saved["generator"])
@@ -576,6 +576,16 @@ def _check_precision_name(precision) -> None:
         precision_options(precision)
     except ValueError as e:
         raise ValueError(f"--{e}") from None
+
+
+def _resume_precision_data(recorded: Optional[str]) -> Optional[str]:
+    """The guard's data on resume: the recorded dataset, or (moved or deleted since) the model's own
+    music, with a warning: a missing dataset must not block a resume that the guard passed once."""
+    if recorded is None or Path(recorded).exists():
+        return recorded
+    warnings.warn(f"--precision guard: its dataset {recorded} is gone; measuring on the model's own music instead",
+                  stacklevel=3)
+    return None
 
 
 def _check_record(gen: Generator) -> Optional[dict]:
