@@ -1,4 +1,4 @@
-"""The ``fastsrnn`` command: prepare, train, generate, analyze, demo, bench, backends.
+"""The ``fastsrnn`` command: prepare, train, generate, analyze, report, demo, bench, backends.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 :func:`command_module` imports only the module of the command being run, so ``--help`` stays fast.
@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": "generate minutes of audio from a checkpoint, streamed to disk, resumable",
     "bench": "benchmark the generation backends against the eager reference on this machine",
     "analyze": "flag generated clips that are silent, white noise, or stuck in one riff",
+    "report": "one HTML page to listen to a run's clips (or a generation) and pick a checkpoint",
     "backends": "list the generation backends and whether each works here",
 }
 
@@ -36,6 +37,8 @@ def command_module(name: str):
         from fastsrnn.tools import bench as module
     elif name == "analyze":
         from fastsrnn.tools import analysis as module
+    elif name == "report":
+        from fastsrnn.tools import report as module
     elif name == "backends":
         from fastsrnn.backends import cli as module
     else:

@@ -14,8 +14,9 @@ def test_demo_pipeline_and_rerun(tmp_path, capsys):
         info = sf.info(str(p))
         assert info.samplerate == 16000 and info.frames == 800
     text = capsys.readouterr().out
-    for phase in ("synthesize album", "prepare", "train", "generate"):
+    for phase in ("synthesize album", "prepare", "train", "generate", "report"):
         assert f"[demo] {phase}: " in text
+    assert (out / "run" / "report.html").is_file() and "report of the run: " in text
     assert (out / "run" / "checkpoints" / "best.pt").is_file()
     # A re-run with more steps continues the same run instead of starting over.
     demo(out, steps=3, seconds=0.05, n_clips=1, backend="eager", progress=False)

@@ -70,6 +70,11 @@ def _check(a: dict, b: dict, what: str) -> None:
 
 
 def _metrics(run: Path) -> list:
+    """The NLL records (validation, test); event records (clip scores) are compared apart."""
+    return [r for r in _records(run) if "event" not in r]
+
+
+def _records(run: Path) -> list:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -90,6 +95,9 @@ def test_two_processes_train_the_weights_of_one(runs):
     # metrics are averaged over the ranks: the same as one process's, one record each (rank 0 writes)
     m1, m2 = _metrics(runs / "one"), _metrics(runs / "two")
     assert [r["step"] for r in m2] == [r["step"] for r in m1] == [5, 10, 10]
+    # clip scores: written once (rank 0), the same checkpoints as one process's
+    events = [[(r["event"], r["step"]) for r in _records(run) if "event" in r] for run in (runs / "one", runs / "two")]
+    assert events[0] == events[1] and [e for e in events[0] if e[0] == "clip_scores"]
     for r1, r2 in zip(m1, m2):
         for k in ("train_bits", "valid_bits", "test_bits"):
             assert (k in r1) == (k in r2)

@@ -1,7 +1,8 @@
 """``fastsrnn demo``: the whole workflow in a few minutes on a laptop CPU.
 
 Synthesize a one-minute album (3 songs x 20 s), prepare it in 2-second chunks, train the
-``tiny`` preset briefly, generate a few clips from the best checkpoint, and say where they are.
+``tiny`` preset briefly, generate a few clips from the best checkpoint, say where they are, and
+write the run's report (RUN/report.html, ``fastsrnn report``).
 Every phase is skipped or resumed when its output is already there, so a re-run into the same
 folder continues an interrupted demo (or trains further with a larger --steps).
 """
@@ -76,10 +77,12 @@ def demo(out=DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, seconds: float = 4.0, n
     summary = phases.run("train", _train, out / "data", out / "run", steps, progress)
     clips = phases.run("generate", _generate, Path(summary["best_checkpoint"]), out / "clips",
                        seconds, n_clips, backend, progress)
+    report = phases.run("report", _report, out / "run", progress)
     total = time.perf_counter() - t0
     print("[demo] times: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.times.items()) + f"; total {total:.1f} s")
     print(f"[demo] test NLL {summary['test_bits']:.3f} bits/sample after {summary['steps']} steps "
           f"(8 bits = knows nothing; metrics in {out / 'run' / 'metrics.jsonl'})")
+    print(f"[demo] report of the run: {report}  (open it in a browser: {report.resolve().as_uri()})")
     return clips
 
 
@@ -110,9 +113,17 @@ def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
         from fastsrnn.checkpoint import load_checkpoint
 
         print(f"[demo] continuing the training run in {run} from step {load_checkpoint(last)['step']}", flush=True)
+    # Two 2-second clips per checkpoint (about a second each on a CPU): the report's per-checkpoint
+    # verdicts and its recommendation need them. The demo's own clips come from best.pt next.
     cfg = TrainConfig(batch_size=16, tbptt=64, max_steps=steps, checkpoint_every=max(1, steps // 4),
-                      n_clips=0, device="cpu")  # clips come from best.pt in the next phase
+                      n_clips=2, clip_seconds=2.0, device="cpu")
     return train(data, run, "tiny", cfg, resume=True, progress=progress)
+
+
+def _report(run: Path, progress: bool) -> Path:
+    from fastsrnn.tools.report import write_report
+
+    return write_report(run, progress=progress)
 
 
 def _generate(ckpt: Path, folder: Path, seconds: float, n_clips: int, backend, progress: bool) -> List[Path]:

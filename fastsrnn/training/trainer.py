@@ -43,6 +43,7 @@ from fastsrnn.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from fastsrnn.config import PRESETS, SampleRNNConfig
 from fastsrnn.model import RNNState, SampleRNN, nll_bits
 from fastsrnn.outlock import LOCK_NAME, locked_output
+from fastsrnn.training.clip_scores import ClipScorer
 from fastsrnn.training.data import (
     ChunkSet,
     chunk_nll,
@@ -252,7 +253,8 @@ class _Loop:
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=tcfg.lr)
         self.forward = TrainForward(self.model, self.device, tcfg.amp, tcfg.compile)
         self._perm_epoch, self._perm, self._batch_key, self._batch_x = None, None, None, None
-        self.pending_clips = None  # (step, CPU weights) of clips that failed at the last checkpoint
+        self.pending_clips = None  # (step, CPU weights, epoch) of clips that failed at the last checkpoint
+        self.scorer = ClipScorer(data_dir, run, tcfg.checkpoint_every)  # judges the clips against the album
         self.resume_clips = False  # last.pt's clips are missing: write them before training on
         self.stop_signal = None  # SIGTERM/SIGINT received: save and stop after this step
 
@@ -379,8 +381,9 @@ class _Loop:
     def clips_complete(self, step: int) -> bool:
         return all((self.clips_dir(step) / f"clip_{i:02d}.wav").is_file() for i in range(self.tcfg.n_clips))
 
-    def write_clips(self, step: int) -> Optional[Path]:
-        """n_clips clips of clip_seconds from the current weights, seeded by the step.
+    def write_clips(self, step: int, epoch: int) -> Optional[Path]:
+        """n_clips clips of clip_seconds from the current weights, seeded by the step, then their
+        ``clip_scores`` record in metrics.jsonl (:mod:`fastsrnn.training.clip_scores`).
 
         Never fails: an exception in generating or writing them is a warning and a ``clips_failed``
         record in metrics.jsonl, and these weights are kept to try again at the next checkpoint.
@@ -389,12 +392,12 @@ class _Loop:
             return None
         retry, self.pending_clips = self.pending_clips, None
         if retry is not None:  # the clips that failed at the last checkpoint, from that step's weights
-            self._try_clips(retry[0], retry[1], retry_of_failed=True)
-        return self._try_clips(step, self.raw.state_dict(), retry_of_failed=False)
+            self._try_clips(retry[0], retry[1], retry[2], retry_of_failed=True)
+        return self._try_clips(step, self.raw.state_dict(), epoch, retry_of_failed=False)
 
-    def _try_clips(self, step: int, weights, retry_of_failed: bool) -> Optional[Path]:
+    def _try_clips(self, step: int, weights, epoch: int, retry_of_failed: bool) -> Optional[Path]:
         try:
-            return self._clips(step, weights)
+            out = self._clips(step, weights)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
             again = "" if retry_of_failed else "; tried again at the next checkpoint"
@@ -404,9 +407,13 @@ class _Loop:
             if retry_of_failed:
                 record["retry"] = True
             else:  # a CPU copy of these weights, to generate the same clips later
-                self.pending_clips = (step, {k: v.detach().cpu().clone() for k, v in weights.items()})
+                self.pending_clips = (step, {k: v.detach().cpu().clone() for k, v in weights.items()}, epoch)
             _append_metrics(self.run / "metrics.jsonl", record)
             return None
+        scores = self.scorer.score(step, epoch, out)  # never raises
+        if scores is not None:
+            _append_metrics(self.run / "metrics.jsonl", scores)
+        return out
 
     def _clips(self, step: int, weights) -> Path:
         from fastsrnn.data.audio import write_audio
@@ -476,7 +483,7 @@ def _train_locked(data_dir: Path, run: Path, model_cfg, train_cfg, dist: Dist, r
     loop.log(f"model: {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
              f"device {loop.device}; " + (f"resuming at step {pos.step}" if pos.step else "starting"))
     if loop.resume_clips:  # killed between last.pt and its clips: write them from the same weights
-        loop.write_clips(pos.step)
+        loop.write_clips(pos.step, pos.epoch)
     with _StopOnSignal(loop):
         _run_steps(loop, pos, progress, callback)
     return _finish(loop, pos)
@@ -546,7 +553,7 @@ def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
                 bits_sum, n_bits, t_train = 0.0, 0, 0.0
             if pos.step % t.checkpoint_every == 0 or done:
                 loop.save_last(pos, clips_pending=t.n_clips > 0)
-                loop.write_clips(pos.step)
+                loop.write_clips(pos.step, pos.epoch)
                 info["checkpointed"] = True
             if callback is not None:
                 callback(info)

@@ -1,0 +1,448 @@
+"""``fastsrnn report FOLDER``: one static HTML page to audition a training run or a generation.
+
+For a training run (``fastsrnn train --out RUN``): the training curves (RUN/metrics.png), then per
+checkpoint step its train and valid NLL and each clip (RUN/samples/<step>/clip_XX.wav) with a
+player, a picture (:mod:`fastsrnn.tools.pictures`), its verdict and closeness to the album
+(:mod:`fastsrnn.tools.analysis`), and the recommended checkpoint: the lowest validation NLL among
+the steps whose clips are neither noise-like nor trapped, mapped to the checkpoint file that holds
+it (only best.pt and last.pt are kept). For a generation folder (``fastsrnn generate --out GEN``):
+each sequence with its player, picture and verdict, and the settings of generation.json.
+
+The page needs no server and no network: CSS inline, no fonts, and audio and pictures linked by
+relative paths, so it works opened in place (file://) and moved together with the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import quote
+
+from fastsrnn.atomic import atomic_write_text
+
+REPORT_NAME = "report.html"
+BAD = ("noise-like", "trapped", "noise", "trap", "empty", "invalid (NaN/Inf samples)")  # disqualify a step
+AUDIO = (".wav", ".flac")
+
+
+@dataclass
+class Clip:
+    path: Path  # the audio file
+    verdict: str  # analysis.ClipReport.verdict, or "missing" when the file is gone
+    closeness: Optional[float] = None  # against an album: 1 = like its chunks
+    picture: Optional[Path] = None
+
+
+@dataclass
+class Step:
+    step: int
+    train_bits: Optional[float] = None  # the nearest training record's
+    valid_bits: Optional[float] = None  # the nearest validation record's ...
+    valid_step: Optional[int] = None  # ... and the step it was measured at
+    clips: List[Clip] = field(default_factory=list)
+
+    @property
+    def bad(self) -> List[Clip]:
+        return [c for c in self.clips if c.verdict in BAD]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write one HTML page to listen to and look at a training run's clips (or a generation's "
+        "sequences) and pick a checkpoint. Open it in any browser: it needs no server and no network. "
+        "Example: fastsrnn report runs/album  (then open runs/album/report.html)")
+    p.add_argument("folder", metavar="RUN_OR_GEN",
+                   help="a training run folder (fastsrnn train --out RUN) or a generation folder "
+                        "(fastsrnn generate --out GEN)")
+    p.add_argument("--out", default=None, help=f"the HTML file to write [default: FOLDER/{REPORT_NAME}]")
+    p.add_argument("--against", metavar="DATA", default=None,
+                   help="a prepared dataset (fastsrnn prepare) to judge the clips against [default: the "
+                        "dataset the run records in RUN/config.json, when it still exists]")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = write_report(args.folder, out=args.out, against=args.against, progress=not args.quiet)
+    print(f"report: {out}\nopen it in a browser: {out.resolve().as_uri()}")
+    return 0
+
+
+def folder_kind(folder) -> str:
+    """'run' or 'generation'; an error naming ``folder`` when it is neither."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder" if not folder.exists() else f"{folder} is a file, "
+                                "not a folder; give a training run folder or a generation folder")
+    if (folder / "generation.json").is_file():
+        return "generation"
+    run_files = (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()
+    if (folder / "config.json").is_file() and run_files:
+        return "run"
+    raise ValueError(f"{folder} is neither a training run (no config.json and metrics.jsonl, as 'fastsrnn train "
+                     "--out RUN' writes) nor a generation folder (no generation.json, as 'fastsrnn generate "
+                     "--out GEN' writes)")
+
+
+def write_report(folder, out=None, against=None, progress: bool = True) -> Path:
+    """Write the report of the run or generation ``folder`` to ``out`` (default FOLDER/report.html)."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    out = Path(out) if out is not None else folder / REPORT_NAME
+    if out.is_dir():
+        out = out / REPORT_NAME
+    say = print if progress else (lambda *a, **k: None)
+    if kind == "run":
+        html = _run_page(folder, out, against, say)
+    else:
+        html = _generation_page(folder, out, against, say)
+    atomic_write_text(out, html)
+    return out
+
+
+# ---- a training run ----
+
+def read_metrics(run: Path) -> List[dict]:
+    """RUN/metrics.jsonl as dicts; a line cut short by a kill is skipped."""
+    path, rows = run / "metrics.jsonl", []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def _nearest(rows: List[dict], key: str, step: int) -> Tuple[Optional[float], Optional[int]]:
+    have = [r for r in rows if isinstance(r.get(key), (int, float))]
+    if not have:
+        return None, None
+    r = min(have, key=lambda r: (abs(r["step"] - step), -r["step"]))
+    return float(r[key]), r["step"]
+
+
+def run_steps(run: Path, rows: List[dict], reference: "_Reference", say=print) -> List[Step]:
+    """One Step per step with a validation NLL or clips: NLLs from ``rows``, clips from the clip records
+    of metrics.jsonl where there are some, else from RUN/samples/<step>/ analysed here."""
+    recorded = {r["step"]: r["clips"] for r in rows if isinstance(r.get("clips"), list)}
+    folders = {}
+    for d in sorted((run / "samples").glob("*")) if (run / "samples").is_dir() else []:
+        if d.is_dir() and d.name.isdigit():
+            folders[int(d.name)] = d
+    numbers = sorted({r["step"] for r in rows if "valid_bits" in r} | set(recorded) | set(folders))
+    steps = []
+    for n in numbers:
+        s = Step(n, _nearest(rows, "train_bits", n)[0], *_nearest(rows, "valid_bits", n))
+        if n in recorded:
+            s.clips = [_recorded_clip(run, c, reference) for c in recorded[n] if isinstance(c, dict) and c.get("file")]
+        elif n in folders:
+            files = sorted(p for p in folders[n].glob("clip_*") if p.suffix in AUDIO)
+            if files:
+                say(f"[report] step {n}: analysing {len(files)} clips", flush=True)
+            s.clips = [analyse(p, reference.get()) for p in files]
+        steps.append(s)
+    return steps
+
+
+def _recorded_clip(run: Path, rec: dict, reference) -> Clip:
+    path = run / rec["file"]
+    if "verdict" not in rec:
+        return analyse(path, reference.get())
+    return Clip(path, str(rec["verdict"]) if path.is_file() else "missing", rec.get("closeness"))
+
+
+def analyse(path: Path, reference=None) -> Clip:
+    """The verdict of one audio file (against the album ``reference`` when given)."""
+    from fastsrnn.data.audio import require_soundfile
+    from fastsrnn.tools.analysis import analyze_clip
+
+    if not path.is_file():
+        return Clip(path, "missing")
+    try:
+        audio, sr = require_soundfile().read(str(path), dtype="float32", always_2d=True)  # (T, C)
+    except Exception as e:  # an unreadable clip is shown as such; the rest of the page goes on
+        return Clip(path, f"unreadable ({type(e).__name__})")
+    rep = analyze_clip(audio.mean(axis=1), sr, reference=reference)
+    return Clip(path, rep.verdict, rep.closeness)
+
+
+def recommend(steps: List[Step]) -> Tuple[Optional[Step], str]:
+    """The step to generate from and why: the lowest validation NLL among the steps that have clips
+    and none of them noise-like or trapped; without clips anywhere, the lowest validation NLL."""
+    measured = [s for s in steps if s.valid_bits is not None and s.valid_step == s.step]
+    if not measured:
+        return None, "No step has a validation NLL yet, so there is nothing to recommend."
+    if not any(s.clips for s in steps):
+        best = min(measured, key=lambda s: (s.valid_bits, s.step))
+        return best, (f"Step {best.step} has the lowest validation NLL ({best.valid_bits:.4f} bits/sample). "
+                      "No step has clips to listen to, so this is by NLL alone.")
+    ok = [s for s in measured if s.clips and not s.bad]
+    if not ok:
+        return None, ("No step qualifies: every step with clips has a noise-like or trapped clip (or no "
+                      "validation NLL). Listen to the clips below, train longer, or lower the temperature.")
+    best = min(ok, key=lambda s: (s.valid_bits, s.step))
+    skipped = [s.step for s in measured if s.bad and s.valid_bits < best.valid_bits]
+    why = (f"Step {best.step} has the lowest validation NLL ({best.valid_bits:.4f} bits/sample) among the steps "
+           "whose clips are neither noise-like nor trapped.")
+    if skipped:
+        why += f" Lower-NLL steps left out for their clips: {', '.join(map(str, skipped))}."
+    return best, why
+
+
+def kept_checkpoints(run: Path) -> Dict[str, int]:
+    """{'best.pt': step, 'last.pt': step} for the checkpoints on disk whose step can be read."""
+    import torch
+
+    kept = {}
+    for name in ("best.pt", "last.pt"):
+        path = run / "checkpoints" / name
+        try:
+            step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+        except Exception:  # missing or damaged: not offered
+            continue
+        if isinstance(step, int):
+            kept[name] = step
+    return kept
+
+
+def checkpoint_for(run: Path, step: int, kept: Dict[str, int], seconds: float = 30.0,
+                   n_seq: int = 10) -> Tuple[Optional[str], str]:
+    """(the 'fastsrnn generate' command for ``step``'s weights or the closest kept ones, what it says)."""
+    if not kept:
+        return None, f"No checkpoint of this run can be read in {run / 'checkpoints'}."
+    exact = [n for n, s in kept.items() if s == step]
+    name = exact[0] if exact else min(kept, key=lambda n: (abs(kept[n] - step), n))
+    path = run / "checkpoints" / name
+    cmd = (f"fastsrnn generate {shlex.quote(str(path))} --seconds {seconds:g} --n-seq {n_seq} "
+           f"--out {shlex.quote(str(Path('gen') / f'{run.resolve().name}-step{kept[name]}'))}")
+    if exact:
+        return cmd, f"{path} holds step {step}."
+    held = ", ".join(f"{n} holds step {s}" for n, s in sorted(kept.items()))
+    return cmd, (f"The weights of step {step} are not kept (only best.pt and last.pt are: {held}). "
+                 f"The closest kept checkpoint is {name} (step {kept[name]}); listen to its clips before "
+                 "trusting it.")
+
+
+def _run_page(run: Path, out: Path, against, say) -> str:
+    rows = read_metrics(run)
+    data = Path(against) if against else _recorded_data(run)
+    reference = _Reference(data, say)
+    steps = run_steps(run, rows, reference, say)
+    _draw_pictures([c for s in steps for c in s.clips], say)
+    best, why = recommend(steps)
+    kept = kept_checkpoints(run)
+    cmd, where = checkpoint_for(run, best.step, kept, *_clip_settings(run)) if best else (None, "")
+    curves = run / "metrics.png"
+    if not curves.is_file() and rows:
+        curves = _plot(run)
+    return _run_html(run, rel=lambda p: _rel(p, out), steps=steps, best=best, why=why, where=where, cmd=cmd,
+                         kept=kept, curves=curves if curves and curves.is_file() else None,
+                         against=_against_text(data, reference, [c for s in steps for c in s.clips]))
+
+
+def _recorded_data(run: Path) -> Optional[Path]:
+    try:
+        data = json.loads((run / "config.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(data) if data and (Path(data) / "manifest.json").is_file() else None
+
+
+def _clip_settings(run: Path) -> Tuple[float, int]:
+    """The run's clip length and count, the generate command's defaults otherwise."""
+    try:
+        train = json.loads((run / "config.json").read_text())["train"]
+        return float(train.get("clip_seconds") or 30.0), int(train.get("n_clips") or 10)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 30.0, 10
+
+
+def _against_text(data: Optional[Path], reference: "_Reference", clips: List[Clip]) -> Optional[str]:
+    """What the verdicts were judged against, in words (None: absolute verdicts)."""
+    if reference.used or (data is not None and any(c.closeness is not None for c in clips)):
+        return str(data)
+    recorded = any(c.closeness is not None for c in clips)
+    return "of this run's dataset (as the trainer recorded them in metrics.jsonl)" if recorded else None
+
+
+class _Reference:
+    """The album to judge clips against, loaded when a clip first needs it (``get()``; None without one)."""
+
+    def __init__(self, data: Optional[Path], say):
+        self.data, self.say, self.ref, self.used = data, say, None, False
+
+    def get(self):
+        if self.data is not None and self.ref is None:
+            from fastsrnn.tools.album_reference import album_reference
+
+            self.say(f"[report] album reference: {self.data}", flush=True)
+            self.ref = album_reference(self.data, progress=False)
+        self.used = self.used or self.ref is not None
+        return self.ref
+
+
+def _plot(run: Path) -> Optional[Path]:
+    from fastsrnn.tools.analysis import plot_metrics
+
+    try:
+        return plot_metrics(run)
+    except (ValueError, KeyError, OSError):  # curves are a nicety: the page goes on without them
+        return None
+
+
+def _draw_pictures(clips: List[Clip], say) -> None:
+    from fastsrnn.tools.pictures import clip_picture
+
+    todo = [c for c in clips if c.path.is_file()]
+    if todo:
+        say(f"[report] pictures of {len(todo)} clips (kept when already drawn)", flush=True)
+    for c in todo:
+        try:
+            c.picture = clip_picture(c.path)
+        except Exception as e:  # an undrawable clip gets no picture, not a failed report
+            say(f"[report] no picture of {c.path}: {e}")
+
+
+def _rel(path: Path, out: Path) -> str:
+    """``path`` as a URL relative to the folder of the page ``out``."""
+    rel = os.path.relpath(Path(path).resolve(), out.resolve().parent)
+    return quote(Path(rel).as_posix())
+
+
+# ---- a generation folder ----
+
+def _generation_page(gen: Path, out: Path, against, say) -> str:
+    settings = json.loads((gen / "generation.json").read_text())
+    if against:
+        data = Path(against)
+    else:
+        from fastsrnn.generation.precision import recorded_dataset
+
+        data = recorded_dataset(settings["checkpoint"]) if settings.get("checkpoint") else None
+    reference = _Reference(data, say)
+    files = sorted(p for p in gen.glob("seq_*") if p.suffix in AUDIO and ".part" not in p.name)
+    in_progress = not files
+    if in_progress:
+        files = sorted(p for p in gen.glob("seq_*.part.wav"))
+    clips = [analyse(p, reference.get()) for p in files]
+    _draw_pictures(clips, say)
+    return _generation_html(gen, rel=lambda p: _rel(p, out), clips=clips, settings=settings,
+                                in_progress=in_progress, against=str(data) if reference.used else None)
+
+
+# ---- HTML ----
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;
+color:#222;background:#fafafa}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
+.box{background:#fff;border:1px solid #ccc;border-radius:6px;padding:.8em 1em;margin:1em 0}
+.rec{border-color:#2a7a2a;background:#f2faf2}.none{border-color:#b36b00;background:#fff8ec}
+code,pre{background:#eee;padding:.15em .3em;border-radius:3px;font-size:.95em}pre{padding:.6em;overflow-x:auto}
+table{border-collapse:collapse}td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left}
+.clips{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:1em}
+.clip{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em}
+.clip img{width:100%;height:auto;display:block}.clip audio{width:100%;margin:.3em 0}
+.v{font-weight:bold;padding:.1em .4em;border-radius:3px;color:#fff;background:#777}
+.v-ok{background:#2a7a2a}.v-bad{background:#b02a2a}.v-silent{background:#777}
+.muted{color:#666;font-size:.9em}
+"""
+
+# Records, once the page has loaded, whether every player and picture loaded (for tests and for the
+# curious: see the hidden #selfcheck element), and any script or resource error.
+SELFCHECK = """
+(function(){var errors=[];
+window.addEventListener('error',function(e){var t=e.target||{};
+errors.push(String(e.message||('failed to load '+(t.currentSrc||t.src||t.tagName))));},true);
+function write(done){var el=document.getElementById('selfcheck');
+var audio=[].map.call(document.querySelectorAll('audio'),function(a){return {src:a.getAttribute('src'),
+readyState:a.readyState,duration:a.duration,error:a.error?a.error.code:null};});
+var images=[].map.call(document.images,function(i){return {src:i.getAttribute('src'),naturalWidth:i.naturalWidth};});
+el.textContent=JSON.stringify({done:done,audio:audio,images:images,errors:errors});el.setAttribute('data-done',done?'1':'0');}
+window.addEventListener('load',function(){var t0=Date.now();(function poll(){
+var waiting=[].some.call(document.querySelectorAll('audio'),function(a){return a.readyState<1&&!a.error;});
+if(!waiting||Date.now()-t0>6000){write(true);}else{write(false);setTimeout(poll,100);}})();});})();
+"""
+
+
+def _e(x) -> str:
+    import html
+
+    return html.escape(str(x), quote=True)
+
+
+def _bits(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _verdict(v: str) -> str:
+    cls = "v-ok" if v == "ok" else "v-silent" if v == "silent" else "v-bad"
+    return f'<span class="v {cls}">{_e(v)}</span>'
+
+
+def _clip_card(c: Clip, rel) -> str:
+    pic = f'<img src="{rel(c.picture)}" alt="waveform and spectrogram of {_e(c.path.name)}">' if c.picture else ""
+    close = "" if c.closeness is None else f" closeness {c.closeness:.2f}"
+    player = (f'<audio controls preload="metadata" src="{rel(c.path)}"></audio>' if c.path.is_file()
+              else '<p class="muted">(file missing)</p>')
+    return (f'<div class="clip"><div><b>{_e(c.path.name)}</b> {_verdict(c.verdict)}{_e(close)}</div>'
+            f"{player}{pic}</div>")
+
+
+def _document(title: str, body: List[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body)
+            + f'\n<pre id="selfcheck" hidden></pre>\n<script>{SELFCHECK}</script>\n</body></html>\n')
+
+
+def _judged(against: Optional[str]) -> str:
+    return (f"Verdicts and closeness are relative to the album {_e(against)}." if against else
+            "No album to compare with (give --against DATA): verdicts are absolute "
+            "(silent / noise / trap / ok) and there is no closeness.")
+
+
+def _run_html(run: Path, rel, steps, best, why, where, cmd, kept, curves, against) -> str:
+    body = [f"<h1>Training run: {_e(run.resolve().name)}</h1>",
+            f'<p class="muted">{_e(run.resolve())} &middot; {_judged(against)}</p>']
+    if curves:
+        body.append(f'<img src="{rel(curves)}" alt="training curves" style="max-width:100%">')
+    if best:
+        body.append(f'<div class="box rec"><b>Recommended: step {best.step}.</b> {_e(why)}<br>{_e(where)}'
+                    + (f"<pre>{_e(cmd)}</pre>" if cmd else "") + "</div>")
+    else:
+        body.append(f'<div class="box none"><b>No recommended checkpoint.</b> {_e(why)}</div>')
+    kept_by_step = {s: n for n, s in sorted(kept.items(), reverse=True)}
+    rows = "".join(
+        f"<tr><td><a href=\"#step-{s.step}\">{s.step}</a></td><td>{_bits(s.train_bits)}</td>"
+        f"<td>{_bits(s.valid_bits)}{'' if s.valid_step in (None, s.step) else f' (step {s.valid_step})'}</td>"
+        f"<td>{len(s.clips) - len(s.bad)} / {len(s.clips)}</td><td>{_e(kept_by_step.get(s.step, ''))}</td></tr>"
+        for s in steps)
+    body.append("<table><tr><th>step</th><th>train NLL</th><th>valid NLL</th><th>clips not noise-like/trapped</th>"
+                f"<th>kept as</th></tr>{rows}</table>" if steps else "<p>No steps recorded yet.</p>")
+    for s in reversed(steps):
+        body.append(f'<h2 id="step-{s.step}">Step {s.step}</h2><p>train {_bits(s.train_bits)}, valid '
+                    f"{_bits(s.valid_bits)} bits/sample" + (f" (at step {s.valid_step})" if s.valid_step not in
+                                                           (None, s.step) else "") + "</p>")
+        body.append('<div class="clips">' + "".join(_clip_card(c, rel) for c in s.clips) + "</div>" if s.clips
+                    else '<p class="muted">No clips at this step.</p>')
+    return _document(f"fastsrnn report: {run.resolve().name}", body)
+
+
+def _generation_html(gen: Path, rel, clips, settings, in_progress, against) -> str:
+    body = [f"<h1>Generation: {_e(gen.resolve().name)}</h1>",
+            f'<p class="muted">{_e(gen.resolve())} &middot; {_judged(against)}</p>']
+    if in_progress:
+        body.append('<div class="box none">This generation is not finished: these are its part files.</div>')
+    body.append('<div class="clips">' + "".join(_clip_card(c, rel) for c in clips) + "</div>" if clips
+                else "<p>No sequences in this folder yet.</p>")
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
+                   for k, v in settings.items())
+    body.append(f"<h2>Settings (generation.json)</h2><table>{rows}</table>")
+    return _document(f"fastsrnn report: {gen.resolve().name}", body)
