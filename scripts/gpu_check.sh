@@ -8,7 +8,9 @@
 # 2. records versions and nvidia-smi, 3. builds the CUDA extension, 4. runs the GPU tests,
 # 5. benchmarks the GPU backends with fastsrnn.tools.bench at n_seq 1, 16, 128 (graphs on/off,
 #    fp32/bf16; correctness against eager first), 6. times training steps (fastsrnn bench --train:
-#    dadabots-2tier, B 128 x 1,024 samples; fp32, amp bf16, torch.compile; first-step loss checked).
+#    dadabots-2tier, B 128 x 1,024 samples; fp32, amp bf16, torch.compile; first-step loss checked),
+# 7. profiles the GPU backends (benchmarks/gpu_profile.py: the n_seq sweep behind auto's crossover,
+#    then each kernel's device time per frame) with whatever time is left.
 # Every step runs under `timeout` within one overall budget (GPU_CHECK_BUDGET seconds, default
 # 570); a failed or timed-out step is reported and the next one still runs. Each step's output
 # goes to $GPU_CHECK_OUT/<step>.txt (default ./gpu_check_out), the bench's results to bench.json
@@ -144,7 +146,9 @@ step versions 30 380 versions
 step build 150 300 "$PY" -m fastsrnn.ops.build cuda
 step tests 120 200 gpu_tests
 step bench 600 70 bench
-step train_bench 70 0 train_bench
+step train_bench 70 45 train_bench
+# Where each backend's frame time goes and auto's crossover (BENCHMARKS.md), with what time is left.
+step profile 120 0 "$PY" -m benchmarks.gpu_profile --json "$OUT/profile.json"
 
 {
     echo "== summary ($SECONDS s in all, budget $BUDGET s; logs in $OUT)"
