@@ -145,7 +145,7 @@ step install 90 400 install
 step versions 30 380 versions
 step build 150 300 "$PY" -m fastsrnn.ops.build cuda
 step tests 120 200 gpu_tests
-step bench 600 70 bench
+step bench 600 120 bench
 step train_bench 70 45 train_bench
 # Where each backend's frame time goes and auto's crossover (BENCHMARKS.md), with what time is left.
 step profile 120 0 "$PY" -m benchmarks.gpu_profile --json "$OUT/profile.json"
