@@ -24,8 +24,10 @@ pytestmark = pytest.mark.skipif(BROWSER is None, reason="chromium not installed:
 
 
 def browse(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--mute-audio", "--no-first-run",
-           f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--enable-logging=stderr", "--v=0",
+    # --no-sandbox, --disable-dev-shm-usage: a CI container runs as root with a small /dev/shm.
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
+           "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=8000",
+           "--enable-logging=stderr", "--v=0",
            *extra, page.resolve().as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
