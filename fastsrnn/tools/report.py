@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from fastsrnn.atomic import atomic_write_text
+from fastsrnn.tools.report_html import generation_html, run_html
 
 REPORT_NAME = "report.html"
 BAD = ("noise-like", "trapped", "noise", "trap", "empty", "invalid (NaN/Inf samples)")  # disqualify a step
@@ -241,7 +242,7 @@ def _run_page(run: Path, out: Path, against, say) -> str:
     curves = run / "metrics.png"
     if not curves.is_file() and rows:
         curves = _plot(run)
-    return _run_html(run, rel=lambda p: _rel(p, out), steps=steps, best=best, why=why, where=where, cmd=cmd,
+    return run_html(run, rel=lambda p: _rel(p, out), steps=steps, best=best, why=why, where=where, cmd=cmd,
                          kept=kept, curves=curves if curves and curves.is_file() else None,
                          against=_against_text(data, reference, [c for s in steps for c in s.clips]))
 
@@ -332,117 +333,8 @@ def _generation_page(gen: Path, out: Path, against, say) -> str:
         files = sorted(p for p in gen.glob("seq_*.part.wav"))
     clips = [analyse(p, reference.get()) for p in files]
     _draw_pictures(clips, say)
-    return _generation_html(gen, rel=lambda p: _rel(p, out), clips=clips, settings=settings,
+    return generation_html(gen, rel=lambda p: _rel(p, out), clips=clips, settings=settings,
                                 in_progress=in_progress, against=str(data) if reference.used else None)
 
 
 # ---- HTML ----
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;
-color:#222;background:#fafafa}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
-.box{background:#fff;border:1px solid #ccc;border-radius:6px;padding:.8em 1em;margin:1em 0}
-.rec{border-color:#2a7a2a;background:#f2faf2}.none{border-color:#b36b00;background:#fff8ec}
-code,pre{background:#eee;padding:.15em .3em;border-radius:3px;font-size:.95em}pre{padding:.6em;overflow-x:auto}
-table{border-collapse:collapse}td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left}
-.clips{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:1em}
-.clip{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em}
-.clip img{width:100%;height:auto;display:block}.clip audio{width:100%;margin:.3em 0}
-.v{font-weight:bold;padding:.1em .4em;border-radius:3px;color:#fff;background:#777}
-.v-ok{background:#2a7a2a}.v-bad{background:#b02a2a}.v-silent{background:#777}
-.muted{color:#666;font-size:.9em}
-"""
-
-# Records, once the page has loaded, whether every player and picture loaded (for tests and for the
-# curious: see the hidden #selfcheck element), and any script or resource error.
-SELFCHECK = """
-(function(){var errors=[];
-window.addEventListener('error',function(e){var t=e.target||{};
-errors.push(String(e.message||('failed to load '+(t.currentSrc||t.src||t.tagName))));},true);
-function write(done){var el=document.getElementById('selfcheck');
-var audio=[].map.call(document.querySelectorAll('audio'),function(a){return {src:a.getAttribute('src'),
-readyState:a.readyState,duration:a.duration,error:a.error?a.error.code:null};});
-var images=[].map.call(document.images,function(i){return {src:i.getAttribute('src'),naturalWidth:i.naturalWidth};});
-el.textContent=JSON.stringify({done:done,audio:audio,images:images,errors:errors});el.setAttribute('data-done',done?'1':'0');}
-window.addEventListener('load',function(){var t0=Date.now();(function poll(){
-var waiting=[].some.call(document.querySelectorAll('audio'),function(a){return a.readyState<1&&!a.error;});
-if(!waiting||Date.now()-t0>6000){write(true);}else{write(false);setTimeout(poll,100);}})();});})();
-"""
-
-
-def _e(x) -> str:
-    import html
-
-    return html.escape(str(x), quote=True)
-
-
-def _bits(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _verdict(v: str) -> str:
-    cls = "v-ok" if v == "ok" else "v-silent" if v == "silent" else "v-bad"
-    return f'<span class="v {cls}">{_e(v)}</span>'
-
-
-def _clip_card(c: Clip, rel) -> str:
-    pic = f'<img src="{rel(c.picture)}" alt="waveform and spectrogram of {_e(c.path.name)}">' if c.picture else ""
-    close = "" if c.closeness is None else f" closeness {c.closeness:.2f}"
-    player = (f'<audio controls preload="metadata" src="{rel(c.path)}"></audio>' if c.path.is_file()
-              else '<p class="muted">(file missing)</p>')
-    return (f'<div class="clip"><div><b>{_e(c.path.name)}</b> {_verdict(c.verdict)}{_e(close)}</div>'
-            f"{player}{pic}</div>")
-
-
-def _document(title: str, body: List[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body)
-            + f'\n<pre id="selfcheck" hidden></pre>\n<script>{SELFCHECK}</script>\n</body></html>\n')
-
-
-def _judged(against: Optional[str]) -> str:
-    return (f"Verdicts and closeness are relative to the album {_e(against)}." if against else
-            "No album to compare with (give --against DATA): verdicts are absolute "
-            "(silent / noise / trap / ok) and there is no closeness.")
-
-
-def _run_html(run: Path, rel, steps, best, why, where, cmd, kept, curves, against) -> str:
-    body = [f"<h1>Training run: {_e(run.resolve().name)}</h1>",
-            f'<p class="muted">{_e(run.resolve())} &middot; {_judged(against)}</p>']
-    if curves:
-        body.append(f'<img src="{rel(curves)}" alt="training curves" style="max-width:100%">')
-    if best:
-        body.append(f'<div class="box rec"><b>Recommended: step {best.step}.</b> {_e(why)}<br>{_e(where)}'
-                    + (f"<pre>{_e(cmd)}</pre>" if cmd else "") + "</div>")
-    else:
-        body.append(f'<div class="box none"><b>No recommended checkpoint.</b> {_e(why)}</div>')
-    kept_by_step = {s: n for n, s in sorted(kept.items(), reverse=True)}
-    rows = "".join(
-        f"<tr><td><a href=\"#step-{s.step}\">{s.step}</a></td><td>{_bits(s.train_bits)}</td>"
-        f"<td>{_bits(s.valid_bits)}{'' if s.valid_step in (None, s.step) else f' (step {s.valid_step})'}</td>"
-        f"<td>{len(s.clips) - len(s.bad)} / {len(s.clips)}</td><td>{_e(kept_by_step.get(s.step, ''))}</td></tr>"
-        for s in steps)
-    body.append("<table><tr><th>step</th><th>train NLL</th><th>valid NLL</th><th>clips not noise-like/trapped</th>"
-                f"<th>kept as</th></tr>{rows}</table>" if steps else "<p>No steps recorded yet.</p>")
-    for s in reversed(steps):
-        body.append(f'<h2 id="step-{s.step}">Step {s.step}</h2><p>train {_bits(s.train_bits)}, valid '
-                    f"{_bits(s.valid_bits)} bits/sample" + (f" (at step {s.valid_step})" if s.valid_step not in
-                                                           (None, s.step) else "") + "</p>")
-        body.append('<div class="clips">' + "".join(_clip_card(c, rel) for c in s.clips) + "</div>" if s.clips
-                    else '<p class="muted">No clips at this step.</p>')
-    return _document(f"fastsrnn report: {run.resolve().name}", body)
-
-
-def _generation_html(gen: Path, rel, clips, settings, in_progress, against) -> str:
-    body = [f"<h1>Generation: {_e(gen.resolve().name)}</h1>",
-            f'<p class="muted">{_e(gen.resolve())} &middot; {_judged(against)}</p>']
-    if in_progress:
-        body.append('<div class="box none">This generation is not finished: these are its part files.</div>')
-    body.append('<div class="clips">' + "".join(_clip_card(c, rel) for c in clips) + "</div>" if clips
-                else "<p>No sequences in this folder yet.</p>")
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
-                   for k, v in settings.items())
-    body.append(f"<h2>Settings (generation.json)</h2><table>{rows}</table>")
-    return _document(f"fastsrnn report: {gen.resolve().name}", body)
