@@ -19,39 +19,54 @@ the full n_seq-wide initial state and uniforms from the one seeded RNG and keeps
 and at the end. Finalizing is resumable: each part file is removed only once its final file is
 complete (written atomically), so a resume redoes the finalize of every sequence whose part file
 is still there and keeps the finals whose part file is gone.
+
+This module drives a run; its parts live beside it: rundir (the settings and state files, the
+lock), preflight (argument, open-file and disk checks), ranks (torchrun: rows split, meetings,
+RowsGenerator) and finish (finalizing).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import numbers
-import os
-import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 
-from fastsrnn import env
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.prepare import file_sha256
+from fastsrnn.generation import finish
+from fastsrnn.generation.finish import _copy_with_gain
 from fastsrnn.generation.generator import Generator, check_device, check_int, check_temperature, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
-from fastsrnn.generation.precision import precision_options, recorded_dataset
-from fastsrnn.model import RNNState
-from fastsrnn.outlock import LOCK_NAME, locked_output
+from fastsrnn.generation.precision import recorded_dataset
+from fastsrnn.generation.preflight import (
+    _check_disk,
+    _check_float,
+    _check_precision_name,
+    _ensure_open_files,
+    _resume_precision_data,
+)
+from fastsrnn.generation.ranks import RowsGenerator, _generator, _raise_if_any_failed, init_ranks, split_rows
+from fastsrnn.generation.rundir import (
+    FORMAT,
+    SETTINGS,
+    STATE,
+    _check_new_output,
+    _check_record,
+    _lock,
+    _read_settings,
+    _read_state,
+    _state_path,
+)
+from fastsrnn.outlock import LOCK_NAME
 
-SETTINGS, STATE = "generation.json", "state.pt"
-FORMAT = "fastsrnn-generation"
-PEAK_TARGET, MAX_GAIN, SILENT_RMS = 0.9, 10.0, 1e-3
-LOCK_WHAT = "fastsrnn generate"
-FD_MARGIN = 16  # file descriptors beyond the part files and those open now: final copy, state, settings
+# Importable from here as before the split (the CLI, the benchmarks and the tests use these names).
+__all__ = ["FORMAT", "LOCK_NAME", "SETTINGS", "STATE", "GenerationRun", "RowsGenerator", "init_ranks", "split_rows"]
 
 
 class GenerationRun:
@@ -345,303 +360,5 @@ class GenerationRun:
         temporary file, fsynced and renamed), so a part file still there means its final file must
         be (re)made, and a part file gone means its final file is done.
         """
-        self.close_files_only()
-        finals, notes, err = [], [], None
-        try:
-            for j, part in enumerate(self.parts):
-                i = self.rows[j]
-                gain, note = self._gain(j)
-                if note:
-                    notes.append(note)
-                    warnings.warn(note)
-                final = part.with_name(f"seq_{i:03d}.{self.settings['audio_format']}")
-                if part.exists():
-                    _copy_with_gain(part, final, gain, self.settings["audio_format"])
-                    part.unlink()
-                elif not final.is_file():
-                    raise FileNotFoundError(f"{self.out}: both {part.name} and {final.name} are missing; sequence "
-                                            f"{i} is lost, start the generation again in a new --out")
-                finals.append(final)
-        except BaseException as e:
-            err = e
-        mine = ([f.name for f in finals], notes, [self._gain(j)[0] for j in range(len(finals))])
-        every = _all_gather(self.world, (None if err is None else f"{type(err).__name__}: {err}", mine))
-        if err is not None:
-            raise err
-        _raise_failed(every, "finishing the generation")
-        self.settings.update(complete=True, files=[n for _, m in every for n in m[0]],
-                             notes=[n for _, m in every for n in m[1]], gains=[g for _, m in every for g in m[2]])
-        if self.rank == 0:
-            atomic_write_text(self.out / SETTINGS, json.dumps(self.settings, indent=2))
-        _all_gather(self.world, None)  # generation.json says complete before any rank's state goes
-        self.state_path.unlink()
-        return finals
-
-    def _gain(self, j: int):
-        """Peak normalization (the paper's clips were normalized), capped so silence stays silence.
-
-        j: the index among this process's sequences (self.rows[j] is the sequence's number).
-        """
-        n = max(self.stats["written"], 1)
-        mean = self.stats["sum"][j] / n
-        rms = max(self.stats["sumsq"][j] / n - mean * mean, 0.0) ** 0.5
-        note = None
-        if rms < SILENT_RMS:
-            note = (f"sequence {self.rows[j]} is near-silent (RMS {rms:.2e}); try another seed, temperature or "
-                    "checkpoint")
-        peak = self.stats["peak"][j]
-        if self.settings["normalize"] == "none" or peak <= 0:
-            return 1.0, note
-        return min(PEAK_TARGET / peak, MAX_GAIN), note
-
-
-def _copy_with_gain(src: Path, dst: Path, gain: float, fmt: str, block: int = 1 << 16) -> None:
-    sf = require_soundfile()
-    with sf.SoundFile(src) as fin, atomic_path(dst) as tmp:
-        with sf.SoundFile(tmp, "w", fin.samplerate, 1, "PCM_16", format=fmt.upper()) as fout:
-            for chunk in fin.blocks(blocksize=block, dtype="float32"):
-                fout.write(np.clip(chunk * gain, -1.0, 1.0))
-
-
-SETTINGS_KEYS = ("checkpoint", "checkpoint_sha256", "seconds", "n_samples", "sample_rate", "n_seq", "temperature",
-                 "argmax", "h0", "seed", "prime_samples", "audio_format", "normalize", "chunk_samples",
-                 "save_every_samples", "backend")
-
-
-def _read_settings(out: Path) -> dict:
-    path = out / SETTINGS
-    if not path.is_file():
-        raise FileNotFoundError(f"{out}: not a fastsrnn generation directory (no {SETTINGS})")
-    try:
-        settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: damaged, not readable JSON ({e}); cannot resume this generation") from None
-    if not isinstance(settings, dict) or settings.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fastsrnn generation settings file (damaged, or written by something else)")
-    missing = [k for k in SETTINGS_KEYS if k not in settings]
-    if missing:
-        raise ValueError(f"{path}: damaged, missing {', '.join(missing)}; cannot resume this generation")
-    if not isinstance(settings["n_seq"], int) or settings["n_seq"] < 1:
-        raise ValueError(f"{path}: damaged, n_seq is {settings['n_seq']!r}; cannot resume this generation")
-    return settings
-
-
-def _read_state(path: Path, n_seq: int) -> dict:
-    """state.pt, checked: a damaged file is named, never a raw unpickling error."""
-    hint = "cannot resume; start the generation again in a new --out"
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: damaged, torch.load failed ({type(e).__name__}: {e}); {hint}") from None
-    try:
-        stats = saved["stats"]
-        ok = isinstance(saved["generator"], dict) and isinstance(stats["written"], int) and stats["written"] >= 0
-        ok = ok and all(isinstance(stats[k], list) and len(stats[k]) == n_seq for k in ("sum", "sumsq", "peak"))
-    except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"{path}: damaged (missing {e}); {hint}") from None
-    if not ok:
-        raise ValueError(f"{path}: damaged (bad generator state or level statistics); {hint}")
-    return saved
-
-
-def _check_new_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a directory")
-    if (out / SETTINGS).exists():
-        raise FileExistsError(f"--out {out} already holds a generation; use 'fastsrnn generate --resume {out}' "
-                              "to continue it, or choose another --out")
-    if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-        if other:
-            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
-            raise FileExistsError(f"--out {out} is not empty ({shown}) and is not a fastsrnn generation; "
-                                  "choose an empty or new directory")
-
-
-def _lock(out: Path) -> contextlib.ExitStack:
-    """Hold out's lock (fastsrnn.outlock) until the returned stack is closed; OutputLocked if taken."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(locked_output(out, LOCK_WHAT))
-    return stack
-
-
-# ---- several processes (torchrun) ------------------------------------------------------------
-def init_ranks() -> tuple:
-    """(world, rank) from torchrun's variables; joins a gloo process group (CPU, for the few meetings)
-    when WORLD_SIZE > 1 and none is set up yet."""
-    world, rank, _ = env.torchrun_ranks()
-    if rank >= world:
-        raise ValueError(f"RANK {rank} is not below WORLD_SIZE {world}")
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            raise RuntimeError(f"WORLD_SIZE={world} but this torch has no torch.distributed; run one process")
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        if dist.get_world_size() != world or dist.get_rank() != rank:
-            raise RuntimeError(f"the process group ({dist.get_rank()} of {dist.get_world_size()}) disagrees with "
-                               f"RANK {rank} / WORLD_SIZE {world}")
-    return world, rank
-
-
-def split_rows(n_seq: int, world: int, rank: int) -> range:
-    """The sequences rank ``rank`` of ``world`` generates: a contiguous range, sizes differing by at most one."""
-    if n_seq < world:
-        raise ValueError(f"--n-seq {n_seq} is fewer than the {world} processes: give each process at least one "
-                         f"sequence (--n-seq >= {world}) or run fewer processes")
-    return range(rank * n_seq // world, (rank + 1) * n_seq // world)
-
-
-def _state_path(out: Path, world: int, rank: int) -> Path:
-    return out / (STATE if world == 1 else f"state.rank{rank}.pt")
-
-
-def _all_gather(world: int, obj) -> list:
-    """obj from every rank, in rank order (a meeting of all the ranks); [obj] for one process."""
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    every = [None] * world
-    dist.all_gather_object(every, obj)
-    return every
-
-
-def _raise_failed(every: list, what: str) -> None:
-    bad = [(r, e[0]) for r, e in enumerate(every) if e[0] is not None]
-    if bad:
-        raise RuntimeError(f"{what}: " + "; ".join(f"rank {r} failed: {m}" for r, m in bad))
-
-
-def _raise_if_any_failed(world: int, err: Optional[BaseException], what: str) -> None:
-    """Every rank learns whether any failed, and raises then (its own error where it has one)."""
-    every = _all_gather(world, (None if err is None else f"{type(err).__name__}: {err}", None))
-    if err is not None:
-        raise err
-    _raise_failed(every, what)
-
-
-class RowsGenerator(Generator):
-    """Rows ``rows`` of a ``n_seq_total``-sequence generation, bit for bit those rows of
-    ``Generator(model, n_seq_total, ...)`` (same backend and device): the RNG draws the full
-    n_seq_total-wide initial state and (n_frames, n_seq_total, F) uniforms per chunk, and this
-    generator keeps its rows. temperature: a number or one per sequence of all n_seq_total.
-    """
-
-    def __init__(self, model, rows: range, n_seq_total: int, *, temperature=1.0, h0: str = "learned",
-                 prime: Optional[torch.Tensor] = None, **options):
-        if not (0 <= rows.start < rows.stop <= n_seq_total and rows.step == 1):
-            raise ValueError(f"rows {rows} must be a non-empty contiguous range within the {n_seq_total} sequences")
-        if isinstance(temperature, (list, tuple)):
-            if len(temperature) != n_seq_total:
-                raise ValueError(f"temperature: one per sequence expected ({n_seq_total}), got {len(temperature)}")
-            temperature = list(temperature[rows.start:rows.stop])
-        super().__init__(model, len(rows), temperature=temperature, h0=h0, **options)
-        self.rows, self.n_seq_total = rows, n_seq_total
-        self.rng = torch.Generator().manual_seed(self.seed)  # again: draw the full-width state from the start
-        with torch.no_grad():
-            full = self.model.initial_state(n_seq_total, h0, self.rng)
-            keep = slice(rows.start, rows.stop)
-            self.state.rnn = RNNState(full.h[:, keep].contiguous(),
-                                      None if full.c is None else full.c[:, keep].contiguous())
-            if prime is not None:
-                self._prime(prime)
-
-    @torch.no_grad()
-    def _uniforms(self, n_frames: int) -> torch.Tensor:
-        """This rank's rows of the whole run's (n_frames, M, F) draw: the same numbers as one process."""
-        u = torch.rand(n_frames, self.n_seq_total, self.cfg.frame_size, generator=self.rng)
-        return u[:, self.rows.start:self.rows.stop].contiguous()
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "rows": [self.rows.start, self.rows.stop], "n_seq_total": self.n_seq_total}
-
-    def load_state_dict(self, d: dict) -> None:
-        if d.get("rows") != [self.rows.start, self.rows.stop] or d.get("n_seq_total") != self.n_seq_total:
-            raise ValueError(f"generation state is for sequences {d.get('rows')} of {d.get('n_seq_total')}, this "
-                             f"generator makes [{self.rows.start}, {self.rows.stop}) of {self.n_seq_total}")
-        super().load_state_dict(d)
-
-
-def _generator(model, n_seq: int, rows: range, **options) -> Generator:
-    """One process's generator: the plain one for all the sequences, else a RowsGenerator for its rows."""
-    if len(rows) == n_seq:
-        return Generator(model, n_seq, **options)
-    return RowsGenerator(model, rows, n_seq, **options)
-
-
-def _check_precision_name(precision) -> None:
-    try:
-        precision_options(precision)
-    except ValueError as e:
-        raise ValueError(f"--{e}") from None
-
-
-def _resume_precision_data(recorded: Optional[str]) -> Optional[str]:
-    """The guard's data on resume: the recorded dataset, or (moved or deleted since) the model's own
-    music, with a warning: a missing dataset must not block a resume that the guard passed once."""
-    if recorded is None or Path(recorded).exists():
-        return recorded
-    warnings.warn(f"--precision guard: its dataset {recorded} is gone; measuring on the model's own music instead",
-                  stacklevel=3)
-    return None
-
-
-def _check_record(gen: Generator) -> Optional[dict]:
-    """The guard's numbers for generation.json (None when it did not run)."""
-    c = gen.precision_check
-    return None if c is None else {"data": c.data, "backend": c.backend, "nll_fp32_bits": c.nll_fp32,
-                                   "nll_bits": c.nll, "delta_bits": c.delta, "limit_bits": c.limit}
-
-
-def _check_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0 and finite, got {value}")
-    return value
-
-
-def _ensure_open_files(n_seq: int) -> None:
-    """Every sequence keeps its part file open: make sure the process may open that many files.
-
-    Raises the soft RLIMIT_NOFILE up to the hard limit when that is enough, else refuses.
-    """
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        open_now = 64
-    need = n_seq + open_now + FD_MARGIN
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= need:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-            return
-    fits = max(soft - open_now - FD_MARGIN, 0)
-    raise ValueError(f"--n-seq {n_seq} keeps {n_seq} files open at once, but the open-file limit here is {soft} "
-                     f"(hard limit {hard}); raise it (e.g. 'ulimit -n {need}', which needs a hard limit >= {need}) "
-                     f"or generate at most {fits} sequences per run")
-
-
-def _check_disk(out: Path, n_seq: int, total: int, remaining: int) -> None:
-    """Refuse, with numbers, a generation whose files cannot fit on out's disk.
-
-    Peak use: the 16-bit part files (``remaining`` more samples each) plus one final file being written.
-    """
-    probe = out.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    need = 2 * n_seq * remaining + 2 * total + 44 * (n_seq + 1)
-    if need > free:
-        raise ValueError(f"--out {out}: {n_seq} sequence(s) of {total:,} samples need about {need / 1e9:,.3g} GB "
-                         f"more (16-bit part files, then one finished file at a time) but {probe} has "
-                         f"{free / 1e9:,.3g} GB free; generate fewer --seconds or --n-seq, or choose another --out")
+        # longgen._copy_with_gain is looked up here, at call time: the fault tests patch it on this module
+        return finish.finalize(self, _copy_with_gain)

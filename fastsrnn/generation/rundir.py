@@ -1,0 +1,92 @@
+"""The files of a generation's folder: the settings (generation.json) and state (state.pt) files,
+read with checks that name a damaged file; the checks that a new --out is free; its lock.
+
+Separate from longgen.py so that the on-disk format (docs/DESIGN.md §6) is in one short module,
+apart from the generating and finishing that write it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from fastsrnn.generation.generator import Generator
+from fastsrnn.outlock import LOCK_NAME, locked_output
+
+SETTINGS, STATE = "generation.json", "state.pt"
+FORMAT = "fastsrnn-generation"
+LOCK_WHAT = "fastsrnn generate"
+SETTINGS_KEYS = ("checkpoint", "checkpoint_sha256", "seconds", "n_samples", "sample_rate", "n_seq", "temperature",
+                 "argmax", "h0", "seed", "prime_samples", "audio_format", "normalize", "chunk_samples",
+                 "save_every_samples", "backend")
+
+
+def _read_settings(out: Path) -> dict:
+    path = out / SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: not a fastsrnn generation directory (no {SETTINGS})")
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: damaged, not readable JSON ({e}); cannot resume this generation") from None
+    if not isinstance(settings, dict) or settings.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fastsrnn generation settings file (damaged, or written by something else)")
+    missing = [k for k in SETTINGS_KEYS if k not in settings]
+    if missing:
+        raise ValueError(f"{path}: damaged, missing {', '.join(missing)}; cannot resume this generation")
+    if not isinstance(settings["n_seq"], int) or settings["n_seq"] < 1:
+        raise ValueError(f"{path}: damaged, n_seq is {settings['n_seq']!r}; cannot resume this generation")
+    return settings
+
+
+def _read_state(path: Path, n_seq: int) -> dict:
+    """state.pt, checked: a damaged file is named, never a raw unpickling error."""
+    hint = "cannot resume; start the generation again in a new --out"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: damaged, torch.load failed ({type(e).__name__}: {e}); {hint}") from None
+    try:
+        stats = saved["stats"]
+        ok = isinstance(saved["generator"], dict) and isinstance(stats["written"], int) and stats["written"] >= 0
+        ok = ok and all(isinstance(stats[k], list) and len(stats[k]) == n_seq for k in ("sum", "sumsq", "peak"))
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{path}: damaged (missing {e}); {hint}") from None
+    if not ok:
+        raise ValueError(f"{path}: damaged (bad generator state or level statistics); {hint}")
+    return saved
+
+
+def _state_path(out: Path, world: int, rank: int) -> Path:
+    return out / (STATE if world == 1 else f"state.rank{rank}.pt")
+
+
+def _check_record(gen: Generator) -> Optional[dict]:
+    """The guard's numbers for generation.json (None when it did not run)."""
+    c = gen.precision_check
+    return None if c is None else {"data": c.data, "backend": c.backend, "nll_fp32_bits": c.nll_fp32,
+                                   "nll_bits": c.nll, "delta_bits": c.delta, "limit_bits": c.limit}
+
+
+def _check_new_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    if (out / SETTINGS).exists():
+        raise FileExistsError(f"--out {out} already holds a generation; use 'fastsrnn generate --resume {out}' "
+                              "to continue it, or choose another --out")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+        if other:
+            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+            raise FileExistsError(f"--out {out} is not empty ({shown}) and is not a fastsrnn generation; "
+                                  "choose an empty or new directory")
+
+
+def _lock(out: Path) -> contextlib.ExitStack:
+    """Hold out's lock (fastsrnn.outlock) until the returned stack is closed; OutputLocked if taken."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(locked_output(out, LOCK_WHAT))
+    return stack
