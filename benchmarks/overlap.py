@@ -24,20 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.model import SampleRNN
+from fastsrnn.model import RNNState, SampleRNN
 from fastsrnn.ops.export import export_inference
-from fastsrnn.ops.frame_step import frame_step_cpu, linear_cpu
+from fastsrnn.ops.frame_step import _scale, frame_step_cpu, frame_step_ref, linear_cpu
 from fastsrnn.ops.sample_frame import sample_frame_cpu
-from fastsrnn.quantize import frame_input
 
 FRAME_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
-
-
-def _scale(w, name, i=None):
-    scales = getattr(w, f"{name}_scale")
-    if i is None:
-        return scales
-    return scales[i] if scales else None
 
 
 def recurrent_products(w, h, nt):
@@ -45,24 +37,14 @@ def recurrent_products(w, h, nt):
     return [linear_cpu(h[i], w.w_hh[i], w.b_hh[i], nt, scale=_scale(w, "w_hh", i)) for i in range(w.cfg.n_rnn)]
 
 
-def frame_step_rest(w, window, h, c, gh, nt):
-    """frame_step_ref's LSTM step given the recurrent products ``gh``: W_ih x, gates, skip, upsampling."""
-    cfg = w.cfg
-    x_in = frame_input(window, cfg.q_levels)
-    x, total = x_in, None
-    for i in range(cfg.n_rnn):
-        inp = torch.cat([x, x_in], dim=1) if (i > 0 and w.skip_w) else x
-        gi = linear_cpu(inp, w.w_ih[i], w.b_ih[i], nt, scale=_scale(w, "w_ih", i))
-        ig, fg, gg, og = (gi + gh[i]).chunk(4, dim=1)
-        c[i] = torch.sigmoid(fg) * c[i] + torch.sigmoid(ig) * torch.tanh(gg)
-        h[i] = torch.sigmoid(og) * torch.tanh(c[i])
-        x = h[i]
-        if w.skip_w:
-            zero = w.skip_b if i == 0 else torch.zeros_like(w.skip_b)
-            proj = linear_cpu(x, w.skip_w[i], zero, nt, scale=_scale(w, "skip_w", i))
-            total = proj if total is None else total + proj
-    out = total if w.skip_w else x
-    return linear_cpu(out, w.up_w, w.up_b, nt, scale=w.up_w_scale).view(1, cfg.frame_size, cfg.dim)
+def frame_step_rest(w, window, rnn, gh, nt):
+    """frame_step_ref with the recurrent products ``gh`` already computed: its W_hh products are
+    looked up, every other product runs in linear_cpu."""
+    given = {id(w.w_hh[i]): gh[i] for i in range(w.cfg.n_rnn)}
+
+    def mm(x, m, b, scale=None):
+        return given[id(m)] if id(m) in given else linear_cpu(x, m, b, nt, scale=scale)
+    return frame_step_ref(w, window, rnn, mm=mm)
 
 
 def run(w, mode, frames, nt, seed=0):
@@ -70,23 +52,23 @@ def run(w, mode, frames, nt, seed=0):
     cfg = w.cfg
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, cfg.q_levels, (1, cfg.frame_size), generator=g)
-    h = torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1
-    c = torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1
+    rnn = RNNState(torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1,
+                   torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1)
     u = torch.rand(frames, 1, cfg.frame_size, generator=g)
     inv_t = torch.ones(1)
     out = torch.empty(1, cfg.frame_size, dtype=torch.long)
     drawn, times = [], []
     pool = ThreadPoolExecutor(1)
-    pending = pool.submit(recurrent_products, w, h, 1) if mode == "overlap" else None
+    pending = pool.submit(recurrent_products, w, rnn.h, 1) if mode == "overlap" else None
     for f in range(frames):
         t = time.perf_counter()
         if mode == "serial":
-            cond = frame_step_cpu(w, window, type("S", (), {"h": h, "c": c})(), nt)
+            cond = frame_step_cpu(w, window, rnn, nt)
         elif mode == "split":
-            cond = frame_step_rest(w, window, h, c, recurrent_products(w, h, nt), nt)
+            cond = frame_step_rest(w, window, rnn, recurrent_products(w, rnn.h, nt), nt)
         else:
-            cond = frame_step_rest(w, window, h, c, pending.result(), nt)
-            pending = pool.submit(recurrent_products, w, h.clone(), 1)
+            cond = frame_step_rest(w, window, rnn, pending.result(), nt)
+            pending = pool.submit(recurrent_products, w, rnn.h.clone(), 1)
         sample_frame_cpu(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, u[f], inv_t, False, out,
                          num_threads=1 if mode == "overlap" else nt)
         times.append(time.perf_counter() - t)
@@ -94,7 +76,7 @@ def run(w, mode, frames, nt, seed=0):
     if pending is not None:
         pending.result()
     pool.shutdown()
-    return times, torch.cat(drawn, 1), h
+    return times, torch.cat(drawn, 1), rnn.h
 
 
 def main(argv=None) -> int:

@@ -23,18 +23,13 @@ import time
 import torch
 
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.model import SampleRNN
+from fastsrnn.model import RNNState, SampleRNN
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_cpu
 from fastsrnn.ops.sample_frame import sample_frame_cpu
 
 FORMATS = {"fp32": (torch.float32, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16),
            "int8": (torch.float32, torch.int8), "bf16,int8": (torch.bfloat16, torch.int8)}
-
-
-class _State:
-    def __init__(self, h, c):
-        self.h, self.c = h, c
 
 
 def frame_bytes(w) -> int:
@@ -47,7 +42,7 @@ def time_parts(w, nt: int, frames: int):
     cfg = w.cfg
     g = torch.Generator().manual_seed(0)
     window = torch.randint(0, cfg.q_levels, (1, cfg.frame_size), generator=g)
-    st = _State(torch.zeros(cfg.n_rnn, 1, cfg.dim), torch.zeros(cfg.n_rnn, 1, cfg.dim))
+    st = RNNState(torch.zeros(cfg.n_rnn, 1, cfg.dim), torch.zeros(cfg.n_rnn, 1, cfg.dim))
     out = torch.empty(1, cfg.frame_size, dtype=torch.long)
     inv_t = torch.ones(1)
     fs, ss = [], []
