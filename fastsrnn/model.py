@@ -1,16 +1,16 @@
-"""The eager SampleRNN (2 tiers), exactly the maths of docs/DESIGN.md §2.
+"""The eager SampleRNN (2 tiers, or n: docs/DESIGN.md "n tiers"), exactly the maths of docs/DESIGN.md §2.
 
 This file is the specification: the parallel teacher-forced forward trains the model, and the
 ``step`` methods are the eager reference that every fused generation backend is tested against.
 It knows nothing of kernels.
 
 Shapes: B batch, T target samples, N = T / F frames, F frame size, H dim, E emb size, Q levels,
-L RNN layers.
+L RNN layers; S = cfg.lookback (the top frame tier's frame; F with 2 tiers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,25 +32,61 @@ def _maybe_wn(module: nn.Module, on: bool, names=("weight",)) -> nn.Module:
 
 @dataclass
 class RNNState:
-    """Frame-tier recurrent state. h: (L, B, H); c: (L, B, H) for LSTM, None for GRU."""
+    """Frame-tier recurrent state. h: (L, B, H); c: (L, B, H) for LSTM, None for GRU.
+
+    upper: with more than 2 tiers, the states of the frame tiers above the bottom one (same
+    shapes), from the bottom up; () for the 2-tier model.
+    """
 
     h: torch.Tensor
     c: Optional[torch.Tensor] = None
+    upper: Tuple["RNNState", ...] = ()
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RNNState":
+        """fn applied to every tensor (every tier's h and c): detach, move, select batch rows."""
+        return RNNState(fn(self.h), None if self.c is None else fn(self.c), tuple(u.map(fn) for u in self.upper))
 
     def detach(self) -> "RNNState":
-        return RNNState(self.h.detach(), None if self.c is None else self.c.detach())
+        return self.map(torch.Tensor.detach)
+
+    def tiers(self) -> List["RNNState"]:
+        """Every frame tier's own state (upper ones empty), from the bottom up."""
+        return [RNNState(self.h, self.c)] + [RNNState(u.h, u.c) for u in self.upper]
+
+    @staticmethod
+    def from_tiers(tiers: Sequence["RNNState"]) -> "RNNState":
+        return RNNState(tiers[0].h, tiers[0].c, tuple(RNNState(t.h, t.c) for t in tiers[1:]))
+
+    def to_dict(self) -> dict:
+        """h, c as ever (files from before n tiers read the same), plus "upper": [(h, c), ...] with n tiers."""
+        d = {"h": self.h, "c": self.c}
+        if self.upper:
+            d["upper"] = [(u.h, u.c) for u in self.upper]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "RNNState":
+        return RNNState(d["h"], d["c"], tuple(RNNState(h, c) for h, c in d.get("upper", ())))
 
 
 class FrameLevelRNN(nn.Module):
-    """Frame tier: an L-layer LSTM/GRU stack over frames, skip connections, upsampling."""
+    """Frame tier: an L-layer LSTM/GRU stack over frames, skip connections, upsampling.
 
-    def __init__(self, cfg: SampleRNNConfig):
+    n_in: samples per step (its input frame; default F), n_out: positions its upsampling makes
+    per step (default F: the sample tier's; an upper tier's: the steps of the tier below);
+    conditioned: it has a tier above, whose upsampled output (H per step) enters the first layer
+    as H more inputs, before the frame: layer 0 runs on [cond, x_in].
+    """
+
+    def __init__(self, cfg: SampleRNNConfig, n_in: Optional[int] = None, n_out: Optional[int] = None,
+                 conditioned: bool = False):
         super().__init__()
         self.cfg = cfg
-        F, H, L = cfg.frame_size, cfg.dim, cfg.n_rnn
+        F, H, L = n_in or cfg.frame_size, cfg.dim, cfg.n_rnn
+        self.n_in, self.n_out, self.conditioned = F, n_out or cfg.frame_size, conditioned
         rnn_cls = nn.LSTM if cfg.rnn_type == "lstm" else nn.GRU
         self.use_skip = cfg.skip and L > 1
-        in_sizes = [F] + [H + F if self.use_skip else H] * (L - 1)
+        in_sizes = [F + (H if conditioned else 0)] + [H + F if self.use_skip else H] * (L - 1)
         self.rnns = nn.ModuleList()
         for size in in_sizes:
             rnn = rnn_cls(size, H, num_layers=1, batch_first=True)
@@ -63,7 +99,7 @@ class FrameLevelRNN(nn.Module):
         self.skip_proj = nn.ModuleList(
             _maybe_wn(nn.Linear(H, H, bias=(i == 0)), cfg.weight_norm) for i in range(L if self.use_skip else 0)
         )
-        self.upsample = _maybe_wn(nn.Linear(H, F * H), cfg.weight_norm)
+        self.upsample = _maybe_wn(nn.Linear(H, self.n_out * H), cfg.weight_norm)
         if cfg.learn_h0:
             self.h0 = nn.Parameter(torch.zeros(L, 1, H))
             self.c0 = nn.Parameter(torch.zeros(L, 1, H)) if cfg.rnn_type == "lstm" else None
@@ -93,16 +129,21 @@ class FrameLevelRNN(nn.Module):
             raise ValueError(f"h0 mode must be 'learned', 'random' or 'zeros', got {mode!r}")
         return RNNState(h, c)
 
-    def forward(self, frames: torch.Tensor, state: RNNState):
-        """frames: (B, N, F) int samples of the previous frames -> cond (B, N*F, H), new state."""
-        B, N, F = frames.shape
-        out, new = self._recur(frame_input(frames, self.cfg.q_levels), state)  # input in [-2, 2]
-        cond = self.upsample(out).reshape(B, N * F, self.cfg.dim)  # (B, N, F*H) -> (B, N*F, H)
-        return cond, new
+    def forward(self, frames: torch.Tensor, state: RNNState, cond: Optional[torch.Tensor] = None):
+        """frames: (B, N, n_in) int samples of the previous frames; cond: (B, N, H) from the tier
+        above (conditioned tiers only) -> upsampled (B, N*n_out, H), new state (this tier's)."""
+        B, N, _ = frames.shape
+        out, new = self._recur(frame_input(frames, self.cfg.q_levels), state, cond)  # input in [-2, 2]
+        up = self.upsample(out).reshape(B, N * self.n_out, self.cfg.dim)  # (B, N, n_out*H) -> (B, N*n_out, H)
+        return up, new
 
-    def _recur(self, x_in: torch.Tensor, state: RNNState):
-        """x_in: (B, N, F) float frame input -> tier output (B, N, H) before upsampling, new state."""
+    def _recur(self, x_in: torch.Tensor, state: RNNState, cond: Optional[torch.Tensor] = None):
+        """x_in: (B, N, n_in) float frame input -> tier output (B, N, H) before upsampling, new state."""
+        if (cond is not None) != self.conditioned:
+            raise ValueError("FrameLevelRNN: cond is required by a conditioned tier and refused by the top one")
         x, hs, cs, total = x_in, [], [], None
+        if cond is not None:
+            x = torch.cat([cond, x_in], dim=-1)  # (B, N, H + n_in)
         for i, rnn in enumerate(self.rnns):
             if i > 0 and self.use_skip:
                 x = torch.cat([x, x_in], dim=-1)  # (B, N, H + F)
@@ -144,15 +185,15 @@ class FrameLevelRNN(nn.Module):
         return tuple(_VF.gru(x, hx, views, *args))
 
     def advance(self, frames: torch.Tensor, state: RNNState, block: int = 1024) -> RNNState:
-        """Run the recurrence over frames (B, N, F) without upsampling (priming): memory O(block)."""
+        """Run the recurrence over frames (B, N, F) without upsampling (priming a 2-tier model;
+        SampleRNN.advance primes any): memory O(block)."""
         for start in range(0, frames.shape[1], block):
             state = self._recur(frame_input(frames[:, start:start + block], self.cfg.q_levels), state)[1]
         return state
 
-    def step(self, frame: torch.Tensor, state: RNNState):
-        """One frame step. frame: (B, F) int -> cond (B, F, H), new state."""
-        cond, new = self.forward(frame[:, None, :], state)
-        return cond, new
+    def step(self, frame: torch.Tensor, state: RNNState, cond: Optional[torch.Tensor] = None):
+        """One step. frame: (B, n_in) int, cond: (B, H) or None -> upsampled (B, n_out, H), new state."""
+        return self.forward(frame[:, None, :], state, None if cond is None else cond[:, None, :])
 
 
 class SampleLevelMLP(nn.Module):
@@ -190,34 +231,84 @@ class SampleLevelMLP(nn.Module):
 
 
 class SampleRNN(nn.Module):
-    """2-tier SampleRNN: FrameLevelRNN conditions a SampleLevelMLP at every sample."""
+    """SampleRNN: frame tiers, each conditioning the one below, the bottom one conditioning a
+    SampleLevelMLP at every sample. 2 tiers (cfg.frame_sizes = (F,)) is the Dadabots model.
+
+    frame_rnn is the bottom frame tier (its parameter names are those of 2-tier checkpoints);
+    upper_rnns the tiers above it, from the bottom up (empty with 2 tiers). Tier k (0 = bottom)
+    steps every S_k = cfg.tier_samples(k) samples on the previous S_k samples; an upper tier's
+    upsampling gives one vector per step of the tier below.
+    """
 
     def __init__(self, cfg: SampleRNNConfig):
         super().__init__()
         self.cfg = cfg
-        self.frame_rnn = FrameLevelRNN(cfg)
+        n_up = len(cfg.frame_sizes) - 1
+        self.frame_rnn = FrameLevelRNN(cfg, conditioned=n_up > 0)
+        self.upper_rnns = nn.ModuleList(
+            FrameLevelRNN(cfg, n_in=cfg.tier_samples(k), n_out=cfg.frame_sizes[k], conditioned=k < n_up)
+            for k in range(1, n_up + 1))
         self.mlp = SampleLevelMLP(cfg)
 
+    @property
+    def frame_tiers(self) -> List[FrameLevelRNN]:
+        """Every frame tier, from the bottom up."""
+        return [self.frame_rnn, *self.upper_rnns]
+
     def initial_state(self, batch: int, mode: str = "learned", generator: Optional[torch.Generator] = None) -> RNNState:
-        return self.frame_rnn.initial_state(batch, mode, generator)
+        """Every tier's h0 (random ones drawn bottom tier first: 2-tier draws are unchanged)."""
+        return RNNState.from_tiers([t.initial_state(batch, mode, generator) for t in self.frame_tiers])
+
+    def _check_length(self, total: int, what: str) -> int:
+        S = self.cfg.lookback
+        T = total - S
+        if T <= 0 or T % S:
+            raise ValueError(f"SampleRNN.{what}: input length {total} must be S + T with T a positive "
+                             f"multiple of S={S} (the top frame tier's frame, cfg.lookback)")
+        return T
+
+    def _frame_tiers(self, x: torch.Tensor, state: RNNState, upsample_bottom: bool = True):
+        """Run every frame tier, top down, over x (B, S + T): the bottom tier's upsampled
+        conditioning (B, T, H) (None without ``upsample_bottom``) and the new state."""
+        B, S, T = x.shape[0], self.cfg.lookback, x.shape[1] - self.cfg.lookback
+        tiers, states = self.frame_tiers, state.tiers()
+        if len(states) != len(tiers):
+            raise ValueError(f"SampleRNN: the state has {len(states)} frame tiers, the model {len(tiers)}")
+        cond, new = None, [None] * len(tiers)
+        for k in range(len(tiers) - 1, -1, -1):
+            Sk = self.cfg.tier_samples(k)
+            frames = x[:, S - Sk:S - Sk + T].reshape(B, T // Sk, Sk)  # step n: the Sk samples before S + n Sk
+            if k == 0 and not upsample_bottom:
+                new[0] = tiers[0]._recur(frame_input(frames, self.cfg.q_levels), states[0], cond)[1]
+                cond = None
+            else:
+                cond, new[k] = tiers[k](frames, states[k], cond)  # (B, T / S_{k-1}, H): per step below
+        return cond, RNNState.from_tiers(new)
 
     def forward(self, x: torch.Tensor, state: Optional[RNNState] = None):
-        """Teacher-forced forward. x: (B, F + T) int, T a multiple of F; x[:, :F] is context.
+        """Teacher-forced forward. x: (B, S + T) int, T a multiple of S = cfg.lookback (F with 2
+        tiers); x[:, :S] is context.
 
-        Returns logits (B, T, Q) predicting x[:, F:], and the RNN state after the N = T/F frames.
+        Returns logits (B, T, Q) predicting x[:, S:], and the RNN state after T samples.
         """
-        F = self.cfg.frame_size
-        B, total = x.shape
-        T = total - F
-        if T <= 0 or T % F:
-            raise ValueError(f"SampleRNN.forward: input length {total} must be F + T "
-                             f"with T a positive multiple of F={F}")
+        F, S = self.cfg.frame_size, self.cfg.lookback
+        T = self._check_length(x.shape[1], "forward")
         if state is None:
-            state = self.initial_state(B)
-        frames = x[:, :T].reshape(B, T // F, F)  # (B, N, F): frame n conditions targets x[F + nF + j]
-        cond, new_state = self.frame_rnn(frames, state)
-        logits = self.mlp(x[:, : F + T - 1], cond)
+            state = self.initial_state(x.shape[0])
+        cond, new_state = self._frame_tiers(x, state)  # bottom frame n conditions targets x[S + nF + j]
+        logits = self.mlp(x[:, S - F: S + T - 1], cond)
         return logits, new_state
+
+    @torch.no_grad()
+    def advance(self, x: torch.Tensor, state: RNNState, block: int = 65536) -> RNNState:
+        """The state after teacher-forcing x (B, S + T) (what forward returns) without the sample
+        tier or the bottom upsampling (priming): memory O(block) samples."""
+        S = self.cfg.lookback
+        T = self._check_length(x.shape[1], "advance")
+        block = max(S, block // S * S)
+        for start in range(0, T, block):
+            state = self._frame_tiers(x[:, start:start + S + min(block, T - start)], state, upsample_bottom=False)[1]
+        return state
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -268,7 +268,7 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
     F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, Q, (B, F), generator=g).to(dev)
-    states = [DecodeState(model.initial_state(B), window.clone()) for _ in backends]
+    states = [DecodeState.begin(model.cfg, model.initial_state(B), window.clone()) for _ in backends]
     inv_t = torch.linspace(0.8, 1.25, B)
     for _ in range(n_frames):
         u = torch.rand(B, F, generator=g)
@@ -284,15 +284,16 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
 
 
 def forced_logits(be, model, x: torch.Tensor):
-    """Teacher-forced logits (B, T, Q) of backend ``be`` on samples x (B, F + T) (on the model's
-    device), written into slices (views) of one poisoned buffer; also the final DecodeState.
-    Checks that every frame returns the forced samples and the window ends on x's last F."""
+    """Teacher-forced logits (B, T, Q) of backend ``be`` on samples x (B, S + T) (S = lookback, F
+    with 2 tiers; on the model's device), written into slices (views) of one poisoned buffer; also
+    the final DecodeState. Checks that every frame returns the forced samples and the window ends
+    on x's last F."""
     B = x.shape[0]
-    F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, x.device
-    state = DecodeState(model.initial_state(B), x[:, :F].clone())
-    got = torch.full((B, x.shape[1] - F, Q), float("nan"), device=dev)
-    for n in range(x.shape[1] // F - 1):
-        tgt = x[:, F * (n + 1): F * (n + 2)]
+    F, S, Q, dev = model.cfg.frame_size, model.cfg.lookback, model.cfg.q_levels, x.device
+    state = DecodeState.begin(model.cfg, model.initial_state(B), x[:, S - F:S].clone(), history=x[:, :S].clone())
+    got = torch.full((B, x.shape[1] - S, Q), float("nan"), device=dev)
+    for n in range((x.shape[1] - S) // F):
+        tgt = x[:, S + F * n: S + F * (n + 1)]
         drawn = be.step_frame(state, torch.rand(B, F, device=dev), torch.ones(B, device=dev), forced=tgt,
                               logits_out=got[:, n * F:(n + 1) * F])
         assert torch.equal(drawn, tgt)

@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 
 from fastsrnn.backends.base import Backend, DecodeState
+from fastsrnn.backends.tiers import record_frame, step_upper_tiers
+from fastsrnn.model import RNNState
 from fastsrnn.ops.sampling import sample_ref
 
 
@@ -19,7 +21,9 @@ class EagerBackend(Backend):
     def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False,
                    forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None):
         F = self.cfg.frame_size
-        cond, state.rnn = self.model.frame_rnn.step(state.window, state.rnn)  # (B, F, H)
+        up = step_upper_tiers(self.cfg, state, self._step_tier)  # n tiers: the bottom tier's conditioning
+        cond, bottom = self.model.frame_rnn.step(state.window, state.rnn, up)  # (B, F, H)
+        state.rnn = RNNState(bottom.h, bottom.c, state.rnn.upper)
         out = torch.empty_like(state.window)
         window = state.window
         for j in range(F):
@@ -30,4 +34,12 @@ class EagerBackend(Backend):
             out[:, j] = x
             window = torch.cat([window[:, 1:], x[:, None]], dim=1)  # slide the last-F window
         state.window = window
+        record_frame(self.cfg, state, out)
         return out
+
+    def _step_tier(self, state: DecodeState, k: int, frame, cond, out) -> None:
+        """Upper tier k's step in the model's own module (tiers.StepTier)."""
+        upper = list(state.rnn.upper)
+        up, upper[k - 1] = self.model.upper_rnns[k - 1].step(frame, upper[k - 1], cond)
+        out.copy_(up)
+        state.rnn = RNNState(state.rnn.h, state.rnn.c, tuple(upper))
