@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 
 from fastsrnn import env
-from fastsrnn.backends.base import BackendUnavailable, DecodeState
+from fastsrnn.backends.base import BackendUnavailable
+from fastsrnn.model import RNNState
 from fastsrnn.backends.folded import FoldedBackend, dense
 from fastsrnn.ops.build import BuildError, cpu_extension
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, linear_cpu, torch_linear
@@ -53,14 +54,13 @@ class CpuBackend(FoldedBackend):
             return linear_cpu(x, w, b, self.num_threads, scale=scale)
         return torch_linear(x, w, b, scale=scale)
 
-    def frame_step(self, state: DecodeState) -> torch.Tensor:
-        """The frame step: the op's fused C++ step where it is faster (see frame_mm), else
-        ops/frame_step.py with the op's products. Updates state.rnn in place; cond (B, F, H)."""
-        w, rnn = self.w, state.rnn
-        if state.batch > _STREAM_MAX_B.get(w.up_w.dtype, 0):
-            return frame_step_ref(w, state.window, rnn, mm=self.frame_mm)
+    def tier_step(self, w, window: torch.Tensor, rnn, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        """A frame tier's step: the op's fused C++ step where it is faster (see frame_mm), else
+        ops/frame_step.py with the op's products. Updates rnn in place; returns its output."""
+        if window.shape[0] > _STREAM_MAX_B.get(w.up_w.dtype, 0) or w is not self.w or cond is not None:
+            return frame_step_ref(w, window, rnn, mm=self.frame_mm, cond=cond)
         h, c = dense(rnn.h), dense(rnn.c)
-        cond = frame_step_cpu(w, state.window, type(rnn)(h, c), self.num_threads)
+        cond = frame_step_cpu(w, window, RNNState(h, c), self.num_threads)
         for dst, src in ((rnn.h, h), (rnn.c, c)):
             if dst is not None and dst is not src:
                 dst.copy_(src)

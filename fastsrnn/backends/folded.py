@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from fastsrnn.backends.base import Backend, DecodeState
+from fastsrnn.backends.tiers import record_frame, step_upper_tiers
 from fastsrnn.ops.export import export_inference_cached
 from fastsrnn.ops.frame_step import frame_step_ref
 from fastsrnn.ops.sample_frame import sample_frame_ref
@@ -33,11 +34,25 @@ class FoldedBackend(Backend):
         self._checked = None  # the (window, shape, device) whose sample-frame arguments were checked last
 
     def frame_step(self, state: DecodeState) -> torch.Tensor:
-        """Advance state.rnn in place by the frame in state.window; cond (B, F, H).
+        """Advance state.rnn in place by the frame in state.window (n tiers: the upper tiers first,
+        when due; fastsrnn/backends/tiers.py); cond (B, F, H)."""
+        up = step_upper_tiers(self.cfg, state, self._step_tier)
+        return self.tier_step(self.w, state.window, state.rnn, up)
 
-        On a CUDA device with Triton: the fused kernels (ops.frame_step.frame_step_triton, L + 2
-        launches; their weights prepared on the first call, their cond a buffer reused per batch
-        size); elsewhere, and for int8 frame weights, the eager frame_step_ref."""
+    def _step_tier(self, state: DecodeState, k: int, frame, cond, out) -> None:
+        """Upper tier k's step on its exported weights (tiers.StepTier)."""
+        out.copy_(self.tier_step(self.w.upper[k - 1], frame, state.rnn.upper[k - 1], cond))
+
+    def tier_step(self, w, window: torch.Tensor, rnn, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        """One step of the frame tier whose weights are ``w`` (self.w: the bottom tier; a
+        TierWeights: one above), its state ``rnn`` updated in place; cond: from the tier above.
+
+        The bottom tier of a 2-tier model, on a CUDA device with Triton: the fused kernels
+        (ops.frame_step.frame_step_triton, L + 2 launches; their weights prepared on the first
+        call, their cond a buffer reused per batch size); elsewhere, and for int8 frame weights,
+        the eager frame_step_ref."""
+        if w is not self.w or cond is not None:
+            return frame_step_ref(w, window, rnn, cond=cond)
         fused = self.__dict__.get("_fused_frame", False)
         if fused is False:  # decided once: a CUDA device and kernels that import
             from fastsrnn.ops.frame_step import FusedFrameWeights, triton_frame_step_available
@@ -46,10 +61,10 @@ class FoldedBackend(Backend):
             ok = self.device.type == "cuda" and not self.w.int8 and triton_frame_step_available()[0]
             fused = self._fused_frame = FusedFrameWeights.from_inference(self.w) if ok else None
         if fused is None:
-            return frame_step_ref(self.w, state.window, state.rnn)
+            return frame_step_ref(w, window, rnn)
         from fastsrnn.ops.frame_step import frame_step_triton
 
-        return frame_step_triton(fused, state.window, state.rnn)
+        return frame_step_triton(fused, window, rnn)
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         self.call_dense(sample_frame_ref, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
@@ -78,4 +93,5 @@ class FoldedBackend(Backend):
         cond = self.frame_step(state)  # (B, F, H)
         out = torch.empty_like(state.window)
         self.sample_frame(cond, state.window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+        record_frame(self.cfg, state, out)
         return out

@@ -26,12 +26,83 @@ from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN
 
 
+_FRAME_MATRICES = ("w_ih", "w_hh", "skip_w", "up_w")  # stored in frame_dtype (int8: with per-row scales)
+_SAMPLE_MATRICES = ("table", "w3", "wo")  # stored in dtype
+
+
+def _moved(obj, device, dtype, frame_dtype) -> dict:
+    """obj's fields (a TierWeights or InferenceWeights) moved to ``device``, matrices cast (biases,
+    states and scales stay fp32: accumulation is fp32); ``upper`` tiers moved alike."""
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if v is None or f.name == "cfg":
+            out[f.name] = v
+            continue
+        if f.name == "upper":
+            out[f.name] = [t.to(device, frame_dtype=frame_dtype) for t in v]
+            continue
+        dt = frame_dtype if f.name in _FRAME_MATRICES else dtype if f.name in _SAMPLE_MATRICES else None
+        conv = lambda t: t.to(device=device, dtype=dt or t.dtype).contiguous()  # noqa: E731
+        out[f.name] = conv(v) if isinstance(v, torch.Tensor) else [conv(t) for t in v]
+    return out
+
+
 @dataclass
-class InferenceWeights:
-    """Weights of one model in the kernel layout. G = 4 (LSTM) or 3 (GRU) gate blocks."""
+class TierWeights:
+    """A frame tier above the bottom one (n-tier models), in the bottom tier's layout: layer 0's
+    input is [cond (H), frame (S_k)] for a conditioned tier, the frame alone for the top one;
+    up_w, up_b its plain upsampling (r_k positions of H, one per step of the tier below)."""
 
     cfg: SampleRNNConfig
-    w_ih: List[torch.Tensor]  # per layer (G*H, F) for layer 0, (G*H, H [+ F]) after
+    w_ih: List[torch.Tensor]  # per layer (G*H, [H +] S_k) for layer 0, (G*H, H [+ S_k]) after
+    w_hh: List[torch.Tensor]  # per layer (G*H, H)
+    b_ih: List[torch.Tensor]
+    b_hh: List[torch.Tensor]
+    h0: torch.Tensor  # (L, 1, H)
+    c0: Optional[torch.Tensor]
+    skip_w: List[torch.Tensor]
+    skip_b: Optional[torch.Tensor]
+    up_w: torch.Tensor  # (r_k*H, H)
+    up_b: torch.Tensor  # (r_k*H,)
+    w_ih_scale: List[torch.Tensor] = field(default_factory=list)
+    w_hh_scale: List[torch.Tensor] = field(default_factory=list)
+    skip_w_scale: List[torch.Tensor] = field(default_factory=list)
+    up_w_scale: Optional[torch.Tensor] = None
+
+    def to(self, device=None, dtype=None, frame_dtype: Optional[torch.dtype] = None) -> "TierWeights":
+        if frame_dtype == torch.int8 and self.up_w.dtype != torch.int8:
+            return _quantized(self).to(device)
+        _check_frame_dtype(self, frame_dtype)
+        return TierWeights(**_moved(self, device, None, frame_dtype))
+
+    @property
+    def int8(self) -> bool:
+        return self.up_w.dtype == torch.int8
+
+    def nbytes_frame_tier(self) -> int:
+        return _frame_nbytes(self)
+
+
+def _check_frame_dtype(w, frame_dtype) -> None:
+    if frame_dtype not in (None, torch.int8) and w.up_w.dtype == torch.int8:
+        raise ValueError(f"InferenceWeights.to: int8 frame weights cannot become {frame_dtype}; export again")
+
+
+def _frame_nbytes(w) -> int:
+    ts = w.w_ih + w.w_hh + w.skip_w + [w.up_w] + w.w_ih_scale + w.w_hh_scale + w.skip_w_scale
+    ts += [w.up_w_scale] if w.up_w_scale is not None else []
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+@dataclass
+class InferenceWeights:
+    """Weights of one model in the kernel layout. G = 4 (LSTM) or 3 (GRU) gate blocks. The frame
+    fields are the bottom frame tier's (layer 0's input: [cond (H), frame (F)] with n tiers);
+    ``upper`` the tiers above it, from the bottom up (empty with 2 tiers)."""
+
+    cfg: SampleRNNConfig
+    w_ih: List[torch.Tensor]  # per layer (G*H, [H +] F) for layer 0, (G*H, H [+ F]) after
     w_hh: List[torch.Tensor]  # per layer (G*H, H)
     b_ih: List[torch.Tensor]  # per layer (G*H,)
     b_hh: List[torch.Tensor]  # per layer (G*H,)
@@ -51,40 +122,22 @@ class InferenceWeights:
     w_hh_scale: List[torch.Tensor] = field(default_factory=list)  # per layer (G*H,)
     skip_w_scale: List[torch.Tensor] = field(default_factory=list)  # per layer (H,)
     up_w_scale: Optional[torch.Tensor] = None  # (F*H,)
+    upper: List[TierWeights] = field(default_factory=list)  # n tiers: the frame tiers above, bottom up
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None, frame_dtype: Optional[torch.dtype] = None):
-        """Move every tensor; ``dtype`` for the sample tier, ``frame_dtype`` for the frame tier
+        """Move every tensor; ``dtype`` for the sample tier, ``frame_dtype`` for every frame tier
         (float32, bfloat16, or int8: quantized per row from float weights, scales alongside)."""
         if frame_dtype == torch.int8 and self.up_w.dtype != torch.int8:
             return _quantized(self).to(device, dtype)
-        if frame_dtype not in (None, torch.int8) and self.up_w.dtype == torch.int8:
-            raise ValueError(f"InferenceWeights.to: int8 frame weights cannot become {frame_dtype}; export again")
-        frame_names = {"w_ih", "w_hh", "skip_w", "up_w"}
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            dt = frame_dtype if f.name in frame_names else dtype
-            if v is None or f.name == "cfg":
-                out[f.name] = v
-                continue
-            if f.name in ("table", "w3", "wo") or f.name in frame_names:
-                conv = lambda t: t.to(device=device, dtype=dt or t.dtype).contiguous()  # noqa: E731
-            else:  # biases and states stay fp32: accumulation is fp32
-                conv = lambda t: t.to(device=device).contiguous()  # noqa: E731
-            if isinstance(v, torch.Tensor):
-                v = conv(v)
-            elif isinstance(v, list):
-                v = [conv(t) for t in v]
-            out[f.name] = v
-        return InferenceWeights(**out)
+        _check_frame_dtype(self, frame_dtype)
+        return InferenceWeights(**_moved(self, device, dtype, frame_dtype))
 
     def nbytes_sample_tier(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.w3, self.wo, self.b3, self.bo))
 
     def nbytes_frame_tier(self) -> int:
-        ts = self.w_ih + self.w_hh + self.skip_w + [self.up_w] + self.w_ih_scale + self.w_hh_scale + self.skip_w_scale
-        ts += [self.up_w_scale] if self.up_w_scale is not None else []
-        return sum(t.numel() * t.element_size() for t in ts)
+        """Every frame tier's matrices (and int8 scales)."""
+        return _frame_nbytes(self) + sum(t.nbytes_frame_tier() for t in self.upper)
 
     @property
     def int8(self) -> bool:
@@ -106,14 +159,17 @@ def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.contiguous()
 
 
-def _quantized(w: InferenceWeights) -> InferenceWeights:
-    """w with its frame-tier matrices quantized to int8 (quantize_rows), everything else as is."""
+def _quantized(w):
+    """w (InferenceWeights or TierWeights) with its frame-tier matrices quantized to int8
+    (quantize_rows), the upper tiers' too, everything else as is."""
     if w.up_w.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"InferenceWeights.to: int8 is quantized from float32 frame weights, not {w.up_w.dtype}")
     pairs = {n: [quantize_rows(t) for t in getattr(w, n)] for n in ("w_ih", "w_hh", "skip_w")}
     q_up, s_up = quantize_rows(w.up_w)
     kw = {n: [q for q, _ in p] for n, p in pairs.items()}
     kw.update({f"{n}_scale": [s for _, s in p] for n, p in pairs.items()})
+    if isinstance(w, InferenceWeights):
+        kw["upper"] = [_quantized(t) for t in w.upper]
     return replace(w, up_w=q_up, up_w_scale=s_up, **kw)
 
 
@@ -125,52 +181,71 @@ def _check(name: str, t: torch.Tensor, shape) -> torch.Tensor:
     return t
 
 
+def _d(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _export_tier(fr, prefix: str) -> dict:
+    """A frame tier's (FrameLevelRNN's) RNN, skip and h0 weights in float64, shapes checked,
+    and its plain upsampling (up_w (n_out*H, H), up_b)."""
+    cfg = fr.cfg
+    F, H, L, G = fr.n_in, cfg.dim, cfg.n_rnn, cfg.gates
+    w_ih, w_hh, b_ih, b_hh = [], [], [], []
+    for i, rnn in enumerate(fr.rnns):
+        in_size = (F + (H if fr.conditioned else 0)) if i == 0 else (H + F if fr.use_skip else H)
+        w_ih.append(_check(f"{prefix}rnn[{i}].weight_ih", _d(rnn.weight_ih_l0), (G * H, in_size)))
+        w_hh.append(_check(f"{prefix}rnn[{i}].weight_hh", _d(rnn.weight_hh_l0), (G * H, H)))
+        b_ih.append(_check(f"{prefix}rnn[{i}].bias_ih", _d(rnn.bias_ih_l0), (G * H,)))
+        b_hh.append(_check(f"{prefix}rnn[{i}].bias_hh", _d(rnn.bias_hh_l0), (G * H,)))
+    skip_w = [_check(f"{prefix}skip_proj[{i}].weight", _d(p.weight), (H, H)) for i, p in enumerate(fr.skip_proj)]
+    skip_b = _check(f"{prefix}skip_proj[0].bias", _d(fr.skip_proj[0].bias), (H,)) if skip_w else None
+    return dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, skip_w=skip_w, skip_b=skip_b,
+                h0=_d(fr.h0).expand(L, 1, H), c0=_d(fr.c0).expand(L, 1, H) if fr.c0 is not None else None,
+                up_w=_check(f"{prefix}upsample.weight", _d(fr.upsample.weight), (fr.n_out * H, H)),
+                up_b=_check(f"{prefix}upsample.bias", _d(fr.upsample.bias), (fr.n_out * H,)))
+
+
+def _rounded(tier: dict) -> dict:
+    return {k: [_f32(t) for t in v] if isinstance(v, list) else _f32(v) for k, v in tier.items()}
+
+
 @torch.no_grad()
 def export_inference(model: SampleRNN, frame_dtype: Optional[torch.dtype] = None) -> InferenceWeights:
     """Fold a SampleRNN (any device) into fp32 :class:`InferenceWeights` on the CPU; ``frame_dtype``
-    (bfloat16, int8) stores the frame tier so (``InferenceWeights.to``)."""
+    (bfloat16, int8) stores the frame tiers so (``InferenceWeights.to``)."""
     if frame_dtype not in (None, torch.float32):
         return export_inference(model).to(frame_dtype=frame_dtype)
     cfg = model.cfg
-    F, E, H, Q, L, G = cfg.frame_size, cfg.emb_size, cfg.dim, cfg.q_levels, cfg.n_rnn, cfg.gates
-    fr, mlp = model.frame_rnn, model.mlp
-    d = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+    F, E, H, Q = cfg.frame_size, cfg.emb_size, cfg.dim, cfg.q_levels
+    mlp = model.mlp
+    bottom = _export_tier(model.frame_rnn, "")
 
-    w_ih, w_hh, b_ih, b_hh = [], [], [], []
-    for i, rnn in enumerate(fr.rnns):
-        in_size = F if i == 0 else (H + F if fr.use_skip else H)
-        w_ih.append(_check(f"rnn[{i}].weight_ih", d(rnn.weight_ih_l0), (G * H, in_size)))
-        w_hh.append(_check(f"rnn[{i}].weight_hh", d(rnn.weight_hh_l0), (G * H, H)))
-        b_ih.append(_check(f"rnn[{i}].bias_ih", d(rnn.bias_ih_l0), (G * H,)))
-        b_hh.append(_check(f"rnn[{i}].bias_hh", d(rnn.bias_hh_l0), (G * H,)))
-    skip_w = [_check(f"skip_proj[{i}].weight", d(p.weight), (H, H)) for i, p in enumerate(fr.skip_proj)]
-    skip_b = _check("skip_proj[0].bias", d(fr.skip_proj[0].bias), (H,)) if skip_w else None
-
-    w2 = _check("mlp.w2.weight", d(mlp.w2.weight), (H, H))
-    b2 = _check("mlp.w2.bias", d(mlp.w2.bias), (H,))
-    up_w = _check("upsample.weight", d(fr.upsample.weight), (F * H, H)).view(F, H, H)
-    up_b = _check("upsample.bias", d(fr.upsample.bias), (F * H,)).view(F, H)
+    w2 = _check("mlp.w2.weight", _d(mlp.w2.weight), (H, H))
+    b2 = _check("mlp.w2.bias", _d(mlp.w2.bias), (H,))
+    up_w = bottom.pop("up_w").view(F, H, H)
+    up_b = bottom.pop("up_b").view(F, H)
     up_w2 = torch.matmul(w2, up_w).reshape(F * H, H)  # (F, H, H): W2 U_j
     up_b2 = (up_b @ w2.T + b2).reshape(F * H)  # (F, H): W2 u_j + b2
 
-    emb = _check("mlp.embedding.weight", d(mlp.embedding.weight), (Q, E))
-    w1 = _check("mlp.w1.weight", d(mlp.w1.weight), (H, F * E)).view(H, F, E)
+    emb = _check("mlp.embedding.weight", _d(mlp.embedding.weight), (Q, E))
+    w1 = _check("mlp.w1.weight", _d(mlp.w1.weight), (H, F * E)).view(H, F, E)
     t1 = torch.einsum("qe,hke->kqh", emb, w1)  # (F, Q, H): W1_k Emb[q]
     table = t1 @ w2.T  # (F, Q, H): W2 W1_k Emb[q]
 
-    h0 = d(fr.h0).expand(L, 1, H)
-    c0 = d(fr.c0).expand(L, 1, H) if fr.c0 is not None else None
-    f32 = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
+    upper = [TierWeights(cfg=cfg, **_rounded(_export_tier(fr, f"upper_rnns[{k}].")))
+             for k, fr in enumerate(model.upper_rnns)]
     return InferenceWeights(
-        cfg=cfg,
-        w_ih=[f32(t) for t in w_ih], w_hh=[f32(t) for t in w_hh],
-        b_ih=[f32(t) for t in b_ih], b_hh=[f32(t) for t in b_hh],
-        h0=f32(h0), c0=f32(c0), skip_w=[f32(t) for t in skip_w], skip_b=f32(skip_b),
-        up_w=f32(up_w2), up_b=f32(up_b2), table=f32(table),
-        w3=f32(_check("mlp.w3.weight", d(mlp.w3.weight), (H, H))),
-        b3=f32(_check("mlp.w3.bias", d(mlp.w3.bias), (H,))),
-        wo=f32(_check("mlp.out.weight", d(mlp.out.weight), (Q, H))),
-        bo=f32(_check("mlp.out.bias", d(mlp.out.bias), (Q,))),
+        cfg=cfg, **_rounded(bottom),
+        up_w=_f32(up_w2), up_b=_f32(up_b2), table=_f32(table),
+        w3=_f32(_check("mlp.w3.weight", _d(mlp.w3.weight), (H, H))),
+        b3=_f32(_check("mlp.w3.bias", _d(mlp.w3.bias), (H,))),
+        wo=_f32(_check("mlp.out.weight", _d(mlp.out.weight), (Q, H))),
+        bo=_f32(_check("mlp.out.bias", _d(mlp.out.bias), (Q,))),
+        upper=upper,
     )
 
 

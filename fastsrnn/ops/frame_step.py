@@ -10,6 +10,9 @@
 
 Contract: window (B, F) int64 (the frame just finished); rnn h, c (L, B, H) float32, updated in
 place; returns cond (B, F, H) float32 = W2 c_j + b2 for the F positions of the next frame.
+n tiers (frame_step_ref): the same op steps any frame tier on its weights (InferenceWeights for
+the bottom tier, TierWeights for one above): window (B, S_k), ``cond`` (B, H) from the tier above
+(conditioned tiers), and it returns (B, n_out, H), n_out = up_w rows / H.
 """
 from __future__ import annotations
 
@@ -45,18 +48,24 @@ def _scale(w: InferenceWeights, name: str, i: Optional[int] = None) -> Optional[
     return s if i is None else s[i]
 
 
-def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=None) -> torch.Tensor:
+def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=None,
+                   cond: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One frame step in torch ops (see the module docstring for the contract).
 
     mm: a replacement for ``torch_linear`` (same contract, ``scale`` passed by keyword), e.g.
     :func:`linear_cpu`. int8 frame weights (InferenceWeights.to(frame_dtype=torch.int8)) carry
-    their per-row scales.
+    their per-row scales. w: an InferenceWeights (bottom tier) or TierWeights (upper tier);
+    cond (B, H): the conditioning from the tier above, layer 0's first H inputs.
     """
     mm = mm or torch_linear
     cfg = w.cfg
-    B, F, H = window.shape[0], cfg.frame_size, cfg.dim
-    x_in = frame_input(window, cfg.q_levels)  # (B, F)
-    x, total = x_in, None
+    B, H = window.shape[0], cfg.dim
+    x_in = frame_input(window, cfg.q_levels)  # (B, S_k)
+    x = x_in if cond is None else torch.cat([cond, x_in], dim=1)  # (B, [H +] S_k)
+    if x.shape[1] != w.w_ih[0].shape[1]:
+        raise ValueError(f"frame_step_ref: layer 0 takes {w.w_ih[0].shape[1]} inputs, got {x.shape[1]} "
+                         f"(a {window.shape[1]}-sample frame{'' if cond is None else ' and a conditioning'})")
+    total = None
     for i in range(cfg.n_rnn):
         inp = torch.cat([x, x_in], dim=1) if (i > 0 and w.skip_w) else x
         h = rnn.h[i]
@@ -80,7 +89,8 @@ def frame_step_ref(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, mm=
             proj = mm(x, w.skip_w[i], zero, scale=_scale(w, "skip_w", i))
             total = proj if total is None else total + proj
     out = total if w.skip_w else x  # (B, H)
-    return mm(out, w.up_w, w.up_b, scale=_scale(w, "up_w")).view(B, F, H)  # (B, F*H) -> (B, F, H)
+    n_out = w.up_w.shape[0] // H
+    return mm(out, w.up_w, w.up_b, scale=_scale(w, "up_w")).view(B, n_out, H)  # (B, n_out*H) -> (B, n_out, H)
 
 
 def linear_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, num_threads: int = 0,
