@@ -300,12 +300,13 @@ class SampleRNN(nn.Module):
         return logits, new_state
 
     @torch.no_grad()
-    def advance(self, x: torch.Tensor, state: RNNState, block: int = 65536) -> RNNState:
+    def advance(self, x: torch.Tensor, state: RNNState, block: Optional[int] = None) -> RNNState:
         """The state after teacher-forcing x (B, S + T) (what forward returns) without the sample
-        tier or the bottom upsampling (priming): memory O(block) samples."""
+        tier or the bottom upsampling (priming): memory O(block) samples (default 1024 bottom
+        frames, rounded to whole top frames)."""
         S = self.cfg.lookback
         T = self._check_length(x.shape[1], "advance")
-        block = max(S, block // S * S)
+        block = max(S, (block or 1024 * self.cfg.frame_size) // S * S)
         for start in range(0, T, block):
             state = self._frame_tiers(x[:, start:start + S + min(block, T - start)], state, upsample_bottom=False)[1]
         return state

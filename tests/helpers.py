@@ -91,6 +91,9 @@ def assert_same_training_state(a: dict, b: dict) -> None:
         assert a[k] == b[k], k
     for k in ("rnn_h", "rnn_c"):
         assert (a[k] is None and b[k] is None) or torch.equal(a[k], b[k]), k
+    assert len(a.get("rnn_upper") or ()) == len(b.get("rnn_upper") or ())  # n tiers: the tiers above
+    for ua, ub in zip(a.get("rnn_upper") or (), b.get("rnn_upper") or ()):
+        assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(ua, ub)), "rnn_upper"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +284,17 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
             compare(other, runs[0], inv_t, atol=atol)
             assert torch.equal(other.samples, runs[0].samples), "a near-tie changed a draw: the states would differ"
     return states
+
+
+def fresh_pair(model, B: int, n_frames: int, seed: int = 0):
+    """Two equal DecodeStates (random h0 and window) on the model's device, uniforms (n_frames, B,
+    F) and inverse temperatures (B,) there: for comparing step_frames of two backends."""
+    F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    state = DecodeState.begin(model.cfg, model.initial_state(B, "random", g),
+                              torch.randint(0, Q, (B, F), generator=g)).to(dev)
+    u = torch.rand(n_frames, B, F, generator=g).to(dev)
+    return state, state.clone(), u, torch.linspace(0.8, 1.25, B).to(dev)
 
 
 def forced_logits(be, model, x: torch.Tensor):

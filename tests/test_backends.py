@@ -24,6 +24,7 @@ from helpers import (
     ODD,
     ON_GPU,
     forced_logits,
+    fresh_pair,
     generate_and_compare,
     need_triton,
     random_model,
@@ -83,24 +84,37 @@ def test_every_backend_is_tested():
 
 
 def _tf_cases(be):
-    return [(f"{rnn}-{'skip' if skip else 'noskip'}-B{B}", rnn, skip, B)
-            for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+    two = [(f"{rnn}-{'skip' if skip else 'noskip'}-B{B}", rnn, skip, B, (3,))
+           for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+    three = [(f"3tier-{rnn}-{'skip' if skip else 'noskip'}-B3", rnn, skip, 3, (3, 2))
+             for rnn in ("lstm", "gru") for skip in (True, False)]
+    return two + three + [("4tier-lstm-skip-B2", "lstm", True, 2, (2, 3, 2))]
 
 
-@pytest.mark.parametrize("be,rnn,skip,B", _params(BACKENDS, _tf_cases))
-def test_teacher_forced_logits_match_parallel_forward(be, rnn, skip, B):
-    """The decisive model test: generation fed the true samples gives the training forward's logits."""
-    cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **ODD)
+def assert_same_tiers(got, want, rtol=1e-4, atol=1e-5):
+    """Every frame tier's h (and c) of two RNNStates."""
+    assert len(got.upper) == len(want.upper)
+    for a, b in zip(got.tiers(), want.tiers()):
+        torch.testing.assert_close(a.h, b.h, rtol=rtol, atol=atol)
+        if b.c is not None:
+            torch.testing.assert_close(a.c, b.c, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("be,rnn,skip,B,frame_sizes", _params(BACKENDS, _tf_cases))
+def test_teacher_forced_logits_match_parallel_forward(be, rnn, skip, B, frame_sizes):
+    """The decisive model test: generation fed the true samples gives the training forward's
+    logits, for 2, 3 and 4 tiers (the upper tiers stepping on their schedule)."""
+    cfg = SampleRNNConfig(rnn_type=rnn, skip=skip, **{**ODD, "frame_size": frame_sizes[0]},
+                          frame_sizes=frame_sizes)
     model = random_model(cfg).to(be.device)
-    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 6), generator=torch.Generator().manual_seed(B))
+    x = torch.randint(0, cfg.q_levels, (B, cfg.lookback * (6 if len(frame_sizes) == 1 else 4)),
+                      generator=torch.Generator().manual_seed(B))
     x = x.to(be.device)
     with torch.no_grad():
         ref_logits, ref_state = model(x, model.initial_state(B))
     got, state = forced_logits(_make(be, model), model, x)
     torch.testing.assert_close(got, ref_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(state.rnn.h, ref_state.h, rtol=1e-4, atol=1e-5)
-    if rnn == "lstm":
-        torch.testing.assert_close(state.rnn.c, ref_state.c, rtol=1e-4, atol=1e-5)
+    assert_same_tiers(state.rnn, ref_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,10 +130,15 @@ def _gen_cases(be):
     cases += [(f"odd-{rnn}-noskip-B3", "tiny", dict(ODD, skip=False), rnn, 3, 3 if interp else 4)
               for rnn in ("lstm", "gru")]
     cases += [("tiny-lstm-B3", "tiny", {}, "lstm", 3, 2 if interp else 4),
-              ("small-gru-B16", "tiny", SMALL_CFG, "gru", 16, 2 if interp else 4)]
+              ("small-gru-B16", "tiny", SMALL_CFG, "gru", 16, 2 if interp else 4),
+              ("odd-3tier-gru-B3", "tiny-3tier", dict(ODD, frame_sizes=(3, 2)), "gru", 3, 5 if interp else 7),
+              ("small-3tier-lstm-B16", "tiny-3tier", dict(SMALL_CFG, frame_sizes=(4, 2)), "lstm", 16,
+               3 if interp else 5)]
     if be.device == "cuda":
         cases += [("tiny-gru-B5", "tiny", {}, "gru", 5, 4), ("tiny-lstm-B64", "tiny", {}, "lstm", 64, 4),
-                  ("dadabots-2tier-lstm-B2", "dadabots-2tier", {}, "lstm", 2, 4)]
+                  ("dadabots-2tier-lstm-B2", "dadabots-2tier", {}, "lstm", 2, 4),
+                  ("tiny-3tier-lstm-B64", "tiny-3tier", {}, "lstm", 64, 9),
+                  ("samplernn-pytorch-3tier-B2", "samplernn-pytorch-3tier", {}, "gru", 2, 5)]
     return cases
 
 
@@ -132,9 +151,10 @@ def test_generation_matches_eager(be, preset, over, rnn, B, n_frames):
     eager = make_backend("eager", model, be.device)
     states = generate_and_compare([eager, _make(be, model)], model, B, n_frames)
     assert torch.equal(states[0].window, states[1].window)
-    torch.testing.assert_close(states[1].rnn.h, states[0].rnn.h, rtol=1e-4, atol=1e-4)
-    if rnn == "lstm":
-        torch.testing.assert_close(states[1].rnn.c, states[0].rnn.c, rtol=1e-4, atol=1e-4)
+    assert_same_tiers(states[1].rnn, states[0].rnn, atol=1e-4)
+    if cfg.n_tiers > 2:
+        assert states[1].phase == states[0].phase == n_frames % (cfg.lookback // cfg.frame_size)
+        assert torch.equal(states[1].history, states[0].history)
 
 
 class _FoldedView(FoldedBackend):
@@ -189,17 +209,33 @@ def test_error_at_most_twice_plain_pytorch(be, dtype, B):
 # CUDA graphs
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-3tier"])
 @pytest.mark.parametrize("be", [pytest.param(be, id=be.id, marks=be.marks) for be in BACKENDS if be.device == "cuda"])
-def test_graphs_on_and_off_agree(be):
-    """Graph replay (including a second state object, a second capture) equals plain launches."""
-    model = random_model(SampleRNNConfig.from_name("tiny")).cuda()
+def test_graphs_on_and_off_agree(be, preset):
+    """Graph replay (including a second state object, a second capture) equals plain launches;
+    3 tiers: one-frame replays at every phase of the top tier."""
+    model = random_model(SampleRNNConfig.from_name(preset)).cuda()
     on, off = _make(be, model, graphs=True), _make(be, model, graphs=False)
     assert on.graphs and not off.graphs
     for B in (1, 3):
-        states = generate_and_compare([off, on], model, B, 5, seed=B)
-        assert torch.equal(states[0].window, states[1].window)
-        torch.testing.assert_close(states[1].rnn.h, states[0].rnn.h, rtol=1e-6, atol=1e-6)
+        states = generate_and_compare([off, on], model, B, 9, seed=B)
+        assert torch.equal(states[0].window, states[1].window) and states[0].phase == states[1].phase
+        assert_same_tiers(states[1].rnn, states[0].rnn, rtol=1e-6, atol=1e-6)
     assert on.graphs, "capture failed and fell back to plain launches"
+
+
+@pytest.mark.parametrize("be", [pytest.param(be, id=be.id, marks=be.marks) for be in BACKENDS if be.device == "cuda"])
+def test_graphed_chunks_of_a_3tier_model_equal_plain_launches(be):
+    """Generation's many-frame replays (frames_per_graph frames, a whole number of top steps)
+    from phases 0 and 1, against plain launches frame by frame."""
+    model = random_model(SampleRNNConfig.from_name("tiny-3tier")).cuda()
+    on, off = _make(be, model, graphs=True), _make(be, model, graphs=False)
+    a, b, u, inv_t = fresh_pair(model, 3, 37)
+    got = torch.cat([on.step_frames(a, u[:1], inv_t), on.step_frames(a, u[1:], inv_t)], dim=1)
+    want = off.step_frames(b, u, inv_t)
+    assert torch.equal(got, want) and a.phase == b.phase
+    assert_same_tiers(a.rnn, b.rnn, rtol=1e-6, atol=1e-6)
+    assert on.graphs
 
 
 # ---------------------------------------------------------------------------------------------

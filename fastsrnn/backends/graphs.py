@@ -15,6 +15,11 @@ state must be updated in place, as the fused backends do) and static buffers for
 (uniforms, inverse temperatures, forced samples) and outputs (samples, logits). Each call
 copies its inputs into the static buffers, replays, and copies the outputs out. A new state
 object, batch size, frame count or mode gets its own capture (at most ``_MAX_GRAPHS`` kept).
+
+n tiers: which upper tiers step in a frame depends on the state's phase (a host-side int), so
+the phase at the first captured frame is part of a capture's key; capturing runs the Python step
+(which moves the phase on) without running the kernels, so the phase is put back after a capture
+and moved on by the frame count after each replay.
 """
 from __future__ import annotations
 
@@ -49,8 +54,18 @@ class GraphCaptureError(RuntimeError):
 
 
 def _state_key(state: DecodeState) -> tuple:
-    ts = (state.window, state.rnn.h) + (() if state.rnn.c is None else (state.rnn.c,))
-    return tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in ts)
+    """The captured addresses of every state tensor, and the phase (n tiers)."""
+    ts = [state.window, state.rnn.h] + ([] if state.rnn.c is None else [state.rnn.c])
+    for u in state.rnn.upper:
+        ts += [u.h] + ([] if u.c is None else [u.c])
+    ts += ([] if state.history is None else [state.history]) + list(state.conds)
+    return tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in ts) + (state.phase,)
+
+
+def _advance_phase(state: DecodeState, n_frames: int) -> None:
+    """A replay of n_frames frames moved the state on by as many frames: its phase too."""
+    if state.history is not None:
+        state.phase = (state.phase + n_frames) % (state.history.shape[1] // state.window.shape[1])
 
 
 class FrameGraph:
@@ -75,6 +90,7 @@ class FrameGraph:
         if forced is not None:
             cap.forced.copy_(forced)
         cap.graph.replay()
+        _advance_phase(state, 1)
         if logits_out is not None:
             logits_out.copy_(cap.logits)
         return cap.out[:, 0].clone()  # the static buffer is overwritten by the next replay
@@ -86,11 +102,15 @@ class FrameGraph:
         out = torch.empty(B, n, F, dtype=torch.long, device=uniforms.device)
         k, i = self.frames_per_graph, 0
         if n >= k:
+            if state.history is not None and k % (state.history.shape[1] // F):
+                raise ValueError(f"frames_per_graph {k} must be a multiple of the {state.history.shape[1] // F} "
+                                 "bottom frames per top-tier step (n tiers)")
             cap = self._get(state, k, (B, F), argmax, False, False)
             cap.inv_temperature.copy_(inv_temperature)
             for i in range(0, n - k + 1, k):
                 cap.uniforms.copy_(uniforms[i:i + k])
                 cap.graph.replay()
+                _advance_phase(state, k)
                 out[:, i:i + k] = cap.out
             i = n - n % k
         for j in range(i, n):
@@ -128,15 +148,19 @@ class FrameGraph:
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             scratch = state.clone()
-            for _ in range(self.warmup):
+            period = 1 if state.history is None else state.history.shape[1] // F  # n tiers: every tier's step
+            for _ in range(self.warmup * period):
                 self._run(scratch, u[:1], inv_t, argmax, forced, logits, out)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        phase = state.phase
         try:
             with torch.cuda.graph(graph):
                 self._run(state, u, inv_t, argmax, forced, logits, out)
         except RuntimeError as e:  # capture is not execution: the real state is untouched
             raise GraphCaptureError(str(e)) from e
+        finally:
+            state.phase = phase  # the Python side ran n_frames frames, the kernels none yet
         return _Capture(graph, u, inv_t, forced, logits, out)
 
 
@@ -159,7 +183,10 @@ class GraphedBackend(FoldedBackend):
         if graphs and not ok:
             raise ValueError(f"{self.name} backend: graphs=True but {why}")
         self.graphs = ok if graphs is None else bool(graphs)
-        self._graph = FrameGraph(super().step_frame, self.cfg.q_levels) if self.graphs else None
+        # n tiers: a multiple of the bottom frames per top step, so a replay keeps the phase
+        per_top = self.cfg.lookback // self.cfg.frame_size
+        k = FRAMES_PER_GRAPH if FRAMES_PER_GRAPH % per_top == 0 else per_top * max(1, FRAMES_PER_GRAPH // per_top)
+        self._graph = FrameGraph(super().step_frame, self.cfg.q_levels, frames_per_graph=k) if self.graphs else None
 
     def _capture_failed(self, e: GraphCaptureError) -> None:
         warnings.warn(f"{self.name} backend: CUDA graph capture failed ({e}); using plain launches")

@@ -18,7 +18,7 @@ import torch
 from fastsrnn import env
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.generation.precision import guard_precision, merge_options
-from fastsrnn.model import SampleRNN
+from fastsrnn.model import RNNState, SampleRNN
 from fastsrnn.ops.sampling import temperature_tensor
 from fastsrnn.quantize import dequantize, quantize, silence_level
 
@@ -140,7 +140,7 @@ class Generator:
         with torch.no_grad():
             rnn = self.model.initial_state(n_seq, h0, self.rng)
             window = torch.full((n_seq, self.cfg.frame_size), silence_level(self.cfg.q_levels), dtype=torch.long)
-            self.state = DecodeState(rnn, window.to(self.device))
+            self.state = DecodeState.begin(self.cfg, rnn, window.to(self.device))
             if prime is not None:
                 self._prime(prime)
 
@@ -158,19 +158,21 @@ class Generator:
                                                    **backend_options)
 
     def _prime(self, levels: torch.Tensor) -> None:
-        """Warm the frame tier on a recording: frames [silence, p_0 .. p_{N-2}], window = p_{N-1}."""
-        F = self.cfg.frame_size
+        """Warm the frame tiers on a recording P (its last whole top frames of S = cfg.lookback
+        samples; S = F with 2 tiers): teacher-force [S samples of silence, P] (the state a
+        generation that had made P would have), window = P's last F samples, history its last S."""
+        F, S = self.cfg.frame_size, self.cfg.lookback
         levels = torch.as_tensor(levels, dtype=torch.long).flatten()
-        if levels.numel() < F:
-            raise ValueError(f"prime: need at least one frame ({F} samples), got {levels.numel()}")
+        if levels.numel() < S:
+            what = "one frame" if S == F else "one frame of the top tier"
+            raise ValueError(f"prime: need at least {what} ({S} samples), got {levels.numel()}")
         if levels.min() < 0 or levels.max() >= self.cfg.q_levels:
             raise ValueError(f"prime: levels must lie in [0, {self.cfg.q_levels})")
-        n = levels.numel() // F
-        frames = levels[levels.numel() - n * F:].view(n, F)  # keep the last whole frames
-        inputs = torch.cat([self.state.window[:1].cpu(), frames[:-1]], dim=0)  # (N, F)
-        inputs = inputs[None].expand(self.n_seq, n, F).to(self.device)  # (B, N, F)
-        self.state.rnn = self.model.frame_rnn.advance(inputs, self.state.rnn)
-        self.state.window = frames[-1:].expand(self.n_seq, F).contiguous().to(self.device)
+        kept = levels[levels.numel() - levels.numel() // S * S:]  # the last whole top frames
+        x = torch.cat([torch.full((S,), silence_level(self.cfg.q_levels), dtype=torch.long), kept])
+        x = x[None].expand(self.n_seq, x.numel()).to(self.device)  # (B, S + T)
+        rnn = self.model.advance(x, self.state.rnn)
+        self.state = DecodeState.begin(self.cfg, rnn, x[:, -F:].contiguous(), history=x[:, -S:].contiguous())
 
     @torch.no_grad()
     def frames(self, n_frames: int) -> torch.Tensor:
@@ -209,11 +211,15 @@ class Generator:
         return dequantize(q, self.cfg.q_levels, self.cfg.q_type).numpy().astype(np.float32)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: tensors and plain values (weights-only safe)."""
+        """Everything needed to continue exactly: tensors and plain values (weights-only safe).
+        n tiers add the upper tiers' states ("upper"), "history", "conds" and "phase"."""
         s = self.state
-        return {"h": s.rnn.h.cpu(), "c": None if s.rnn.c is None else s.rnn.c.cpu(), "window": s.window.cpu(),
-                "rng": self.rng.get_state(), "frames_done": self.frames_done, "n_seq": self.n_seq,
-                "seed": self.seed, "argmax": self.argmax, "inv_temperature": self.inv_temperature.cpu()}
+        d = {**s.rnn.map(torch.Tensor.cpu).to_dict(), "window": s.window.cpu(),
+             "rng": self.rng.get_state(), "frames_done": self.frames_done, "n_seq": self.n_seq,
+             "seed": self.seed, "argmax": self.argmax, "inv_temperature": self.inv_temperature.cpu()}
+        if s.history is not None:
+            d.update(history=s.history.cpu(), conds=[c.cpu() for c in s.conds], phase=s.phase)
+        return d
 
     def load_state_dict(self, d: dict) -> None:
         if d["n_seq"] != self.n_seq:
@@ -222,11 +228,36 @@ class Generator:
         if tuple(window.shape) != (self.n_seq, self.cfg.frame_size) or window.min() < 0 or window.max() >= q:
             raise ValueError(f"generation state: window must be ({self.n_seq}, {self.cfg.frame_size}) samples in "
                              f"[0, {q}), got shape {tuple(window.shape)}; the state file is damaged")
-        self.state.rnn.h = d["h"].to(self.device).clone()
-        self.state.rnn.c = None if d["c"] is None else d["c"].to(self.device).clone()
-        self.state.window = d["window"].to(self.device).clone()
+        if self.state.history is not None:
+            self._check_tiers(d)
+        dev = lambda t: t.to(self.device).clone()  # noqa: E731
+        self.state.rnn = RNNState.from_dict(d).map(dev)
+        self.state.window = dev(d["window"])
+        if self.state.history is not None:
+            self.state.history = dev(d["history"])
+            self.state.conds = tuple(dev(c) for c in d["conds"])
+            self.state.phase = int(d["phase"])
         self.rng.set_state(d["rng"])
         self.frames_done = int(d["frames_done"])
+
+
+    def _check_tiers(self, d: dict) -> None:
+        """A generation state of an n-tier model: every tier's state, the history, the upper
+        outputs and the phase, with the shapes this generator has."""
+        s, q = self.state, self.cfg.q_levels
+        try:
+            ok = (len(d["upper"]) == len(s.rnn.upper) and len(d["conds"]) == len(s.conds)
+                  and tuple(d["history"].shape) == tuple(s.history.shape)
+                  and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(d["conds"], s.conds))
+                  and all(tuple(h.shape) == tuple(u.h.shape) for (h, _), u in zip(d["upper"], s.rnn.upper))
+                  and 0 <= int(d["phase"]) < self.cfg.lookback // self.cfg.frame_size
+                  and int(d["history"].min()) >= 0 and int(d["history"].max()) < q)
+        except (KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"generation state: not a state of this {self.cfg.n_tiers}-tier model "
+                             f"(frame_sizes {self.cfg.frame_sizes}: upper tiers, history, conds, phase); "
+                             "the state file is damaged or from another model")
 
 
 def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:

@@ -19,6 +19,10 @@ def generation_bytes(cfg: SampleRNNConfig, n_seq: int, chunk_frames: int = 1000)
     F, E, H, Q, L, G = cfg.frame_size, cfg.emb_size, cfg.dim, cfg.q_levels, cfg.n_rnn, cfg.gates
     weights = 4 * (L * G * H * (2 * H + F) + L * H * H + 2 * F * H * H + F * E * H + F * Q * H + 2 * H * H + Q * H)
     per_seq = 4 * (2 * L * H + 2 * F * H + F * E + 2 * G * H + 4 * H + 2 * Q) + 8 * chunk_frames * F
+    for k in range(1, cfg.n_tiers - 1):  # n tiers: each upper tier's RNN (conditioning inputs too), upsampling
+        S, r = cfg.tier_samples(k), cfg.frame_sizes[k]
+        weights += 4 * (L * G * H * (3 * H + 2 * S) + L * H * H + r * H * H)
+        per_seq += 4 * (2 * L * H + r * H + 2 * G * H + H) + 8 * S
     return 2 * weights + n_seq * per_seq
 
 

@@ -71,17 +71,18 @@ def merge_options(precision: str, backend_options: dict) -> dict:
 
 
 def _check_levels(levels, cfg) -> torch.Tensor:
-    """levels: (T,) or (B, T) integer quantization levels -> (B, T') int64, T' whole frames."""
+    """levels: (T,) or (B, T) integer quantization levels -> (B, T') int64, T' whole frames (of the
+    top tier: cfg.lookback samples)."""
     if not isinstance(levels, torch.Tensor) or levels.dtype == torch.bool or levels.is_floating_point() \
             or levels.is_complex() or levels.dim() not in (1, 2):
         raise TypeError("levels must be a 1-d or 2-d integer tensor of quantization levels, got "
                         + (f"{levels.dtype} of shape {tuple(levels.shape)}" if isinstance(levels, torch.Tensor)
                            else type(levels).__name__))
     x = levels.reshape(1, -1) if levels.dim() == 1 else levels
-    F = cfg.frame_size
-    T = x.shape[1] // F * F
+    S = cfg.lookback
+    T = x.shape[1] // S * S
     if T == 0 or x.shape[0] == 0:
-        raise ValueError(f"levels: need at least one sequence of one frame ({F} samples), got {tuple(levels.shape)}")
+        raise ValueError(f"levels: need at least one sequence of one frame ({S} samples), got {tuple(levels.shape)}")
     if x.min() < 0 or x.max() >= cfg.q_levels:
         raise ValueError(f"levels must lie in [0, {cfg.q_levels}) (the model's q_levels)")
     return x[:, :T].long().cpu()
@@ -95,7 +96,7 @@ def _run_frames(be, model: SampleRNN, B: int, n_frames: int, forced: Optional[to
     seeded uniforms. Returns the samples (B, n_frames*F) on the CPU and their mean NLL in bits."""
     F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, be.device
     window = torch.full((B, F), silence_level(Q), dtype=torch.long)
-    state = DecodeState(model.initial_state(B), window).to(dev)
+    state = DecodeState.begin(model.cfg, model.initial_state(B), window).to(dev)
     g = torch.Generator().manual_seed(seed)
     inv_t, logits = torch.ones(B, device=dev), torch.empty(B, F, Q, device=dev)
     x = None if forced is None else forced.to(dev)
@@ -113,8 +114,9 @@ def _run_frames(be, model: SampleRNN, B: int, n_frames: int, forced: Optional[to
 def teacher_forced_nll(model: SampleRNN, levels, backend: str = "folded", device=None, **options) -> float:
     """Mean NLL in bits per sample of ``levels`` under ``model`` run by ``backend`` with ``options``
     (dtype, frame_dtype, ...): each next sample's cross-entropy given the backend's logits, fed the
-    true samples (teacher forcing), from the learned h0 and F samples of silence (as training's
-    test NLL). levels: (T,) or (B, T) int64 quantization levels; the tail short of a frame is dropped.
+    true samples (teacher forcing), from the learned h0 and cfg.lookback samples of silence (as
+    training's test NLL). levels: (T,) or (B, T) int64 quantization levels; the tail short of a
+    (top) frame is dropped.
     """
     x = _check_levels(levels, model.cfg)
     dev = torch.device(device) if device is not None else model.frame_rnn.h0.device
@@ -152,8 +154,8 @@ def dataset_test_levels(data_dir, cfg, n_seq: int = GUARD_SEQUENCES, seconds: fl
     chunks = load_split(data_path(data_dir), "test", cfg).levels[:n_seq]
     if not chunks:
         raise ValueError(f"precision_data {data_dir}: its test split has no chunk of a frame or more")
-    T = min(min(int(c.numel()) for c in chunks), max(int(seconds * cfg.sample_rate), cfg.frame_size))
-    T = T // cfg.frame_size * cfg.frame_size
+    T = min(min(int(c.numel()) for c in chunks), max(int(seconds * cfg.sample_rate), cfg.lookback))
+    T = T // cfg.lookback * cfg.lookback
     return torch.stack([c[:T].long() for c in chunks])
 
 
@@ -201,7 +203,8 @@ def _guard_data(model, data, be, cache: dict, key) -> Tuple[torch.Tensor, str]:
     """(levels (B, T), description) of ``data``: None -> the fp32 model's own music (cached)."""
     cfg = model.cfg
     if data is None:
-        n_frames = max(1, round(GUARD_SECONDS * cfg.sample_rate / cfg.frame_size))
+        per = cfg.lookback // cfg.frame_size  # whole top frames: the levels are teacher-forced again later
+        n_frames = max(1, round(GUARD_SECONDS * cfg.sample_rate / cfg.lookback)) * per
         skey = ("self", key, GUARD_SEQUENCES, n_frames, GUARD_SEED)
         if skey not in cache:
             x, nll = _run_frames(be(), model, GUARD_SEQUENCES, n_frames)

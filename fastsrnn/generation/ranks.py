@@ -12,7 +12,6 @@ import torch
 
 from fastsrnn import env
 from fastsrnn.generation.generator import Generator
-from fastsrnn.model import RNNState
 
 
 def init_ranks() -> tuple:
@@ -88,8 +87,7 @@ class RowsGenerator(Generator):
         with torch.no_grad():
             full = self.model.initial_state(n_seq_total, h0, self.rng)
             keep = slice(rows.start, rows.stop)
-            self.state.rnn = RNNState(full.h[:, keep].contiguous(),
-                                      None if full.c is None else full.c[:, keep].contiguous())
+            self.state.rnn = full.map(lambda t: t[:, keep].contiguous().to(self.device))
             if prime is not None:
                 self._prime(prime)
 

@@ -77,7 +77,7 @@ def fresh_state(model, n_seq: int, device, seed: int) -> DecodeState:
     """A reproducible decode state: random h0 and a random window of F samples, on ``device``."""
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, model.cfg.q_levels, (n_seq, model.cfg.frame_size), generator=g)
-    return DecodeState(model.initial_state(n_seq, "random", g), window).to(device)
+    return DecodeState.begin(model.cfg, model.initial_state(n_seq, "random", g), window).to(device)
 
 
 def sync(device) -> None:

@@ -76,23 +76,23 @@ class _Trainer:
         self.forward = TrainForward(self.model, device, amp, compile)
         self.params, self._step = list(self.model.parameters()), optimizer_step
         self.cfg, self.x, self.T = cfg, x, tbptt * cfg.frame_size
-        self.n_sub = (x.shape[1] - cfg.frame_size) // self.T
+        self.n_sub = (x.shape[1] - cfg.lookback) // self.T
         self.sub, self.state = 0, None
 
     def step(self) -> float:
-        F = self.cfg.frame_size
+        S = self.cfg.lookback
         state = self.state if self.state is not None else self.model.initial_state(self.x.shape[0])
-        inp = self.x[:, self.sub * self.T: self.sub * self.T + F + self.T]  # (B, F + T)
-        loss, new_state = self._step(self.forward, self.opt, self.params, inp, state, F, 1.0, _not_finite)
+        inp = self.x[:, self.sub * self.T: self.sub * self.T + S + self.T]  # (B, S + T)
+        loss, new_state = self._step(self.forward, self.opt, self.params, inp, state, S, 1.0, _not_finite)
         self.sub = (self.sub + 1) % self.n_sub
         self.state = None if self.sub == 0 else new_state
         return loss
 
 
 def synthetic_batch(cfg: SampleRNNConfig, batch_size: int, tbptt: int, n_sub: int = 2, seed: int = 1) -> torch.Tensor:
-    """Random quantized chunks with their frame of context: (B, F + n_sub * tbptt * F) int64."""
+    """Random quantized chunks with their (top) frame of context: (B, S + n_sub * tbptt * F) int64."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.q_levels, (batch_size, cfg.frame_size * (1 + n_sub * tbptt)), generator=g)
+    return torch.randint(0, cfg.q_levels, (batch_size, cfg.lookback + cfg.frame_size * n_sub * tbptt), generator=g)
 
 
 def bench_train_preset(preset: str, variants: List[str], device, steps: int = 20, warmup: int = 3,

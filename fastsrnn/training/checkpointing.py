@@ -59,12 +59,24 @@ def _write_cause(e: BaseException, path: Path) -> str:
 
 
 
+def _carried_fields(state: Optional[RNNState]) -> dict:
+    """The carried state as last.pt stores it: rnn_h, rnn_c (the bottom frame tier, as before n
+    tiers), and rnn_upper [(h, c), ...] for the tiers above (n tiers only)."""
+    if state is None:
+        return dict(rnn_h=None, rnn_c=None)
+    d = state.to_dict()
+    out = dict(rnn_h=d["h"], rnn_c=d["c"])
+    if "upper" in d:
+        out["rnn_upper"] = d["upper"]
+    return out
+
+
 class CheckpointMixin:
     """The checkpoint methods of the trainer's ``_Loop``."""
 
     def save_last(self, pos: Position, clips_pending: bool = False) -> None:
         """last.pt; clips_pending: this step's clips are still to be written (a resume writes them)."""
-        h, c = self.dist.gather_state(pos.state)  # every rank's carried state, batch in rank order
+        carried = self.dist.gather_state(pos.state)  # every rank's carried state, batch in rank order
         if not self.dist.rank0:
             return
         if not self.weights_finite():  # never replace a good checkpoint with a broken one
@@ -74,7 +86,7 @@ class CheckpointMixin:
             rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         self._save(self.run / "checkpoints" / "last.pt", kind="last", optimizer=self.opt.state_dict(),
                    train_config=self.tcfg.to_dict(), step=pos.step, epoch=pos.epoch, batch=pos.batch, sub=pos.sub,
-                   rnn_h=h, rnn_c=c, best_valid=pos.best_valid, best_step=pos.best_step,
+                   **_carried_fields(carried), best_valid=pos.best_valid, best_step=pos.best_step,
                    elapsed=pos.elapsed, clips_pending=clips_pending, **rng)
 
     def _save(self, path: Path, **extra) -> None:
@@ -111,7 +123,11 @@ class CheckpointMixin:
                                   f"has {self.n_batches} batches of {self.n_sub} sub-sequences: was the run "
                                   "trained on another dataset? Choose another --out")
         if ckpt["rnn_h"] is not None:
-            pos.state = self.dist.local_state(ckpt["rnn_h"], ckpt["rnn_c"], self.device)
+            carried = RNNState.from_dict({"h": ckpt["rnn_h"], "c": ckpt["rnn_c"], "upper": ckpt.get("rnn_upper") or ()})
+            if len(carried.upper) != len(self.raw.upper_rnns):
+                raise CheckpointError(f"{path}: its carried state has {1 + len(carried.upper)} frame tiers, the model "
+                                      f"{1 + len(self.raw.upper_rnns)}; the checkpoint is damaged")
+            pos.state = self.dist.local_state(carried, self.device)
         self.resume_clips = bool(ckpt.get("clips_pending", False)) and not self.clips_complete(pos.step)
         torch.set_rng_state(ckpt["torch_rng"])
         if "cuda_rng" in ckpt and self.device.type == "cuda":

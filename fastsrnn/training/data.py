@@ -23,7 +23,7 @@ from fastsrnn.quantize import quantize, silence_level
 
 @dataclass
 class ChunkSet:
-    """The chunks of one split. levels: list of (L_i,) small-int tensors, L_i a multiple of F."""
+    """The chunks of one split. levels: list of (L_i,) small-int tensors, L_i a multiple of cfg.lookback."""
 
     split: str
     levels: List[torch.Tensor]
@@ -42,14 +42,15 @@ def _storage_dtype(q_levels: int) -> torch.dtype:
 
 
 def load_split(data_dir, split: str, cfg: SampleRNNConfig) -> ChunkSet:
-    """Read and quantize every chunk of ``split``; each is cut to a whole number of frames."""
+    """Read and quantize every chunk of ``split``; each is cut to a whole number of frames (of the
+    top frame tier: cfg.lookback samples; F with 2 tiers)."""
     from fastsrnn.data.audio import read_audio
     from fastsrnn.data.prepare import split_files
 
-    F, levels, dropped = cfg.frame_size, [], 0
+    S, levels, dropped = cfg.lookback, [], 0
     for path in split_files(data_dir, split):
         audio = read_audio(path, cfg.sample_rate)
-        n = (audio.shape[0] // F) * F
+        n = (audio.shape[0] // S) * S
         if n == 0:
             dropped += 1
             continue
@@ -79,9 +80,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def with_context(levels: torch.Tensor, cfg: SampleRNNConfig) -> torch.Tensor:
-    """levels: (B, L) small int -> (B, F + L) int64 with F samples of silence as the first frame's context."""
+    """levels: (B, L) small int -> (B, S + L) int64 with S = cfg.lookback samples of silence as the
+    first frame's context (F with 2 tiers)."""
     B = levels.shape[0]
-    pad = torch.full((B, cfg.frame_size), silence_level(cfg.q_levels), dtype=torch.long)
+    pad = torch.full((B, cfg.lookback), silence_level(cfg.q_levels), dtype=torch.long)
     return torch.cat([pad, levels.long()], dim=1)
 
 
@@ -90,10 +92,11 @@ def n_subsequences(length: int, tbptt_samples: int) -> int:
     return math.ceil(length / tbptt_samples)
 
 
-def subsequence(x: torch.Tensor, s: int, tbptt_samples: int, frame_size: int) -> torch.Tensor:
-    """x: (B, F + L) -> input (B, F + T) of sub-sequence s; its targets are the last T samples."""
+def subsequence(x: torch.Tensor, s: int, tbptt_samples: int, context: int) -> torch.Tensor:
+    """x: (B, S + L) -> input (B, S + T) of sub-sequence s (S = ``context`` = cfg.lookback); its
+    targets are the last T samples."""
     start = s * tbptt_samples
-    return x[:, start:start + tbptt_samples + frame_size]
+    return x[:, start:start + tbptt_samples + context]
 
 
 @torch.no_grad()
@@ -129,14 +132,14 @@ def _equal_length_batches(chunks: ChunkSet, batch_size: int) -> Iterator[torch.T
 
 
 def _sequence_nll(model: SampleRNN, x: torch.Tensor, tbptt_samples: int) -> float:
-    """x: (B, F + L) int64 -> mean bits per sample over the L targets, in sub-sequences (memory O(T))."""
-    F = model.cfg.frame_size
-    L = x.shape[1] - F
+    """x: (B, S + L) int64 -> mean bits per sample over the L targets, in sub-sequences (memory O(T))."""
+    S = model.cfg.lookback
+    L = x.shape[1] - S
     state, total = model.initial_state(x.shape[0]), 0.0
     for s in range(n_subsequences(L, tbptt_samples)):
-        inp = subsequence(x, s, tbptt_samples, F)
+        inp = subsequence(x, s, tbptt_samples, S)
         logits, state = model(inp, state)
-        total += float(nll_bits(logits, inp[:, F:])) * (inp.shape[1] - F)
+        total += float(nll_bits(logits, inp[:, S:])) * (inp.shape[1] - S)
     return total / L
 
 

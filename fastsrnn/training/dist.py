@@ -89,11 +89,9 @@ class Dist:
         tdist.all_reduce(t)
         return float(t[0]), int(t[1])
 
-    def gather_state(self, state: Optional[RNNState]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(h, c) on the CPU with the batch (dim 1) of the global batch, in its order; (None, None) for no state."""
-        if state is None:
-            return None, None
-        return self._gather(state.h), (None if state.c is None else self._gather(state.c))
+    def gather_state(self, state: Optional[RNNState]) -> Optional[RNNState]:
+        """Every tier's state on the CPU with the batch (dim 1) of the global batch, in its order; None for none."""
+        return None if state is None else state.map(self._gather)
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
@@ -104,12 +102,11 @@ class Dist:
         L, b, H = x.shape
         return torch.stack(parts, dim=2).reshape(L, b * self.world, H).cpu()
 
-    def local_state(self, h: torch.Tensor, c: Optional[torch.Tensor], device) -> RNNState:
+    def local_state(self, state: RNNState, device) -> RNNState:
         """This rank's part of a gathered state, the rows shard() gives it: (L, B, H) -> (L, B / world, H)."""
-        if h.shape[1] % self.world:
-            raise ValueError(f"a carried state of {h.shape[1]} chunks cannot be split over {self.world} ranks")
-        part = lambda x: x[:, self.rank::self.world].contiguous().to(device)  # noqa: E731
-        return RNNState(part(h), None if c is None else part(c))
+        if state.h.shape[1] % self.world:
+            raise ValueError(f"a carried state of {state.h.shape[1]} chunks cannot be split over {self.world} ranks")
+        return state.map(lambda x: x[:, self.rank::self.world].contiguous().to(device))
 
     def barrier(self) -> None:
         """Wait until rank 0's files are written before other ranks read them."""

@@ -68,6 +68,7 @@ from fastsrnn.training.train_config import (  # noqa: F401
     FLOAT_OPTIONS,
     RUN_DEFINING,
     TrainConfig,
+    tbptt_samples,
 )
 
 # The names marked noqa F401 are re-exported: the CLI, the tools and the tests import them from here.
@@ -114,12 +115,13 @@ class TrainForward:
                 self.compiled = None
         return self.model(inp, state)
 
-    def __call__(self, inp: torch.Tensor, state: RNNState, frame_size: int):
+    def __call__(self, inp: torch.Tensor, state: RNNState, context: int):
+        """inp (B, context + T): context = cfg.lookback samples before the first target."""
         with self.autocast():
             logits, new_state = self._model(inp, state)
-            bits = nll_bits(logits, inp[:, frame_size:])
+            bits = nll_bits(logits, inp[:, context:])
         if self.amp != "off":  # the carried state (and what last.pt saves) stays fp32
-            new_state = RNNState(new_state.h.float(), None if new_state.c is None else new_state.c.float())
+            new_state = new_state.map(torch.Tensor.float)
         return bits.float(), new_state
 
 
@@ -131,12 +133,12 @@ def grads_finite(params) -> bool:
 
 
 def optimizer_step(forward: TrainForward, opt: torch.optim.Optimizer, params, inp: torch.Tensor, state: RNNState,
-                   frame_size: int, grad_clip: float, on_bad: Callable[[str], None]):
-    """One training step on ``inp`` (B, F + T): forward and loss, backward (of nats; the loss is
+                   context: int, grad_clip: float, on_bad: Callable[[str], None]):
+    """One training step on ``inp`` (B, S + T), S = ``context`` = cfg.lookback: forward and loss, backward (of nats; the loss is
     reported in bits), the finite check, element-wise clipping (grad_clip > 0), Adam. on_bad(what)
     must raise: it runs when the loss or the gradients are not finite, before the weights change.
     Returns (loss in bits, the new RNN state, detached)."""
-    bits, new_state = forward(inp, state, frame_size)
+    bits, new_state = forward(inp, state, context)
     opt.zero_grad(set_to_none=True)
     (bits * LN2).backward()
     loss = bits.item()
@@ -157,7 +159,7 @@ class _Loop(CheckpointMixin, ClipsMixin):
         self.run, self.cfg, self.tcfg, self.dist, self.data_dir = run, cfg, tcfg, dist, data_dir
         self.log = print if (progress and dist.rank0) else (lambda *a, **k: None)
         self.device = dist.device(tcfg.device)
-        self.tbptt_samples = tcfg.tbptt * cfg.frame_size
+        self.tbptt_samples = tbptt_samples(tcfg, cfg)
         self._load_data(data_dir)
         torch.manual_seed(tcfg.seed)
         self.raw = SampleRNN(cfg).to(self.device)
@@ -186,7 +188,7 @@ class _Loop(CheckpointMixin, ClipsMixin):
                     if dropped + train.dropped else ""))
 
     def batch_input(self, pos: Position) -> torch.Tensor:
-        """This rank's chunks of the current batch with their silence context: (B_local, F + L) int64."""
+        """This rank's chunks of the current batch with their silence context: (B_local, S + L) int64."""
         if self._perm_epoch != pos.epoch:
             self._perm_epoch, self._perm = pos.epoch, epoch_permutation(self.train.shape[0], self.tcfg.seed, pos.epoch)
         if self._batch_key != (pos.epoch, pos.batch):
@@ -200,9 +202,9 @@ class _Loop(CheckpointMixin, ClipsMixin):
         """One optimizer step on the next sub-sequence; returns its loss in bits per sample."""
         x = self.batch_input(pos)
         state = pos.state if pos.state is not None else self.raw.initial_state(x.shape[0])
-        inp = subsequence(x, pos.sub, self.tbptt_samples, self.cfg.frame_size)  # (B, F + T)
+        inp = subsequence(x, pos.sub, self.tbptt_samples, self.cfg.lookback)  # (B, S + T)
         loss, pos.state = optimizer_step(self.forward, self.opt, list(self.raw.parameters()), inp, state,
-                                         self.cfg.frame_size, self.tcfg.grad_clip,
+                                         self.cfg.lookback, self.tcfg.grad_clip,
                                          lambda what: self._diverged(pos.step + 1, what))
         pos.advance(self.n_sub, self.n_batches)
         return loss
@@ -270,7 +272,7 @@ def _train_locked(data_dir: Path, run: Path, model_cfg, train_cfg, dist: Dist, r
     if dist.rank0:
         _write_run_config(run, cfg, tcfg, data_dir, fingerprint)
         _truncate_metrics(run / "metrics.jsonl", pos.step)
-    loop.log(f"model: {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
+    loop.log(f"model: {cfg.n_tiers}-tier, {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
              f"device {loop.device}; " + (f"resuming at step {pos.step}" if pos.step else "starting"))
     if loop.resume_clips:  # killed between last.pt and its clips: write them from the same weights
         loop.write_clips(pos.step, pos.epoch)
