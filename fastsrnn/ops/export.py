@@ -25,7 +25,6 @@ import torch
 from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN
 
-
 _FRAME_MATRICES = ("w_ih", "w_hh", "skip_w", "up_w")  # stored in frame_dtype (int8: with per-row scales)
 _SAMPLE_MATRICES = ("table", "w3", "wo")  # stored in dtype
 

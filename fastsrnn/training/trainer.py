@@ -134,9 +134,9 @@ def grads_finite(params) -> bool:
 
 def optimizer_step(forward: TrainForward, opt: torch.optim.Optimizer, params, inp: torch.Tensor, state: RNNState,
                    context: int, grad_clip: float, on_bad: Callable[[str], None]):
-    """One training step on ``inp`` (B, S + T), S = ``context`` = cfg.lookback: forward and loss, backward (of nats; the loss is
-    reported in bits), the finite check, element-wise clipping (grad_clip > 0), Adam. on_bad(what)
-    must raise: it runs when the loss or the gradients are not finite, before the weights change.
+    """One training step on ``inp`` (B, S + T), S = ``context`` = cfg.lookback: forward and loss,
+    backward (of nats; the loss is reported in bits), the finite check, element-wise clipping
+    (grad_clip > 0), Adam. on_bad(what) must raise: it runs when the loss or the gradients are not finite, before the weights change.
     Returns (loss in bits, the new RNN state, detached)."""
     bits, new_state = forward(inp, state, context)
     opt.zero_grad(set_to_none=True)
@@ -272,7 +272,8 @@ def _train_locked(data_dir: Path, run: Path, model_cfg, train_cfg, dist: Dist, r
     if dist.rank0:
         _write_run_config(run, cfg, tcfg, data_dir, fingerprint)
         _truncate_metrics(run / "metrics.jsonl", pos.step)
-    loop.log(f"model: {cfg.n_tiers}-tier, {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, {loop.raw.num_params() / 1e6:.2f} M parameters; "
+    loop.log(f"model: {cfg.n_tiers}-tier, {cfg.rnn_type} {cfg.n_rnn} x {cfg.dim}, "
+             f"{loop.raw.num_params() / 1e6:.2f} M parameters; "
              f"device {loop.device}; " + (f"resuming at step {pos.step}" if pos.step else "starting"))
     if loop.resume_clips:  # killed between last.pt and its clips: write them from the same weights
         loop.write_clips(pos.step, pos.epoch)
