@@ -136,7 +136,8 @@ def optimizer_step(forward: TrainForward, opt: torch.optim.Optimizer, params, in
                    context: int, grad_clip: float, on_bad: Callable[[str], None]):
     """One training step on ``inp`` (B, S + T), S = ``context`` = cfg.lookback: forward and loss,
     backward (of nats; the loss is reported in bits), the finite check, element-wise clipping
-    (grad_clip > 0), Adam. on_bad(what) must raise: it runs when the loss or the gradients are not finite, before the weights change.
+    (grad_clip > 0), Adam. on_bad(what) must raise: it runs when the loss or the gradients are
+    not finite, before the weights change.
     Returns (loss in bits, the new RNN state, detached)."""
     bits, new_state = forward(inp, state, context)
     opt.zero_grad(set_to_none=True)
