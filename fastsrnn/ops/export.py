@@ -138,6 +138,13 @@ class InferenceWeights:
         """Every frame tier's matrices (and int8 scales)."""
         return _frame_nbytes(self) + sum(t.nbytes_frame_tier() for t in self.upper)
 
+    def nbytes_per_frame(self) -> float:
+        """Weight bytes one bottom frame reads on average: the sample tier, the bottom frame tier,
+        and each upper tier over the bottom frames between its steps."""
+        cfg = self.cfg
+        upper = sum(t.nbytes_frame_tier() * cfg.frame_size / cfg.tier_samples(k + 1) for k, t in enumerate(self.upper))
+        return self.nbytes_sample_tier() + _frame_nbytes(self) + upper
+
     @property
     def int8(self) -> bool:
         """The frame weights are int8 with per-row scales."""

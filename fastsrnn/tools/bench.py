@@ -85,9 +85,10 @@ class Row:
     nll_delta_bits: Optional[float] = None  # low-precision rows: NLL minus fp32's, same samples (see nll_deltas)
 
 
-def _weight_bytes(model, variant_kw) -> int:
+def _weight_bytes(model, variant_kw) -> float:
+    """Weight bytes per (bottom) frame: the floor's traffic (n tiers: upper tiers amortized)."""
     w = export_inference(model).to("cpu", variant_kw.get("dtype"), variant_kw.get("frame_dtype"))
-    return w.nbytes_frame_tier() + w.nbytes_sample_tier()
+    return w.nbytes_per_frame()
 
 
 def gpu_model_name(device) -> Optional[str]:

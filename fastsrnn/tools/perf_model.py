@@ -109,12 +109,23 @@ class Prediction:
 
 # --- counts ----------------------------------------------------------------------------------------
 
-def frame_tier_params(cfg: SampleRNNConfig) -> int:
-    """Weights the frame tier reads per frame (InferenceWeights.nbytes_frame_tier() / element size)."""
-    F, H, L, G = cfg.frame_size, cfg.dim, cfg.n_rnn, cfg.gates
+def _tier_params(cfg: SampleRNNConfig, n_in: int, n_out: int, conditioned: bool) -> int:
+    H, L, G = cfg.dim, cfg.n_rnn, cfg.gates
     skip = cfg.skip and L > 1
-    rnn = sum(G * H * ((F if i == 0 else H + F if skip else H) + H) for i in range(L))
-    return rnn + (L * H * H if skip else 0) + F * H * H
+    first = n_in + (H if conditioned else 0)
+    rnn = sum(G * H * ((first if i == 0 else H + n_in if skip else H) + H) for i in range(L))
+    return rnn + (L * H * H if skip else 0) + n_out * H * H
+
+
+def frame_tier_params(cfg: SampleRNNConfig) -> int:
+    """Weights the frame tiers read per bottom frame (2 tiers: InferenceWeights.nbytes_frame_tier()
+    / element size; n tiers: each upper tier's over the bottom frames between its steps, rounded down)."""
+    F, n_up = cfg.frame_size, cfg.n_tiers - 2
+    total = _tier_params(cfg, F, F, n_up > 0)
+    for k in range(1, n_up + 1):
+        S = cfg.tier_samples(k)
+        total += _tier_params(cfg, S, cfg.frame_sizes[k], k < n_up) * F // S
+    return total
 
 
 def frame_tier_bytes(cfg: SampleRNNConfig, weights_dtype: str = "fp32") -> int:
