@@ -249,3 +249,16 @@ def test_tbptt_must_be_whole_top_frames(data, tmp_path):
     with pytest.raises(ValueError, match="multiple of 4"):
         train(data, tmp_path / "r", _cfg3(), small_train_config(tbptt=6), progress=False)
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_cli_frame_sizes_make_a_3tier_run(data, tmp_path, capsys):
+    from fastsrnn.cli import main
+
+    args = ["train", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny", "--frame-sizes", "16", "4",
+            "--max-steps", "2", "--checkpoint-every", "2", "--batch-size", "4", "--tbptt", "8", "--n-clips", "1",
+            "--clip-seconds", "0.02", "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["model"]
+    assert saved["frame_sizes"] == [16, 4] and saved["dim"] == PRESETS["tiny"].dim
+    assert main(args[:4] + ["--frame-sizes", "16", "2", "--max-steps", "3", "--quiet"]) == 1  # another model
+    assert "another model config" in capsys.readouterr().err

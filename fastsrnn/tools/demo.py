@@ -16,13 +16,16 @@ from typing import Dict, List
 DEFAULT_OUT = "fastsrnn-demo"
 DEFAULT_STEPS = 800  # about 2 minutes of training on 2 quiet CPU cores (~150 ms a step)
 MARKER = ".fastsrnn-demo"  # tells a demo folder from a folder of someone's files
+DEMO_PRESETS = ("tiny", "tiny-3tier")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Run the whole workflow on a synthetic album in a few minutes on a CPU: "
-                     "album -> prepare -> train the tiny preset -> generate clips. "
+                     "album -> prepare -> train the tiny (or tiny-3tier) preset -> generate clips. "
                      "Re-running with the same --out continues where it stopped.")
     p.add_argument("--out", default=DEFAULT_OUT, help="demo folder (album, data, run, clips)")
+    p.add_argument("--preset", choices=DEMO_PRESETS, default="tiny",
+                   help="the model: tiny (2 tiers) or tiny-3tier (a tier every 64 samples above it) (default tiny)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help="training steps (each is 16 chunks x 1,024 samples)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each generated clip in seconds")
@@ -34,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     paths = demo(args.out, steps=args.steps, seconds=args.seconds, n_clips=args.n_clips,
-                 backend=getattr(args, "backend", None), progress=not args.quiet)
+                 backend=getattr(args, "backend", None), progress=not args.quiet, preset=args.preset)
     print(f"\n{len(paths)} clips in {paths[0].parent}/")
     print(f"listen: play {paths[0]}   (any audio player; on Linux 'aplay', on macOS 'afplay')")
     return 0
@@ -65,16 +68,19 @@ class _Phases:
 
 
 def demo(out=DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, seconds: float = 4.0, n_clips: int = 3,
-         backend=None, progress: bool = True) -> List[Path]:
-    """Run the demo into ``out``; returns the paths of the generated WAV clips."""
+         backend=None, progress: bool = True, preset: str = "tiny") -> List[Path]:
+    """Run the demo into ``out``; returns the paths of the generated WAV clips. preset: tiny or
+    tiny-3tier (one folder per preset: a run is not resumed with another model)."""
     if steps < 1 or seconds <= 0 or n_clips < 1:
         raise ValueError(f"demo: need steps >= 1, seconds > 0 and n_clips >= 1 (got {steps}, {seconds}, {n_clips})")
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"demo: preset must be one of {DEMO_PRESETS}, got {preset!r}")
     out = Path(out)
     _check_out(out)
     phases, t0 = _Phases(), time.perf_counter()
     songs = phases.run("synthesize album", _album, out / "album")
     phases.run("prepare", _prepare, songs, out / "data", progress)
-    summary = phases.run("train", _train, out / "data", out / "run", steps, progress)
+    summary = phases.run("train", _train, out / "data", out / "run", steps, progress, preset)
     clips = phases.run("generate", _generate, Path(summary["best_checkpoint"]), out / "clips",
                        seconds, n_clips, backend, progress)
     report = phases.run("report", _report, out / "run", progress)
@@ -105,7 +111,7 @@ def _prepare(songs: List[Path], data: Path, progress: bool) -> None:
     prepare(songs, data, sample_rate=16000, chunk_seconds=2.0, seed=0, progress=progress)
 
 
-def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
+def _train(data: Path, run: Path, steps: int, progress: bool, preset: str = "tiny") -> dict:
     from fastsrnn.training.trainer import TrainConfig, train
 
     last = run / "checkpoints" / "last.pt"
@@ -117,7 +123,7 @@ def _train(data: Path, run: Path, steps: int, progress: bool) -> dict:
     # verdicts and its recommendation need them. The demo's own clips come from best.pt next.
     cfg = TrainConfig(batch_size=16, tbptt=64, max_steps=steps, checkpoint_every=max(1, steps // 4),
                       n_clips=2, clip_seconds=2.0, device="cpu")
-    return train(data, run, "tiny", cfg, resume=True, progress=progress)
+    return train(data, run, preset, cfg, resume=True, progress=progress)
 
 
 def _report(run: Path, progress: bool) -> Path:

@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from fastsrnn import env
-from fastsrnn.config import PRESETS
+from fastsrnn.config import PRESETS, SampleRNNConfig
+from fastsrnn.training.train_config import DEFAULT_PRESET
 
 
 def finite_float(text: str) -> float:
@@ -62,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "multi-GPU: torchrun --nproc-per-node 4 -m fastsrnn train data/album --out runs/album")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model preset (default: the run's own when resuming, else dadabots-2tier)")
+    p.add_argument("--frame-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="the preset's tiers, bottom up: the bottom frame tier's frame in samples, then per "
+                        "tier above the steps of the tier below it spans (samplernn-pytorch's --frame_sizes): "
+                        "'16' is 2 tiers, '16 4' 3 tiers (a tier every 64 samples); --tbptt must then be "
+                        "whole frames of the top tier (default: the preset's)")
     for name, (typ, help_text) in _OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),
                        help=f"{help_text} (default {getattr(defaults, name)})")
@@ -83,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()
     overrides = {k: getattr(args, k) for k in (*_OPTIONS, "compile") if getattr(args, k, None) is not None}
+    model = args.preset
+    if args.frame_sizes is not None:  # the preset (else the run's own model, else the default) with these tiers
+        cfg = (SampleRNNConfig.from_name(args.preset) if args.preset else
+               saved["model"] if saved else SampleRNNConfig.from_name(DEFAULT_PRESET))
+        model = replace(cfg, frame_sizes=tuple(args.frame_sizes))  # a bad list: SampleRNNConfig says why
     try:
-        summary = train(args.data, args.out, args.preset, replace(base, **overrides),
+        summary = train(args.data, args.out, model, replace(base, **overrides),
                         resume=args.resume, progress=not args.quiet)
     except TrainingInterrupted as e:  # last.pt saved and the resume command printed: 143 for SIGTERM, 130 for SIGINT
         return e.exit_code
