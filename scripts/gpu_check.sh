@@ -30,7 +30,8 @@ BUDGET="${GPU_CHECK_BUDGET:-570}"
 PY="$(command -v python || command -v python3)"
 # The test files with GPU cases (the `gpu` mark) and the GPU compile checks; missing ones are skipped.
 GPU_TESTS="tests/test_backends.py tests/test_ops.py tests/test_graph_chunks.py
-    tests/test_frame_tier.py tests/test_golden.py tests/test_cuda_sources.py tests/test_triton_compile.py"
+    tests/test_frame_tier.py tests/test_golden.py tests/test_cuda_sources.py tests/test_triton_compile.py
+    tests/test_ntier_triton.py"
 SUMMARY=()
 FAILED=0
 
@@ -125,7 +126,7 @@ gpu_tests() {
 
 bench() {
     # shellcheck disable=SC2086  # the presets and extra arguments are word lists
-    "$PY" -m fastsrnn.tools.bench --device cuda --presets ${GPU_CHECK_PRESETS:-dadabots-2tier tiny} \
+    "$PY" -m fastsrnn.tools.bench --device cuda --presets ${GPU_CHECK_PRESETS:-dadabots-2tier tiny samplernn-pytorch-3tier} \
         --n-seq 1 16 128 --backends eager triton triton:nograph cuda cuda:nograph triton:bf16 cuda:bf16 \
         --json "$OUT/bench.json" ${GPU_CHECK_BENCH_ARGS:-}
 }
