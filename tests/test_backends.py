@@ -187,13 +187,15 @@ def _precision_cases(be):
     return [("bf16-B3", torch.bfloat16, 3)] + ([("bf16-B32", torch.bfloat16, 32)] if be.device == "cuda" else [])
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-3tier"])
 @pytest.mark.parametrize("be,dtype,B", _params(BACKENDS[2:], _precision_cases))
-def test_error_at_most_twice_plain_pytorch(be, dtype, B):
+def test_error_at_most_twice_plain_pytorch(be, dtype, B, preset):
     """Teacher-forced logits against the fp32 model: the backend's error at most twice the folded
-    backend's on the same weights in the same precision (plain PyTorch)."""
-    cfg = SampleRNNConfig.from_name("tiny", n_rnn=3)
+    backend's on the same weights in the same precision (plain PyTorch); 2 and 3 tiers."""
+    cfg = SampleRNNConfig.from_name(preset, n_rnn=3)
     model = random_model(cfg, seed=5).to(be.device)
-    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * 4), generator=torch.Generator().manual_seed(0))
+    n = 4 if cfg.n_tiers == 2 else 2 * cfg.lookback // cfg.frame_size  # frames: 2 top steps with 3 tiers
+    x = torch.randint(0, cfg.q_levels, (B, cfg.frame_size * n), generator=torch.Generator().manual_seed(0))
     x = x.to(be.device)
     with torch.no_grad():
         exact = model(x, model.initial_state(B))[0]
