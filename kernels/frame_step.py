@@ -7,11 +7,12 @@ sum (when the model has skip connections) and once more for the upsampling: L + 
 other op (dadabots-2tier: 7).
 
 Layer kernel. One product on [x; x_in; h] against [W_ih | W_hh] (x: the previous layer's new h,
-x_in: the frame input, part of x for layers > 0 with skip connections, computed from the window
-in the kernel), then the gates, the cell and the hidden state in the epilogue. The two weight
-matrices are read where they lie (no concatenated copy: the K loop walks the x segments on W_ih's
-columns, then the h segment on W_hh's), so each weight byte is streamed once and the frame tier
-keeps one copy of its weights on the device. A program owns BLOCK_H hidden units and a block of
+or for layer 0 of a conditioned tier (n tiers) the conditioning from the tier above, read from
+its own pointer; x_in: the frame input, part of x for layers > 0 with skip connections, computed
+from the window in the kernel), then the gates, the cell and the hidden state in the epilogue.
+The two weight matrices are read where they lie (no concatenated copy: the K loop walks the x
+segments on W_ih's columns, then the h segment on W_hh's), so each weight byte is streamed once
+and the frame tier keeps one copy of its weights on the device. A program owns BLOCK_H hidden units and a block of
 BLOCK_B sequences and computes all gate rows of its units: tile row r is gate r % 4 of unit
 r // 4 (weight row gate * H + unit), so the accumulator (BLOCK_B, 4 BLOCK_H) splits into the four
 gates with a reshape and two tl.split. LSTM: gates i, f, g, o. GRU: r, z and the n gate twice,
@@ -22,7 +23,13 @@ scratch buffer hs (B, L*H), since every program of a layer reads the whole old h
 launch (the upsampling) copies hs into the state. hs is also concat(h_1..h_L), the skip sum's input.
 
 Linear kernel: out (B, N) = x (B, K) W^T + b, for the skip sum (K = L*H against the concatenated
-[skip_w_1 | ... | skip_w_L], bias only from the first) and the upsampling (into cond).
+[skip_w_1 | ... | skip_w_L], bias only from the first) and the upsampling (into cond, N = n_out*H).
+
+Any frame tier (n tiers): the frame F_in (the window's width: F for the bottom tier, S_k above)
+and the upsampled positions n_out (F for the bottom tier, frame_sizes[k] above) are runtime sizes;
+a frame wider than the x_in tile (BLOCK_F, at most the product's BLOCK_K: 16 for fp32 tl.dot,
+64 for bf16, 64..512 in the register form) is read in a loop (constexpr XIN_LOOP), so the 2-tier
+kernels (F <= 16 in every preset) are those of before.
 
 Two forms of the products, chosen by the batch (constexpr DOT):
 - small batch (B <= 8: HBM-bound): multiply and tl.sum in registers on CUDA cores, a few rows per
@@ -69,12 +76,21 @@ def _r16(v):
 
 
 @triton.jit
+def _rne_bf16(x):
+    """fp32 x rounded to the nearest bf16 (ties to even), kept in fp32: the GPU's cast. The
+    interpreter's .to(tl.bfloat16) truncates (Triton 3.9), doubling the rounding error."""
+    b = x.to(tl.int32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _mac(acc, x, w, DOT: tl.constexpr, BF16: tl.constexpr):
     """acc (BB, N) += x (BB, BK) fp32 @ w (N, BK)^T."""
     if DOT:
         if BF16 and _INTERPRETED:  # the interpreter's bf16 tl.dot is wrong (Triton 3.9): the same
-            # products (x rounded to bf16; a bf16 x bf16 product is exact in fp32), fp32 sums
-            acc = tl.dot(x.to(tl.bfloat16).to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+            # products (x rounded to bf16 as the GPU rounds; a bf16 x bf16 product is exact in fp32), fp32 sums
+            acc = tl.dot(_rne_bf16(x), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         elif BF16:
             acc = tl.dot(x.to(tl.bfloat16), tl.trans(w), acc)
         else:
@@ -97,15 +113,30 @@ def _segment(acc, x_row, sxk, mb, w_row, mr, K, BLOCK_K: tl.constexpr, DOT: tl.c
     return acc
 
 
+@triton.jit
+def _xin(acc, q_row, mb, w_row, m_x, rf, F, half_q, DOT: tl.constexpr, BF16: tl.constexpr):
+    """acc += x_in[:, rf] @ w[:, rf]^T, x_in = (q / (Q/2) - 1) * 2 from the window's samples q;
+    q_row (BB,) / w_row (N,) point at the frame's column 0, rf: the columns of this tile."""
+    mf = rf < F
+    q = tl.load(q_row[:, None] + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
+    xin = (tl.math.div_rn(q.to(tl.float32), half_q) - 1.0) * 2.0
+    xin = tl.where(mb[:, None] & mf[None, :], xin, 0.0)
+    w = tl.load(w_row[:, None] + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
+    return _mac(acc, xin, w, DOT, BF16)
+
+
 @triton.jit(do_not_specialize=["layer"])  # one compile for every layer index
 def _layer_kernel(
-    window, swb, hs, shs, x_col, h, shl, shb, shh, c, scl, scb, sch, layer,
+    window, swb, x, sx, hs, shs, h, shl, shb, shh, c, scl, scb, sch, layer,
     w_ih, s_ih, xin_col, w_hh, bias,
     B, H, F, half_q,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr,
-    GRU: tl.constexpr, HAS_X: tl.constexpr, HAS_XIN: tl.constexpr, DOT: tl.constexpr, BF16: tl.constexpr,
-    ALIGNED: tl.constexpr, EVEN: tl.constexpr,
+    GRU: tl.constexpr, HAS_X: tl.constexpr, HAS_XIN: tl.constexpr, XIN_LOOP: tl.constexpr,
+    DOT: tl.constexpr, BF16: tl.constexpr, ALIGNED: tl.constexpr, EVEN: tl.constexpr,
 ):
+    """Layer ``layer``: x (B, H), row stride sx, column 0 of its segment (the previous layer's new
+    h in hs, or a conditioned tier's cond for layer 0; HAS_X); the frame from window (B, F) (HAS_XIN;
+    XIN_LOOP: F > BLOCK_F); h_new into hs[:, layer*H : (layer+1)*H], c in place."""
     N: tl.constexpr = 4 * BLOCK_H
     if ALIGNED:  # pointers 16-byte aligned, row strides, offsets and sizes multiples of 16 (the launcher checked)
         H, F = _r16(H), _r16(F)
@@ -128,24 +159,22 @@ def _layer_kernel(
         m_x = mu
         m_h = mu
     acc = tl.zeros((BLOCK_B, N), dtype=tl.float32)
-    if HAS_X:  # previous layer's new h: hs[:, x_col : x_col + H] against W_ih[:, :H]
-        x_row = hs + rb * shs + x_col
+    if HAS_X:  # previous layer's new h (or the cond of layer 0): x[:, :H] against W_ih[:, :H]
+        x_row = x + rb * sx
         w_row = w_ih + wrow * s_ih
         if ALIGNED:
             x_row, w_row = tl.multiple_of(x_row, 16), tl.multiple_of(w_row, 16)
         acc = _segment(acc, x_row, 1, mb, w_row, m_x, H, BLOCK_K, DOT, BF16)
     if HAS_XIN:  # the frame input (x_in = (q / (Q/2) - 1) * 2) against W_ih[:, xin_col : xin_col + F]
-        rf = tl.arange(0, BLOCK_F)
-        mf = rf < F
         q_row = window + rb * swb
         w_row = w_ih + wrow * s_ih + xin_col
         if ALIGNED:
             q_row, w_row = tl.multiple_of(q_row, 16), tl.multiple_of(w_row, 16)
-        q = tl.load(q_row[:, None] + rf[None, :], mask=mb[:, None] & mf[None, :], other=0)
-        xin = (tl.math.div_rn(q.to(tl.float32), half_q) - 1.0) * 2.0
-        xin = tl.where(mb[:, None] & mf[None, :], xin, 0.0)
-        w = tl.load(w_row[:, None] + rf[None, :], mask=m_x[:, None] & mf[None, :], other=0.0)
-        acc = _mac(acc, xin, w, DOT, BF16)
+        if XIN_LOOP:  # a frame wider than one tile (upper tiers: S_k samples)
+            for f0 in range(0, F, BLOCK_F):
+                acc = _xin(acc, q_row, mb, w_row, m_x, f0 + tl.arange(0, BLOCK_F), F, half_q, DOT, BF16)
+        else:
+            acc = _xin(acc, q_row, mb, w_row, m_x, tl.arange(0, BLOCK_F), F, half_q, DOT, BF16)
     h_l = h + layer * shl
     h_row = h_l + rb * shb
     w_row = w_hh + wrow * H
@@ -236,24 +265,27 @@ def _dot_block_b(B: int) -> int:
 
 
 def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
-    """Constexprs, num_warps, num_stages and grid of a layer launch (the same for every layer).
+    """Constexprs, num_warps, num_stages and grid of a layer launch (the same for every layer);
+    F: the tier's frame (the window's width). BLOCK_F: F's tile, at least 16, at most BLOCK_K (the
+    product's tile: a wider tile cost an fp32 tl.dot a stack frame on sm_90); XIN_LOOP: F > BLOCK_F.
 
     B <= SMALL_B: BLOCK_B = B rounded up to a power of two, 2 hidden units (8 gate rows) per
     program (H / 2 programs: 512 at H = 1024), BLOCK_K so the product tile is ~4 K values.
     Larger B: tl.dot tiles of BLOCK_B = 16..64 sequences by 4 BLOCK_H rows (16, 32 or 64), BLOCK_H
     the largest that still gives TARGET_PROGRAMS programs."""
-    bf = max(16, _pow2(F))
     if B <= SMALL_B:
         bb, bh = _pow2(B), 2
         bk = max(16, min(512, _TILE_ELEMS // (bb * 4 * bh)))
-        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, BLOCK_F=bf, DOT=False, BF16=bool(bf16),
+        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, DOT=False, BF16=bool(bf16),
                    num_warps=4, num_stages=2)
     else:
         bb = _dot_block_b(B)
         nb = triton.cdiv(B, bb)
         bh = next((b for b in (16, 8) if triton.cdiv(H, b) * nb >= TARGET_PROGRAMS), 4)
-        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=64 if bf16 else 16, BLOCK_F=bf, DOT=True, BF16=bool(bf16),
+        cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=64 if bf16 else 16, DOT=True, BF16=bool(bf16),
                    num_warps=8 if bb * 4 * bh >= 4096 else 4, num_stages=3)
+    cfg["BLOCK_F"] = bf = max(16, min(_pow2(F), cfg["BLOCK_K"]))
+    cfg["XIN_LOOP"] = F > bf
     cfg["grid"] = (triton.cdiv(H, cfg["BLOCK_H"]), triton.cdiv(B, cfg["BLOCK_B"]))
     return cfg
 

@@ -257,12 +257,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
         py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0, nogil);
   m.def("frame_step", &fastsrnn::frame_step,
-        "the frame-tier step (see fastsrnn.ops.frame_step.frame_step); h, c updated in place",
+        "one step of any frame tier (see fastsrnn.ops.frame_step.frame_step_ref); h, c updated in place",
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),
         py::arg("up_w"), py::arg("up_b"), py::arg("window"), py::arg("h"), py::arg("c"), py::arg("q_levels"),
         py::arg("num_threads") = 0, py::arg("w_ih_scale") = std::vector<at::Tensor>(),
         py::arg("w_hh_scale") = std::vector<at::Tensor>(), py::arg("skip_w_scale") = std::vector<at::Tensor>(),
-        py::arg("up_w_scale") = py::none(), nogil);
+        py::arg("up_w_scale") = py::none(), py::arg("cond") = py::none(), nogil);
   m.def("linear", &fastsrnn::linear,
         "x (B, K) @ w (N, K)^T + b (N,) for small B, fp32, bf16 or int8 weights (int8: times scale (N,))",
         py::arg("x"), py::arg("w"), py::arg("b"), py::arg("num_threads") = 0, py::arg("scale") = py::none(), nogil);

@@ -16,8 +16,8 @@ import torch
 
 from fastsrnn import env
 from fastsrnn.backends.base import BackendUnavailable
-from fastsrnn.model import RNNState
 from fastsrnn.backends.folded import FoldedBackend, dense
+from fastsrnn.model import RNNState
 from fastsrnn.ops.build import BuildError, cpu_extension
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, linear_cpu, torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu
@@ -55,16 +55,17 @@ class CpuBackend(FoldedBackend):
         return torch_linear(x, w, b, scale=scale)
 
     def tier_step(self, w, window: torch.Tensor, rnn, cond: Optional[torch.Tensor]) -> torch.Tensor:
-        """A frame tier's step: the op's fused C++ step where it is faster (see frame_mm), else
-        ops/frame_step.py with the op's products. Updates rnn in place; returns its output."""
-        if window.shape[0] > _STREAM_MAX_B.get(w.up_w.dtype, 0) or w is not self.w or cond is not None:
+        """Any frame tier's step (the bottom one or one above, conditioned or not): the op's fused
+        C++ step where it is faster (see frame_mm), else ops/frame_step.py with the op's
+        products. Updates rnn in place; returns its output (B, n_out, H)."""
+        if window.shape[0] > _STREAM_MAX_B.get(w.up_w.dtype, 0):
             return frame_step_ref(w, window, rnn, mm=self.frame_mm, cond=cond)
         h, c = dense(rnn.h), dense(rnn.c)
-        cond = frame_step_cpu(w, window, RNNState(h, c), self.num_threads)
+        out = frame_step_cpu(w, window, RNNState(h, c), self.num_threads, cond=cond)
         for dst, src in ((rnn.h, h), (rnn.c, c)):
             if dst is not None and dst is not src:
                 dst.copy_(src)
-        return cond
+        return out
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         self.call_dense(sample_frame_cpu, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out,

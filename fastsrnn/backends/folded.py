@@ -47,24 +47,35 @@ class FoldedBackend(Backend):
         """One step of the frame tier whose weights are ``w`` (self.w: the bottom tier; a
         TierWeights: one above), its state ``rnn`` updated in place; cond: from the tier above.
 
-        The bottom tier of a 2-tier model, on a CUDA device with Triton: the fused kernels
-        (ops.frame_step.frame_step_triton, L + 2 launches; their weights prepared on the first
-        call, their cond a buffer reused per batch size); elsewhere, and for int8 frame weights,
-        the eager frame_step_ref."""
-        if w is not self.w or cond is not None:
+        On a CUDA device with Triton, every tier: the fused kernels (ops.frame_step.frame_step_triton,
+        L + 2 launches; each tier's weights prepared on its first call, its output a buffer reused
+        per batch size); elsewhere, and for int8 frame weights, the eager frame_step_ref."""
+        fused = self._fused_tier(w)
+        if fused is None:
             return frame_step_ref(w, window, rnn, cond=cond)
+        from fastsrnn.ops.frame_step import frame_step_triton
+
+        return frame_step_triton(fused, window, rnn, cond)
+
+    def _fused_tier(self, w):
+        """The FusedFrameWeights of tier weights ``w`` (built once per weights object, kept in
+        ``_fused_frame``: id(w) -> (w, fused)), or None where the Triton frame step does not run
+        (decided once: a CUDA device, kernels that import, no int8 frame weights)."""
         fused = self.__dict__.get("_fused_frame", False)
-        if fused is False:  # decided once: a CUDA device and kernels that import
-            from fastsrnn.ops.frame_step import FusedFrameWeights, triton_frame_step_available
+        if fused is False:
+            from fastsrnn.ops.frame_step import triton_frame_step_available
 
             # int8 frame weights have no Triton kernel: frame_step_ref dequantizes them
             ok = self.device.type == "cuda" and not self.w.int8 and triton_frame_step_available()[0]
-            fused = self._fused_frame = FusedFrameWeights.from_inference(self.w) if ok else None
+            fused = self._fused_frame = {} if ok else None
         if fused is None:
-            return frame_step_ref(w, window, rnn)
-        from fastsrnn.ops.frame_step import frame_step_triton
+            return None
+        hit = fused.get(id(w))
+        if hit is None or hit[0] is not w:
+            from fastsrnn.ops.frame_step import FusedFrameWeights
 
-        return frame_step_triton(fused, window, rnn)
+            hit = fused[id(w)] = (w, FusedFrameWeights.from_inference(w))
+        return hit[1]
 
     def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
         self.call_dense(sample_frame_ref, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)

@@ -103,14 +103,18 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, num_threads: i
     return cpu_extension().linear(x.contiguous(), w, b, int(num_threads), scale=scale)
 
 
-def frame_step_cpu(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, num_threads: int = 0) -> torch.Tensor:
-    """frame_step_ref's contract in one fused C++ call (OpenMP over rows; h, c must be dense);
-    int8 frame weights with their per-row scales."""
+def frame_step_cpu(w: InferenceWeights, window: torch.Tensor, rnn: RNNState, num_threads: int = 0,
+                   cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """frame_step_ref's contract in one fused C++ call (OpenMP over rows; h, c must be dense),
+    for any frame tier: w an InferenceWeights (bottom tier) or TierWeights (one above), window
+    (B, S_k), cond (B, H) fp32 for a conditioned tier (layer 0's first H inputs; None for the
+    top tier and a 2-tier model's bottom one); returns (B, n_out, H), n_out = up_w rows / H.
+    fp32, bf16 or int8 frame weights (int8 with their per-row scales)."""
     from fastsrnn.ops.build import cpu_extension
 
     return cpu_extension().frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
                                       window.contiguous(), rnn.h, rnn.c, w.cfg.q_levels, int(num_threads),
-                                      **int8_scales(w))
+                                      cond=None if cond is None else cond.contiguous(), **int8_scales(w))
 
 
 def int8_scales(w: InferenceWeights) -> dict:
@@ -123,26 +127,30 @@ def int8_scales(w: InferenceWeights) -> dict:
 
 @dataclass
 class FusedFrameWeights:
-    """The frame tier's weights as the Triton kernels read them, built once per model and device.
+    """A frame tier's weights as the Triton kernels read them, built once per model and device
+    (n tiers: one per tier, from its InferenceWeights or TierWeights).
 
     The layers' W_ih, W_hh are the exported tensors themselves (the layer kernel reads both in one
     product, so no concatenated copy is kept); the biases are pre-summed in the kernel's row order;
     the skip projections are concatenated into one (H, L*H) matrix. Per (batch, device) it keeps
     the launch buffers, allocated once and reused (CUDA graphs capture their addresses).
+    F: the tier's frame (window width; S_k above the bottom tier), n_out: its upsampled positions.
     """
 
     cfg: object  # SampleRNNConfig
-    w_ih: List[torch.Tensor]  # per layer (G*H, F) for layer 0, (G*H, H [+ F]) after; fp32 or bf16
+    w_ih: List[torch.Tensor]  # per layer (G*H, [H +] F) for layer 0, (G*H, H [+ F]) after; fp32 or bf16
     w_hh: List[torch.Tensor]  # per layer (G*H, H)
     bias: torch.Tensor  # (L, 4*H) fp32: [unit, gate] with gates i, f, g, o (LSTM) or r, z, n_x, n_h (GRU)
     skip_w: Optional[torch.Tensor]  # (H, L*H) = [skip_w_1 | ... | skip_w_L], None without skip
     skip_b: Optional[torch.Tensor]  # (H,) fp32
-    up_w: torch.Tensor  # (F*H, H)
-    up_b: torch.Tensor  # (F*H,) fp32
+    up_w: torch.Tensor  # (n_out*H, H)
+    up_b: torch.Tensor  # (n_out*H,) fp32
     buffers: Dict[Tuple[int, str], dict] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_inference(cls, w: InferenceWeights) -> "FusedFrameWeights":
+    def from_inference(cls, w) -> "FusedFrameWeights":
+        """From one tier's exported weights: an InferenceWeights (the bottom frame tier) or a
+        TierWeights (one above); float32 or bfloat16 frame weights (int8 has no kernel)."""
         cfg = w.cfg
         H, L, G = cfg.dim, cfg.n_rnn, cfg.gates
         dts = {t.dtype for t in w.w_ih + w.w_hh + w.skip_w + [w.up_w]}
@@ -168,17 +176,24 @@ class FusedFrameWeights:
     def bf16(self) -> bool:
         return self.up_w.dtype == torch.bfloat16
 
+    @property
+    def n_out(self) -> int:
+        """Positions of the upsampled output (F for the bottom tier, frame_sizes[k] above)."""
+        return self.up_w.shape[0] // self.cfg.dim
+
     def get_buffers(self, B: int, device: torch.device) -> dict:
         """hs (B, L*H): the new hidden states (scratch, copied into the state by the last launch);
-        skip (B, H): the skip sum; cond (B, F, H): the output, returned by every call."""
+        skip (B, H): the skip sum; cond (B, n_out, H): the output, returned by every call; x[i]:
+        layer i's x operand, hs from layer i-1's column on (x[0]: hs, a placeholder). Per tier:
+        each tier's FusedFrameWeights keeps its own."""
         key = (B, str(device))
         buf = self.buffers.get(key)
         if buf is None:
-            cfg = self.cfg
-            H, L, F = cfg.dim, cfg.n_rnn, cfg.frame_size
+            H, L = self.cfg.dim, self.cfg.n_rnn
             f32 = dict(dtype=torch.float32, device=device)
             hs = torch.zeros(B, L * H, **f32)
-            buf = dict(hs=hs, last=hs[:, (L - 1) * H:], cond=torch.zeros(B, F, H, **f32),
+            buf = dict(hs=hs, last=hs[:, (L - 1) * H:], cond=torch.zeros(B, self.n_out, H, **f32),
+                       x=[hs] + [hs[:, (i - 1) * H:] for i in range(1, L)],
                        skip=torch.zeros(B, H, **f32) if self.skip_w is not None else None)
             self.buffers[key] = buf
         return buf
@@ -195,28 +210,47 @@ def triton_frame_step_available() -> Tuple[bool, str]:
     return True, "Triton frame-step kernels"
 
 
-def frame_step_triton(fw: FusedFrameWeights, window: torch.Tensor, rnn: RNNState) -> torch.Tensor:
-    """frame_step_ref's contract in L + 2 Triton launches and no other op (kernels/frame_step.py).
+def frame_step_triton(fw: FusedFrameWeights, window: torch.Tensor, rnn: RNNState,
+                      cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """frame_step_ref's contract in L + 2 Triton launches and no other op (kernels/frame_step.py),
+    for any frame tier: window (B, F_in) int64 (F_in: layer 0's inputs less cond's H), cond (B, H)
+    float32 from the tier above for a conditioned tier (layer 0 reads [cond, x_in]); returns
+    (B, n_out, H), n_out = up_w rows / H.
 
-    rnn.h, rnn.c may be strided views (any strides). The returned cond is a buffer of ``fw``
-    owned per (batch, device): the next call with the same batch overwrites it.
+    rnn.h, rnn.c may be strided views (any strides); window and cond any row stride. The returned
+    cond is a buffer of ``fw`` owned per (batch, device): the next call with the same batch
+    overwrites it.
     """
     from fastsrnn.kernels import frame_step as k
 
     if k.MODE_MISMATCH:
         raise RuntimeError(k.MODE_MISMATCH)
     cfg = fw.cfg
-    B, F, H, L = window.shape[0], cfg.frame_size, cfg.dim, cfg.n_rnn
+    H, L, dev = cfg.dim, cfg.n_rnn, fw.up_w.device
     gru = cfg.rnn_type == "gru"
-    if tuple(window.shape) != (B, F) or window.dtype != torch.int64:
-        raise ValueError(f"frame_step_triton: window must be (B, {F}) int64, got {tuple(window.shape)} {window.dtype}")
+    if window.dim() != 2 or window.dtype != torch.int64:
+        raise ValueError(f"frame_step_triton: window must be (B, F) int64, got {tuple(window.shape)} {window.dtype}")
+    B, F = window.shape
+    if cond is not None:
+        if tuple(cond.shape) != (B, H) or cond.dtype != torch.float32 or cond.device != dev:
+            raise ValueError(f"frame_step_triton: cond must be ({B}, {H}) float32 on {dev}, "
+                             f"got {tuple(cond.shape)} {cond.dtype} on {cond.device}")
+        if H > 1 and cond.stride(1) != 1:
+            cond = cond.contiguous()
+    n0 = fw.w_ih[0].shape[1]
+    if n0 != F + (0 if cond is None else H):
+        raise ValueError(f"frame_step_triton: layer 0 takes {n0} inputs, got a {F}-sample window"
+                         f"{'' if cond is None else f' and a ({B}, {H}) cond'}"
+                         f"{' (a conditioned tier: pass its cond)' if cond is None and n0 == F + H else ''}")
+    if F > 1 and window.stride(1) != 1:
+        window = window.contiguous()
     if tuple(rnn.h.shape) != (L, B, H) or (rnn.c is None) != gru:
         raise ValueError(f"frame_step_triton: rnn.h must be ({L}, {B}, {H}) (rnn.c too for LSTM, None for GRU)")
     for name, t in (("h", rnn.h), ("c", rnn.c)):
-        if t is not None and (t.dtype != torch.float32 or t.device != fw.up_w.device or t.shape != rnn.h.shape):
-            raise ValueError(f"frame_step_triton: rnn.{name} must be float32 ({L}, {B}, {H}) on {fw.up_w.device}")
+        if t is not None and (t.dtype != torch.float32 or t.device != dev or t.shape != rnn.h.shape):
+            raise ValueError(f"frame_step_triton: rnn.{name} must be float32 ({L}, {B}, {H}) on {dev}")
     buf = fw.get_buffers(B, window.device)
-    hs, cond, skip = buf["hs"], buf["cond"], buf["skip"]
+    hs, out, skip = buf["hs"], buf["cond"], buf["skip"]
     bf16 = fw.bf16
     c = rnn.c if rnn.c is not None else rnn.h  # GRU: a valid pointer the kernel never reads
     lc = k.layer_config(B, H, F, bf16)
@@ -225,18 +259,21 @@ def frame_step_triton(fw: FusedFrameWeights, window: torch.Tensor, rnn: RNNState
     for i in range(L):
         w_ih = fw.w_ih[i]
         xin = i == 0 or skip is not None
-        x_col, xin_col = (i - 1) * H, 0 if i == 0 else H
-        al = k.aligned(window, hs, rnn.h, c, w_ih, fw.w_hh[i], fw.bias, window.stride(0), hs.stride(0), x_col,
-                       *rnn.h.stride()[:2], *c.stride()[:2], w_ih.stride(0), xin_col, H, F)
-        k.launch(k._layer_kernel, grid, window, window.stride(0), hs, hs.stride(0), x_col,
+        # x: layer i-1's new h in hs, or (layer 0 of a conditioned tier) cond; x_in after it
+        x = buf["x"][i] if i > 0 or cond is None else cond
+        has_x = i > 0 or cond is not None
+        xin_col = H if has_x else 0
+        al = k.aligned(window, x, hs, rnn.h, c, w_ih, fw.w_hh[i], fw.bias, window.stride(0), x.stride(0),
+                       hs.stride(0), *rnn.h.stride()[:2], *c.stride()[:2], w_ih.stride(0), xin_col, H, F)
+        k.launch(k._layer_kernel, grid, window, window.stride(0), x, x.stride(0), hs, hs.stride(0),
                  rnn.h, *rnn.h.stride(), c, *c.stride(), i, w_ih, w_ih.stride(0), xin_col, fw.w_hh[i], fw.bias,
                  B, H, F, cfg.q_levels / 2,
-                 GRU=gru, HAS_X=i > 0, HAS_XIN=xin, ALIGNED=al, EVEN=even, num_warps=warps, num_stages=stages,
+                 GRU=gru, HAS_X=has_x, HAS_XIN=xin, ALIGNED=al, EVEN=even, num_warps=warps, num_stages=stages,
                  **lc)
     if skip is not None:
         _linear(k, hs, fw.skip_w, fw.skip_b, skip, bf16)
-    _linear(k, skip if skip is not None else buf["last"], fw.up_w, fw.up_b, cond, bf16, copy=(hs, rnn.h, L, H))
-    return cond
+    _linear(k, skip if skip is not None else buf["last"], fw.up_w, fw.up_b, out, bf16, copy=(hs, rnn.h, L, H))
+    return out
 
 
 def _linear(k, x, w, b, out, bf16: bool, copy=None) -> None:
