@@ -76,7 +76,10 @@ class SampleRNNConfig:
         return 4 if self.rnn_type == "lstm" else 3
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """Plain JSON types (frame_sizes a list), as config.json and checkpoints store it."""
+        d = asdict(self)
+        d["frame_sizes"] = list(self.frame_sizes)
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SampleRNNConfig":

@@ -44,6 +44,6 @@ def test_demo_with_the_3tier_preset(tmp_path):
     clips = demo(tmp_path / "demo3", steps=2, seconds=0.05, n_clips=1, backend="cpu", progress=False,
                  preset="tiny-3tier")
     assert sf.info(str(clips[0])).frames == 800
-    assert load_checkpoint(tmp_path / "demo3" / "run" / "checkpoints" / "best.pt")["config"]["frame_sizes"] == (16, 4)
+    assert load_checkpoint(tmp_path / "demo3" / "run" / "checkpoints" / "best.pt")["config"]["frame_sizes"] == [16, 4]
     with pytest.raises(ValueError, match="preset"):
         demo(tmp_path / "other", steps=1, progress=False, preset="dadabots-2tier")
