@@ -36,7 +36,7 @@ VARIANTS = {"fp32": ("off", False), "bf16": ("bf16", False), "compile": ("off", 
 # compile only reorders fp32 arithmetic (fused kernels).
 TOLERANCE = {"fp32": 0.0, "bf16": 2e-2, "compile": 1e-4, "bf16+compile": 2e-2}
 # Per preset: chunks per batch (B) and frames per sub-sequence; dadabots-2tier is the paper's setup.
-SHAPES = {"tiny": (8, 8), "dadabots-2tier": (128, 64)}
+SHAPES = {"tiny": (8, 8), "tiny-3tier": (8, 8), "dadabots-2tier": (128, 64)}
 DEFAULT_SHAPE = (32, 16)
 RNN_LAYOUT_WARNING = "not part of single contiguous chunk of memory"
 
