@@ -10,9 +10,10 @@
 
 Contract: window (B, F) int64 (the frame just finished); rnn h, c (L, B, H) float32, updated in
 place; returns cond (B, F, H) float32 = W2 c_j + b2 for the F positions of the next frame.
-n tiers (frame_step_ref): the same op steps any frame tier on its weights (InferenceWeights for
-the bottom tier, TierWeights for one above): window (B, S_k), ``cond`` (B, H) from the tier above
-(conditioned tiers), and it returns (B, n_out, H), n_out = up_w rows / H.
+n tiers (all three): the same op steps any frame tier on its weights (InferenceWeights for the
+bottom tier, TierWeights for one above): window (B, S_k), ``cond`` (B, H) from the tier above
+(conditioned tiers: layer 0 runs on [cond, x_in]), and it returns (B, n_out, H), n_out = up_w
+rows / H.
 """
 from __future__ import annotations
 
