@@ -286,6 +286,72 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
     return states
 
 
+def frame_step_kernels():
+    """kernels/frame_step.py, checked to run in the mode this process was started in."""
+    if not INTERPRET:
+        pytest.importorskip("triton")
+    from fastsrnn.kernels import frame_step as k
+
+    assert k.MODE_MISMATCH is None, k.MODE_MISMATCH
+    assert k.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
+    return k
+
+
+def record_launches(k, run: bool = True):
+    """Patch k.launch (a kernels module's launcher) to record (kernel, grid, args, kwargs) and
+    (run=True) launch; returns (calls, restore), restore() undoes the patch."""
+    calls, launch = [], k.launch
+
+    def rec(kern, grid, *a, **kw):
+        calls.append((kern, grid, a, kw))
+        if run:
+            launch(kern, grid, *a, **kw)
+
+    k.launch = rec
+    return calls, lambda: setattr(k, "launch", launch)
+
+
+_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int64: "*i64"}
+
+
+def launch_signature(kern, args, kwargs):
+    """signature, constexprs, num_warps, num_stages of a recorded Triton launch, as Triton's JIT
+    would specialise it (an int equal to 1 becomes a constexpr, unless the kernel says not to)."""
+    sig, const = {}, {}
+    for name, v in zip(kern.arg_names, args):
+        if isinstance(v, torch.Tensor):
+            sig[name] = _PTR[v.dtype]
+        elif isinstance(v, float):
+            sig[name] = "fp32"
+        elif v == 1 and name not in (kern.do_not_specialize or ()):
+            const[name] = 1
+        else:
+            sig[name] = "i32"
+    kw = dict(kwargs)
+    warps, stages = kw.pop("num_warps"), kw.pop("num_stages")
+    return sig, dict(const, **kw), warps, stages
+
+
+def compile_problems(calls, arch: int, label: str, seen: set) -> list:
+    """Compile each distinct recorded launch (kern, grid, args, kwargs) through Triton's whole
+    compiler for sm_<arch> (fastsrnn.tools.gpu_compile); its resources are printed, its problems
+    (spills, shared memory over the limit) returned. ``seen``: launches already compiled."""
+    from fastsrnn.tools.gpu_compile import triton_resources
+
+    problems = []
+    for kern, grid, args, kwargs in calls:
+        sig, const, warps, stages = launch_signature(kern, args, kwargs)
+        key = (kern.fn.__name__, tuple(sig.items()), tuple(const.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        res = triton_resources(kern, sig, const, arch, warps, stages)
+        print(f"{label} sm_{arch} {key[0]} grid={grid} regs={res.registers} shared={res.shared} "
+              f"spills={res.spill_stores}")
+        problems += res.problems()
+    return problems
+
+
 def fresh_pair(model, B: int, n_frames: int, seed: int = 0):
     """Two equal DecodeStates (random h0 and window) on the model's device, uniforms (n_frames, B,
     F) and inverse temperatures (B,) there: for comparing step_frames of two backends."""

@@ -10,11 +10,10 @@ its specification frame_step_ref.
   sm_90 and sm_80 without a GPU (no spills, shared memory within the SM's limit); and the op count
   of one frame step (torch ops + Triton launches) against the target of 15.
 """
-import os
 
 import pytest
 import torch
-from helpers import random_model
+from helpers import compile_problems, frame_step_kernels, random_model, record_launches
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsrnn import SampleRNNConfig
@@ -22,20 +21,8 @@ from fastsrnn.model import RNNState
 from fastsrnn.ops.export import InferenceWeights, export_inference
 from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_step_triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5)
 MAX_OPS = 15  # torch ops + Triton launches of one frame step (issue 9)
-
-
-def _kernels():
-    """kernels/frame_step.py, checked to run in the mode this process was started in."""
-    if not INTERPRET:
-        pytest.importorskip("triton")
-    from fastsrnn.kernels import frame_step as k
-
-    assert k.MODE_MISMATCH is None, k.MODE_MISMATCH
-    assert k.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
-    return k
 
 
 def _clone(st: RNNState) -> RNNState:
@@ -73,7 +60,7 @@ def _cases():
 @pytest.mark.parametrize("rnn,skip,B,L", list(_cases()))
 def test_fp32_matches_reference(rnn, skip, B, L):
     """Two frames: cond and the updated h, c within ~1e-5 relative of frame_step_ref."""
-    _kernels()
+    frame_step_kernels()
     cfg, w, ref = _setup(rnn, skip, B, L)
     _two_frames_close(cfg, w, FusedFrameWeights.from_inference(w), ref, _clone(ref), B, rnn)
 
@@ -95,7 +82,7 @@ def _two_frames_close(cfg, w, fw, ref, got, B, rnn):
 def test_aligned_shapes_and_strided_state(rnn, B):
     """F 16, H 32: the launches take the aligned, no-partial-tile variants (ALIGNED, EVEN); the
     state is a strided view (h, c as (B, L, H) buffers transposed), updated in place."""
-    k = _kernels()
+    k = frame_step_kernels()
     cfg, w, ref = _setup(rnn, True, B, 3, frame_size=16, dim=32)
     fw = FusedFrameWeights.from_inference(w)
 
@@ -121,7 +108,7 @@ def test_aligned_shapes_and_strided_state(rnn, B):
 def test_bf16_within_twice_reference_error(rnn, B):
     """bf16 frame weights: the kernel's error against the fp32 reference is at most twice the
     error of frame_step_ref on the same bf16 weights (three frames, every output)."""
-    _kernels()
+    frame_step_kernels()
     cfg, w32, s32 = _setup(rnn, True, B, 3)
     w16 = w32.to(frame_dtype=torch.bfloat16)
     fw = FusedFrameWeights.from_inference(w16)
@@ -222,20 +209,13 @@ def _meta_weights(cfg: SampleRNNConfig, dtype: torch.dtype, device="meta") -> In
 
 def _record(cfg, B: int, dtype, run: bool = False, device="meta", counter=None):
     """The launches (kernel, grid, args, kwargs) of a frame step; run=False: launched nothing."""
-    k = _kernels()
+    k = frame_step_kernels()
     fw = FusedFrameWeights.from_inference(_meta_weights(cfg, dtype, device))
     L, H = cfg.n_rnn, cfg.dim
     z = lambda: torch.zeros(L, B, H, device=device)  # noqa: E731
     state = RNNState(z(), z() if cfg.gates == 4 else None)
     window = torch.zeros(B, cfg.frame_size, dtype=torch.int64, device=device)
-    calls, launch = [], k.launch
-
-    def rec(kern, grid, *a, **kw):
-        calls.append((kern, grid, a, kw))
-        if run:
-            launch(kern, grid, *a, **kw)
-
-    k.launch = rec
+    calls, restore = record_launches(k, run)
     try:
         frame_step_triton(fw, window, state)  # buffers allocated here
         calls.clear()
@@ -245,29 +225,8 @@ def _record(cfg, B: int, dtype, run: bool = False, device="meta", counter=None):
             with counter:
                 frame_step_triton(fw, window, state)
     finally:
-        k.launch = launch
+        restore()
     return calls
-
-
-_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int64: "*i64"}
-
-
-def _signature(kern, args, kwargs):
-    """signature, constexprs, num_warps, num_stages of a recorded launch, as Triton's JIT would
-    specialise it (an int equal to 1 becomes a constexpr, unless the kernel says not to)."""
-    sig, const = {}, {}
-    for name, v in zip(kern.arg_names, args):
-        if isinstance(v, torch.Tensor):
-            sig[name] = _PTR[v.dtype]
-        elif isinstance(v, float):
-            sig[name] = "fp32"
-        elif v == 1 and name not in (kern.do_not_specialize or ()):
-            const[name] = 1
-        else:
-            sig[name] = "i32"
-    kw = dict(kwargs)
-    warps, stages = kw.pop("num_warps"), kw.pop("num_stages")
-    return sig, dict(const, **kw), warps, stages
 
 
 def _compile_cases():
@@ -280,25 +239,13 @@ def _compile_cases():
 def test_kernels_compile_for_gpu(preset, B, wdt, arch):
     """Every launch of a frame step at the preset's shapes, with the launcher's tiles and warps,
     through Triton's whole compiler for sm_<arch>: no spills, shared memory within the limit."""
-    k = _kernels()
+    k = frame_step_kernels()
     if type(k._layer_kernel).__name__ == "InterpretedFunction":
         pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
-    from fastsrnn.tools.gpu_compile import triton_resources
-
     cfg = SampleRNNConfig.from_name(preset)
     calls = _record(cfg, B, torch.bfloat16 if wdt == "bf16" else torch.float32)
     assert len(calls) == cfg.n_rnn + (2 if cfg.skip else 1)
-    seen, problems = set(), []
-    for kern, grid, args, kwargs in calls:
-        sig, const, warps, stages = _signature(kern, args, kwargs)
-        key = (kern.fn.__name__, tuple(sig.items()), tuple(const.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        res = triton_resources(kern, sig, const, arch, warps, stages)
-        print(f"{preset} B={B} {wdt} sm_{arch} {key[0]} grid={grid} regs={res.registers} "
-              f"shared={res.shared} spills={res.spill_stores}")
-        problems += res.problems()
+    problems = compile_problems(calls, arch, f"{preset} B={B} {wdt}", set())
     assert not problems, "\n".join(problems)
 
 

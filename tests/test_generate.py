@@ -25,16 +25,6 @@ def ckpt(tmp_path):
     return save_checkpoint(tmp_path / "model.pt", _model())
 
 
-@pytest.mark.parametrize("backend", ["eager", "folded"])
-def test_chunked_stream_equals_one_shot(backend):
-    m = _model()
-    one = Generator(m, 3, seed=7, backend=backend, device="cpu").frames(40)
-    g = Generator(m, 3, seed=7, backend=backend, device="cpu")
-    parts = [g.frames(n) for n in (1, 7, 13, 19)]
-    assert torch.equal(torch.cat(parts, dim=1), one)
-    streamed = np.concatenate(list(Generator(m, 3, seed=7, backend=backend, device="cpu").stream(157, 30)), axis=1)
-    assert streamed.shape == (3, 157)
-    np.testing.assert_array_equal(streamed, dequantize(one[:, :157], SMALL.q_levels).numpy())
 
 
 def test_seed_and_h0_change_the_music():
@@ -75,8 +65,32 @@ def _final_audio(out):
     return [sf.read(out / f, dtype="int16")[0] for f in s["files"]]
 
 
-def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, ckpt):
-    opts = dict(seconds=1.5, n_seq=2, seed=5, backend="eager", device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
+# 3 tiers: a tier every 3 frames (12 samples); chunks of 80 samples end at every phase of it.
+SMALL3 = SampleRNNConfig(frame_sizes=(4, 3), emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
+
+
+@pytest.mark.parametrize("cfg,backend", [(SMALL, "eager"), (SMALL, "folded"), (SMALL3, "eager"), (SMALL3, "folded"),
+                                         (SMALL3, "cpu")], ids=["eager", "folded", "3tier-eager", "3tier-folded",
+                                                                "3tier-cpu"])
+def test_chunked_stream_equals_one_shot(cfg, backend):
+    """Chunks of 1, 7, 13, 19 frames (with 3 tiers: ending at every phase of the top tier) and a
+    stream give the one-shot audio; 3 tiers: the same on every backend as on eager."""
+    m = _model(cfg)
+    one = Generator(m, 3, seed=7, backend=backend, device="cpu").frames(40)
+    g = Generator(m, 3, seed=7, backend=backend, device="cpu")
+    parts = [g.frames(n) for n in (1, 7, 13, 19)]
+    assert torch.equal(torch.cat(parts, dim=1), one)
+    streamed = np.concatenate(list(Generator(m, 3, seed=7, backend=backend, device="cpu").stream(157, 30)), axis=1)
+    assert streamed.shape == (3, 157)
+    np.testing.assert_array_equal(streamed, dequantize(one[:, :157], cfg.q_levels).numpy())
+    if cfg.n_tiers > 2:
+        assert torch.equal(one, Generator(m, 3, seed=7, backend="eager", device="cpu").frames(40))
+
+
+@pytest.mark.parametrize("cfg,backend", [(SMALL, "eager"), (SMALL3, "folded")], ids=["2tier", "3tier"])
+def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
+    ckpt = save_checkpoint(tmp_path / "model.pt", _model(cfg))
+    opts = dict(seconds=1.5, n_seq=2, seed=5, backend=backend, device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
     whole = GenerationRun.create(ckpt, tmp_path / "a", **opts).run(progress=False)
     assert len(whole) == 2
 
@@ -90,7 +104,9 @@ def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, ckpt):
     run = GenerationRun.create(ckpt, tmp_path / "b", **opts)
     with pytest.raises(Killed):
         run.run(progress=False, on_chunk=kill_after_5)
-    saved = torch.load(tmp_path / "b" / STATE, weights_only=True)["stats"]["written"]
+    state = torch.load(tmp_path / "b" / STATE, weights_only=True)
+    saved = state["stats"]["written"]
+    assert ("history" in state["generator"]) == (cfg.n_tiers > 2)  # n tiers: the upper tiers' schedule too
     for part in sorted((tmp_path / "b").glob("*.part.wav")):  # valid audio up to the last chunk
         assert len(sf.read(part)[0]) >= saved > 0
     with pytest.raises(FileExistsError, match="--resume"):

@@ -1,8 +1,10 @@
 """n-tier SampleRNN (issue 13): the config, the model's algebra, checkpoints from before n tiers,
-generation (priming, chunking, kill-and-resume), training (resume, TBPTT rules).
+generation (priming, the resumable state), training (resume, TBPTT rules, the CLI).
 
-The backends' teacher-forcing and generation tests for 3 tiers live with every other backend
-test in tests/test_backends.py; the fused frame steps' own tests in tests/test_ntier_*.py.
+Elsewhere, beside their 2-tier twins: the backends' teacher-forcing and generation tests for 3
+and 4 tiers (tests/test_backends.py), chunking and kill-and-resume of a long generation
+(tests/test_generate.py), torchrun (tests/test_distributed.py), the demo (tests/test_demo.py);
+the fused frame steps' own tests in tests/test_ntier_cpu.py and tests/test_ntier_triton.py.
 """
 import hashlib
 import json
@@ -16,10 +18,9 @@ from helpers import assert_same_training_state, random_model, riff_dataset, smal
 
 import fastsrnn
 from fastsrnn import SampleRNN, SampleRNNConfig
-from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from fastsrnn.config import PRESETS
 from fastsrnn.generation.generator import Generator
-from fastsrnn.generation.longgen import STATE, GenerationRun
 from fastsrnn.quantize import silence_level
 
 # 3 tiers at odd sizes: a bottom tier every 4 samples, one above every 12 (3 bottom frames).
@@ -158,18 +159,6 @@ def test_prime_warms_every_tier_like_the_training_forward():
         Generator(m, 1, prime=prime[:S - 1], backend="eager", device="cpu")
 
 
-@pytest.mark.parametrize("backend", ["eager", "folded", "cpu"])
-def test_chunks_at_every_phase_equal_one_shot(backend):
-    """Chunks that end mid-way through a top frame (1, 7, 13, 19 frames; 3 per top step)."""
-    m = _model()
-    one = Generator(m, 3, seed=7, backend=backend, device="cpu").frames(40)
-    g = Generator(m, 3, seed=7, backend=backend, device="cpu")
-    parts = [g.frames(n) for n in (1, 7, 13, 19)]
-    assert torch.equal(torch.cat(parts, dim=1), one)
-    eager = Generator(m, 3, seed=7, backend="eager", device="cpu").frames(40)
-    assert torch.equal(one, eager)
-
-
 def test_state_dict_resumes_mid_top_frame_and_refuses_another_model():
     m = _model()
     want = Generator(m, 2, seed=3, backend="folded", device="cpu", h0="random").frames(20)
@@ -185,33 +174,6 @@ def test_state_dict_resumes_mid_top_frame_and_refuses_another_model():
         Generator(m, 2, device="cpu", backend="eager").load_state_dict(two_tier)
     with pytest.raises(ValueError, match="3-tier"):
         Generator(m, 2, device="cpu", backend="eager").load_state_dict({**d, "phase": 3})
-
-
-def test_long_generation_kill_and_resume(tmp_path):
-    ckpt = save_checkpoint(tmp_path / "model.pt", _model())
-    # chunks of 0.1 s = 80 samples = 20 frames: every chunk ends at another phase of the top tier
-    opts = dict(seconds=1.5, n_seq=2, seed=5, backend="folded", device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
-    GenerationRun.create(ckpt, tmp_path / "a", **opts).run(progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill(run):
-        if run.generated >= 5 * 80:
-            raise Killed
-
-    run = GenerationRun.create(ckpt, tmp_path / "b", **opts)
-    with pytest.raises(Killed):
-        run.run(progress=False, on_chunk=kill)
-    assert "history" in torch.load(tmp_path / "b" / STATE, weights_only=True)["generator"]
-    GenerationRun.reopen(tmp_path / "b").run(progress=False)
-    import soundfile as sf
-
-    files = json.loads((tmp_path / "a" / "generation.json").read_text())["files"]
-    assert len(files) == 2
-    for name in files:
-        a, b = sf.read(tmp_path / "a" / name, dtype="int16")[0], sf.read(tmp_path / "b" / name, dtype="int16")[0]
-        assert len(a) == 1200 and np.array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------

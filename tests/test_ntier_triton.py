@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import INTERPRET, random_model
+from helpers import compile_problems, frame_step_kernels, random_model, record_launches
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.model import RNNState
@@ -32,17 +32,6 @@ from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_ste
 # 4 tiers: bottom F 3 (conditioned, n_out 3); tier 1: S 6, n_out 2 (conditioned); top: S 18, n_out 3.
 NTIER = dict(frame_sizes=(3, 2, 3), dim=23, q_levels=7, emb_size=5)
 TIERS = {0: "bottom", 1: "middle", 2: "top"}
-
-
-def _kernels():
-    """kernels/frame_step.py, checked to run in the mode this process was started in."""
-    if not INTERPRET:
-        pytest.importorskip("triton")
-    from fastsrnn.kernels import frame_step as k
-
-    assert k.MODE_MISMATCH is None, k.MODE_MISMATCH
-    assert k.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
-    return k
 
 
 def _model(rnn: str = "lstm", skip: bool = True, L: int = 2, seed: int = 0, **over):
@@ -121,20 +110,6 @@ def _bf16_within_twice(w32, states, inputs, device, what: str):
                                         f"> 2 x reference's {err_r:.3g}")
 
 
-def _recording(k, run: bool = True):
-    """Patch k.launch to record (kernel, grid, args, kwargs) and (run=True) launch; undo with
-    the returned restore()."""
-    calls, launch = [], k.launch
-
-    def rec(kern, grid, *a, **kw):
-        calls.append((kern, grid, a, kw))
-        if run:
-            launch(kern, grid, *a, **kw)
-
-    k.launch = rec
-    return calls, lambda: setattr(k, "launch", launch)
-
-
 def _cases():
     for rnn in ("lstm", "gru"):
         for skip in (True, False):
@@ -151,12 +126,12 @@ def _cases():
 def test_tier_matches_reference(rnn, skip, k, B):
     """Tier k of a 4-tier model (H 23, 2 layers): two steps, the output and h, c within ~1e-5
     relative of frame_step_ref; the output has n_out positions (not S_k)."""
-    kmod = _kernels()
+    kmod = frame_step_kernels()
     cfg, model = _model(rnn, skip)
     w, S, conditioned, n_out = _tier(cfg, export_inference(model), k)
     assert n_out != S or k == 0
     ref = _states(model, B)[k]
-    calls, restore = _recording(kmod)
+    calls, restore = record_launches(kmod)
     try:
         _steps_close(w, FusedFrameWeights.from_inference(w), ref, _clone(ref), _inputs(cfg, B, S, conditioned, 2),
                      n_out, TIERS[k])
@@ -176,13 +151,13 @@ def test_wide_frame_loops_over_tiles(rnn, B):
     """A top tier whose frame (S 70) is wider than one x_in tile (BLOCK_F = BLOCK_K: 64 at B 5,
     16 at B 16, fp32): the layer kernels loop over the frame (XIN_LOOP); the conditioned bottom
     tier of the same model (F 5) does not. Both against frame_step_ref."""
-    kmod = _kernels()
+    kmod = frame_step_kernels()
     cfg, model = _model(rnn, True, 2, frame_sizes=(5, 14), dim=20)
     w = export_inference(model)
     states = _states(model, B)
     for k in (0, 1):
         tw, S, conditioned, n_out = _tier(cfg, w, k)
-        calls, restore = _recording(kmod)
+        calls, restore = record_launches(kmod)
         try:
             _steps_close(tw, FusedFrameWeights.from_inference(tw), states[k], _clone(states[k]),
                          _inputs(cfg, B, S, conditioned, 2), n_out, TIERS[2 * k])
@@ -199,7 +174,7 @@ def test_aligned_shapes_and_strided_views(rnn, B):
     """F 16, S 64, H 32: every launch of both tiers takes the aligned, no-partial-tile variants
     (ALIGNED, EVEN), with cond a view of the (B, 4, H) upper output, the window a slice of the
     history and h, c strided views (B, L, H buffers transposed), updated in place."""
-    kmod = _kernels()
+    kmod = frame_step_kernels()
     cfg, model = _model(rnn, True, 3, frame_sizes=(16, 4), dim=32)
     w = export_inference(model)
 
@@ -216,7 +191,7 @@ def test_aligned_shapes_and_strided_views(rnn, B):
         inputs = [(hist[:, j * S:(j + 1) * S], ups[:, j] if conditioned else None) for j in range(2)]
         got = RNNState(strided(ref.h), strided(ref.c))
         assert not got.h.is_contiguous() or B == 1
-        calls, restore = _recording(kmod)
+        calls, restore = record_launches(kmod)
         try:
             _steps_close(tw, FusedFrameWeights.from_inference(tw), ref, got, inputs, n_out, TIERS[2 * k])
         finally:
@@ -229,7 +204,7 @@ def test_aligned_shapes_and_strided_views(rnn, B):
 def test_cond_with_any_strides(rnn):
     """A cond whose columns are not adjacent (a transposed buffer) and a window of one column
     per row stride: the same results as dense copies."""
-    _kernels()
+    frame_step_kernels()
     cfg, model = _model(rnn, True)
     w, S, conditioned, n_out = _tier(cfg, export_inference(model), 1)
     ref = _states(model, 3)[1]
@@ -246,7 +221,7 @@ def test_cond_with_any_strides(rnn):
 def test_bf16_within_twice_reference_error(rnn, B):
     """bf16 frame weights, every tier: the kernel's error against the fp32 reference at most
     twice frame_step_ref's own on the bf16 weights (three steps)."""
-    _kernels()
+    frame_step_kernels()
     cfg, model = _model(rnn, True)
     w = export_inference(model)
     for k, st in enumerate(_states(model, B)):
@@ -291,11 +266,11 @@ def test_folded_backend_steps_every_tier_with_the_kernels(rnn):
     per tier: 6 frames (3 top steps) of logits, states and upper outputs as the eager backend's."""
     from fastsrnn.backends import make_backend
 
-    kmod = _kernels()
+    kmod = frame_step_kernels()
     cfg, model = _model(rnn, True, 2, frame_sizes=(3, 2))
     fused, plain = make_backend("folded", model), make_backend("folded", model)
     fused._fused_frame = {}  # the decision a CUDA device with Triton takes (backends/folded.py)
-    calls, restore = _recording(kmod)
+    calls, restore = record_launches(kmod)
     try:
         got = _backend_run(fused, model, 3, 6)
     finally:
@@ -340,14 +315,14 @@ def _bad_cases():
 def test_bad_inputs_are_refused(case):
     """A wrong cond (shape, dtype, device, missing or extra) or window raises a readable error
     naming frame_step_triton, and leaves the state untouched."""
-    k = _kernels()
+    k = frame_step_kernels()
     tier, make, exc, msg = _bad_cases()[case]
     cfg, model = _model("lstm", True)
     w, S, conditioned, _ = _tier(cfg, export_inference(model), tier)
     st = _states(model, 2)[tier]
     h, c = st.h.clone(), st.c.clone()
     window, cond = make(*_inputs(cfg, 2, S, True, 1)[0])
-    calls, restore = _recording(k, run=False)
+    calls, restore = record_launches(k, run=False)
     try:
         with pytest.raises(exc, match=re.escape(f"frame_step_triton: {msg}")):
             frame_step_triton(FusedFrameWeights.from_inference(w), window, st, cond)
@@ -373,9 +348,6 @@ def test_fused_weights_per_tier():
 # ---------------------------------------------------------------------------------------------
 # Compiled for sm_90 / sm_80 without a GPU, at the 3-tier presets' shapes
 
-_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int64: "*i64"}
-
-
 def _meta_tier(cfg, S: int, conditioned: bool, n_out: int, dtype):
     """Tier weights (the attributes FusedFrameWeights reads) as meta tensors of the real shapes."""
     H, L, G = cfg.dim, cfg.n_rnn, cfg.gates
@@ -387,24 +359,6 @@ def _meta_tier(cfg, S: int, conditioned: bool, n_out: int, dtype):
                            b_ih=[f(G * H) for _ in ins], b_hh=[f(G * H) for _ in ins],
                            skip_w=[m(H, H) for _ in range(L if skip else 0)], skip_b=f(H) if skip else None,
                            up_w=m(n_out * H, H), up_b=f(n_out * H))
-
-
-def _signature(kern, args, kwargs):
-    """signature, constexprs, num_warps, num_stages of a recorded launch, as Triton's JIT would
-    specialise it (an int equal to 1 becomes a constexpr, unless the kernel says not to)."""
-    sig, const = {}, {}
-    for name, v in zip(kern.arg_names, args):
-        if isinstance(v, torch.Tensor):
-            sig[name] = _PTR[v.dtype]
-        elif isinstance(v, float):
-            sig[name] = "fp32"
-        elif v == 1 and name not in (kern.do_not_specialize or ()):
-            const[name] = 1
-        else:
-            sig[name] = "i32"
-    kw = dict(kwargs)
-    warps, stages = kw.pop("num_warps"), kw.pop("num_stages")
-    return sig, dict(const, **kw), warps, stages
 
 
 def _compile_cases():
@@ -421,11 +375,9 @@ def test_kernels_compile_for_gpu(preset, frame_sizes, B, wdt, arch):
     """Every launch of every tier's step at the preset's shapes (conditioned layer 0, wide
     frames), with the launcher's tiles and warps, through Triton's whole compiler for sm_<arch>:
     no spills, shared memory within the limit."""
-    k = _kernels()
+    k = frame_step_kernels()
     if type(k._layer_kernel).__name__ == "InterpretedFunction":
         pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
-    from fastsrnn.tools.gpu_compile import triton_resources
-
     cfg = SampleRNNConfig.from_name(preset, **({"frame_sizes": frame_sizes} if frame_sizes else {}))
     dtype = torch.bfloat16 if wdt == "bf16" else torch.float32
     H, L = cfg.dim, cfg.n_rnn
@@ -439,22 +391,13 @@ def test_kernels_compile_for_gpu(preset, frame_sizes, B, wdt, arch):
         state = RNNState(z(), z() if cfg.gates == 4 else None)
         window = torch.zeros(B, S, dtype=torch.int64, device="meta")
         cond = torch.zeros(B, H, device="meta") if conditioned else None
-        calls, restore = _recording(k, run=False)
+        calls, restore = record_launches(k, run=False)
         try:
             frame_step_triton(fw, window, state, cond)
         finally:
             restore()
         assert len(calls) == L + (2 if fw.skip_w is not None else 1)
-        for kern, grid, args, kwargs in calls:
-            sig, const, warps, stages = _signature(kern, args, kwargs)
-            key = (kern.fn.__name__, tuple(sig.items()), tuple(const.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            res = triton_resources(kern, sig, const, arch, warps, stages)
-            print(f"{preset} tier {t} B={B} {wdt} sm_{arch} {key[0]} grid={grid} regs={res.registers} "
-                  f"shared={res.shared} spills={res.spill_stores}")
-            problems += res.problems()
+        problems += compile_problems(calls, arch, f"{preset} tier {t} B={B} {wdt}", seen)
     assert not problems, "\n".join(problems)
 
 
@@ -475,7 +418,7 @@ def test_every_tier_on_gpu(rnn, skip, B, wdt):
     """Every tier of a 4-tier model (F 16, S 64 and 128: upper frames loop over x_in tiles at
     most sizes; H 256, 3 layers) on CUDA: fp32 within ~1e-5 relative of frame_step_ref, bf16 within
     twice the reference's own bf16 error."""
-    _kernels()
+    frame_step_kernels()
     cfg, model = _model(rnn, skip, 3, frame_sizes=(16, 4, 2), dim=256)
     w = export_inference(model)
     states = _states(model, B)
@@ -502,7 +445,7 @@ def test_folded_backend_on_gpu_steps_every_tier_with_the_kernels(rnn, B, frame_d
     bf16: every tensor's error against an fp32 run at most twice the eager bf16 run's."""
     from fastsrnn.backends import make_backend
 
-    _kernels()
+    frame_step_kernels()
     cfg, model = _model(rnn, True, 3, frame_sizes=(16, 4), dim=256)
     model = model.cuda()
     fused = make_backend("folded", model, device="cuda", frame_dtype=frame_dtype)
