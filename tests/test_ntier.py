@@ -174,6 +174,9 @@ def test_state_dict_resumes_mid_top_frame_and_refuses_another_model():
         Generator(m, 2, device="cpu", backend="eager").load_state_dict(two_tier)
     with pytest.raises(ValueError, match="3-tier"):
         Generator(m, 2, device="cpu", backend="eager").load_state_dict({**d, "phase": 3})
+    two_tier_model = _model(replace(SMALL3, frame_sizes=(4,)))
+    with pytest.raises(ValueError, match="n-tier model, not of this 2-tier"):
+        Generator(two_tier_model, 2, device="cpu", backend="eager").load_state_dict(d)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ What stays fixed between replays: the state tensors (their addresses are capture
 state must be updated in place, as the fused backends do) and static buffers for the inputs
 (uniforms, inverse temperatures, forced samples) and outputs (samples, logits). Each call
 copies its inputs into the static buffers, replays, and copies the outputs out. A new state
-object, batch size, frame count or mode gets its own capture (at most ``_MAX_GRAPHS`` kept).
+object, batch size, frame count or mode gets its own capture (at most ``_MAX_GRAPHS`` kept, and
+with n tiers one more per phase of the top tier).
 
 n tiers: which upper tiers step in a frame depends on the state's phase (a host-side int), so
 the phase at the first captured frame is part of a capture's key; capturing runs the Python step
@@ -75,11 +76,14 @@ class FrameGraph:
     update ``state`` in place and must not synchronise with the host (no ``.item()``).
     """
 
-    def __init__(self, step: Callable, q_levels: int, warmup: int = 2, frames_per_graph: int = FRAMES_PER_GRAPH):
+    def __init__(self, step: Callable, q_levels: int, warmup: int = 2, frames_per_graph: int = FRAMES_PER_GRAPH,
+                 phases: int = 1):
         self.step = step
         self.q_levels = q_levels
         self.warmup = warmup
         self.frames_per_graph = frames_per_graph
+        # n tiers: a chunk's last frames replay one-frame captures at each of ``phases`` phases
+        self.max_graphs = _MAX_GRAPHS + phases - 1
         self._captures: "OrderedDict[tuple, _Capture]" = OrderedDict()
 
     def __call__(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
@@ -123,7 +127,7 @@ class FrameGraph:
         if cap is None:
             cap = self._capture(state, n_frames, frame_shape, argmax, has_forced, has_logits)
             self._captures[key] = cap
-            while len(self._captures) > _MAX_GRAPHS:
+            while len(self._captures) > self.max_graphs:
                 self._captures.popitem(last=False)
         self._captures.move_to_end(key)
         return cap
@@ -186,7 +190,8 @@ class GraphedBackend(FoldedBackend):
         # n tiers: a multiple of the bottom frames per top step, so a replay keeps the phase
         per_top = self.cfg.lookback // self.cfg.frame_size
         k = FRAMES_PER_GRAPH if FRAMES_PER_GRAPH % per_top == 0 else per_top * max(1, FRAMES_PER_GRAPH // per_top)
-        self._graph = FrameGraph(super().step_frame, self.cfg.q_levels, frames_per_graph=k) if self.graphs else None
+        self._graph = (FrameGraph(super().step_frame, self.cfg.q_levels, frames_per_graph=k, phases=per_top)
+                       if self.graphs else None)
 
     def _capture_failed(self, e: GraphCaptureError) -> None:
         warnings.warn(f"{self.name} backend: CUDA graph capture failed ({e}); using plain launches")

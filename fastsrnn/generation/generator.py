@@ -230,6 +230,8 @@ class Generator:
                              f"[0, {q}), got shape {tuple(window.shape)}; the state file is damaged")
         if self.state.history is not None:
             self._check_tiers(d)
+        elif "upper" in d or "history" in d:
+            raise ValueError("generation state: a state of an n-tier model, not of this 2-tier one")
         dev = lambda t: t.to(self.device).clone()  # noqa: E731
         self.state.rnn = RNNState.from_dict(d).map(dev)
         self.state.window = dev(d["window"])
@@ -239,7 +241,6 @@ class Generator:
             self.state.phase = int(d["phase"])
         self.rng.set_state(d["rng"])
         self.frames_done = int(d["frames_done"])
-
 
     def _check_tiers(self, d: dict) -> None:
         """A generation state of an n-tier model: every tier's state, the history, the upper
