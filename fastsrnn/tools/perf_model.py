@@ -7,7 +7,8 @@ FLOPs / peak)`` at the table's peak rates: predictions are optimistic, and ``pre
 ``fastsrnn bench --device cuda`` says by how much.
 
 Backends (what the code does today, read from its sources):
-- ``triton``: the fused frame tier (ops/frame_step.frame_step_triton: L + 2 Triton launches), then
+- ``triton``: the fused frame tier (ops/frame_step.frame_step_triton: L + 2 Triton launches, L + 1
+  without skip connections; n tiers: each upper tier's once per its period), then
   ops/sample_frame.sample_frame_triton: below 16 sequences kernels/sample_frame.py (one launch of
   cdiv(B, 4) programs, each streaming all of W3 and Wo every step on fp32 CUDA cores), from 16
   kernels/sample_frame_split.py (per step stage A over sequence tiles x W3 row slices, fp32 "ieee"
@@ -175,12 +176,15 @@ def _frame_tier(cfg, B, wd, gpu: GPU, fused: bool, graphs: bool, terms, acc) -> 
                   w / (gpu.hbm_bytes_per_s if weights_from == "HBM" else gpu.l2_bytes_per_s),
                   f"frame tier: FLOPs on {unit}": flops / peak,
                   "frame tier: activations via L2": act / gpu.l2_bytes_per_s})
-    k = (L + 2) if fused else torch_frame_kernels(cfg, wd)
+    # n tiers: each upper tier's launches once per its period (P_k bottom frames), per frame on average
+    fused_k = L + (2 if cfg.skip and L > 1 else 1)  # layers, the skip sum, the upsampling
+    k = (fused_k if fused else torch_frame_kernels(cfg, wd)) * (1 + sum(
+        F / cfg.tier_samples(t) for t in range(1, cfg.n_tiers - 1)))
     terms["frame tier: launches"] = k * (gpu.graph_node_s if graphs else gpu.launch_s)
     acc["hbm"] += w if weights_from == "HBM" else 0
     acc["l2"] += act + (w if weights_from == "L2" else 0)
     acc["flops"] += flops
-    acc["kernels"] += k
+    acc["kernels"] += round(k)
 
 
 def _sample_reload(cfg, B, wd, gpu, terms, acc) -> None:
