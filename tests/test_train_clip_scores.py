@@ -71,6 +71,7 @@ def test_noise_after_the_first_epochs_warns_to_restart_and_goes_on(riff, tmp_pat
     # 20 steps an epoch: the rule (3 epochs, 3 checkpoints) made quicker, 1 epoch and 2 checkpoints
     monkeypatch.setattr(clip_scores, "NOISE_AFTER_EPOCHS", 1)
     monkeypatch.setattr(clip_scores, "NOISE_AFTER_CHECKPOINTS", 2)
+    monkeypatch.setattr(clip_scores, "NOISE_AFTER_STEPS", 20)
     run = tmp_path / "run"
     msgs = _train_warned(riff, run, max_steps=25, checkpoint_every=5)
     _, scores = _scores(run)
@@ -86,11 +87,14 @@ def test_noise_after_the_first_epochs_warns_to_restart_and_goes_on(riff, tmp_pat
 
 
 def test_all_silent_counts_as_noise_but_a_mix_with_ok_does_not(tmp_path):
-    scorer = clip_scores.ClipScorer(tmp_path, tmp_path, checkpoint_every=10)
-    assert scorer.noise_rule(50, 3, [{"verdict": "silent"}, {"verdict": "noise-like"}])
-    assert not scorer.noise_rule(50, 3, [{"verdict": "ok"}, {"verdict": "noise-like"}])
-    assert not scorer.noise_rule(50, 2, [{"verdict": "noise-like"}])  # too few epochs
-    assert not scorer.noise_rule(20, 5, [{"verdict": "noise-like"}])  # too few checkpoints (a tiny album)
+    scorer = clip_scores.ClipScorer(tmp_path, tmp_path, checkpoint_every=1000)
+    assert scorer.noise_rule(5000, 3, [{"verdict": "silent"}, {"verdict": "noise-like"}])
+    assert not scorer.noise_rule(5000, 3, [{"verdict": "ok"}, {"verdict": "noise-like"}])
+    assert not scorer.noise_rule(5000, 2, [{"verdict": "noise-like"}])  # too few epochs
+    assert not scorer.noise_rule(2000, 5, [{"verdict": "noise-like"}])  # too few checkpoints (a tiny album)
+    short = clip_scores.ClipScorer(tmp_path, tmp_path, checkpoint_every=200)  # the demo: 800 steps, 25 epochs
+    assert not short.noise_rule(800, 25, [{"verdict": "noise-like"}])  # too few steps to judge
+    assert short.noise_rule(2000, 60, [{"verdict": "noise-like"}])
 
 
 def test_trapped_clips_warn_once(riff, tmp_path, monkeypatch):

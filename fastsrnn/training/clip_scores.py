@@ -14,7 +14,10 @@ A dataset whose album statistics cannot be computed gives one warning and album-
 The Dadabots advice, as a warning: a run whose every clip is still noise (or silence) after a
 few epochs should be restarted. The rule: from the first checkpoint with at least
 NOISE_AFTER_EPOCHS full epochs done that is also at least the NOISE_AFTER_CHECKPOINTS-th checkpoint
-(so that a tiny album, whose epochs take a handful of steps, is not judged after a few steps).
+and at least NOISE_AFTER_STEPS optimizer steps in (so that a tiny album, whose epochs take a
+handful of steps, is not judged after a few steps: the demo's 1-minute album is 25 epochs in 800
+steps, and a model of 800 steps still sounds noisy; on a real album 3 epochs are thousands of
+steps, 9,000 for the paper's 3,200 windows at batch 128, so the step floor does not bind there).
 Clips stuck in one riff ("trapped") are named once per run.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 NOISE_AFTER_EPOCHS = 3  # the paper's "a few epochs": the model has heard the album 3 times
 NOISE_AFTER_CHECKPOINTS = 3  # and it is at least the 3rd checkpoint (step >= 3 x checkpoint_every)
+NOISE_AFTER_STEPS = 2000  # and it has trained that long: too short a run is not judged
 NOISY = ("noise-like", "noise", "silent")  # against the album, and album-free
 TRAPPED = ("trapped", "trap")
 
@@ -86,8 +90,10 @@ class ClipScorer:
                 "noise_warning": self.noise_rule(step, epoch, clips)}
 
     def noise_rule(self, step: int, epoch: int, clips: List[Dict[str, Any]]) -> bool:
-        """Every clip noise or silent, after NOISE_AFTER_EPOCHS epochs and NOISE_AFTER_CHECKPOINTS checkpoints."""
-        late = epoch >= NOISE_AFTER_EPOCHS and step >= NOISE_AFTER_CHECKPOINTS * self.checkpoint_every
+        """Every clip noise or silent, after NOISE_AFTER_EPOCHS epochs, NOISE_AFTER_CHECKPOINTS
+        checkpoints and NOISE_AFTER_STEPS steps."""
+        late = (epoch >= NOISE_AFTER_EPOCHS and step >= NOISE_AFTER_CHECKPOINTS * self.checkpoint_every
+                and step >= NOISE_AFTER_STEPS)
         return late and bool(clips) and all(c["verdict"] in NOISY for c in clips)
 
     def _warn(self, record: Dict[str, Any]) -> None:
