@@ -29,14 +29,22 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from fastsrnn.atomic import atomic_path, atomic_write_text
-from fastsrnn.data.audio import AUDIO_EXTENSIONS, AudioError, encode_audio, read_audio
+from fastsrnn.data.audio import AudioError, encode_audio, read_audio
+from fastsrnn.data.manifest import (  # noqa: F401 (read_manifest, split_files: importable from here as before)
+    FORMAT,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    SPLITS,
+    VERSION,
+    file_sha256,
+    read_manifest,
+    split_files,
+)
+from fastsrnn.data.sources import find_sources
 from fastsrnn.outlock import LOCK_NAME, locked_output
 
-FORMAT, VERSION = "fastsrnn-dataset", 1
-SPLITS = ("train", "valid", "test")
 NORMALIZE = ("file", "dataset", "none")
 PEAK = 0.9
-PLAN_FILE, MANIFEST_FILE = ".prepare.json", "manifest.json"
 # The manifest fields that say what a preparation is; equal fields -> the same chunks.
 IDENTITY = ("sample_rate", "chunk_samples", "hop_samples", "block_samples", "seed", "normalize", "splits")
 MIN_RATE, MAX_RATE = 1000, 384000  # sample rates accepted for the chunks, Hz
@@ -44,86 +52,6 @@ MIN_RATE, MAX_RATE = 1000, 384000  # sample rates accepted for the chunks, Hz
 
 class OutputNotWritable(PermissionError, RuntimeError):
     """The output folder cannot be created or written (read-only, no permission, disk full)."""
-
-
-# ---------------------------------------------------------------- sources
-
-def holds_dataset(folder: Path) -> bool:
-    """Whether ``folder`` holds a fastsrnn dataset (finished or interrupted): its chunks are never sources."""
-    if (folder / PLAN_FILE).is_file():
-        return True
-    try:
-        m = json.loads((folder / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(m, dict) and m.get("format") == FORMAT
-
-
-def _as_source_list(sources) -> list:
-    """One str / PathLike is one source (not a sequence of characters)."""
-    if isinstance(sources, (str, bytes, os.PathLike)):
-        return [sources]
-    return list(sources)
-
-
-def _walk(top: Path, exclude: Optional[Path], skipped: List[str]) -> List[Path]:
-    """Audio files under ``top``, leaving out (and noting in ``skipped``) dataset folders and ``exclude``."""
-    found = []
-    for root, dirs, files in os.walk(top):
-        here = Path(root)
-        if exclude is not None and here.resolve() == exclude:
-            skipped.append(f"{here} (the output folder)")
-            dirs[:] = []
-            continue
-        if holds_dataset(here):
-            skipped.append(f"{here} (holds a fastsrnn dataset)")
-            dirs[:] = []
-            continue
-        dirs.sort()
-        found.extend(here / f for f in files if Path(f).suffix.lower() in AUDIO_EXTENSIONS)
-    return [f for f in found if f.is_file()]
-
-
-def find_sources(sources, exclude: Optional[Path] = None) -> List[Path]:
-    """Files and folders (walked recursively for audio extensions) -> sorted unique files.
-
-    ``sources``: one path or a sequence of them. Folders that hold a fastsrnn dataset (a manifest
-    or a ``.prepare.json``) are not walked: their chunks are the output of an earlier preparation,
-    not music. ``exclude``: a folder whose files are never picked up (the output, if it lies inside
-    a source folder, so that a re-run does not read its own chunks). Skipped folders are named in
-    a warning.
-    """
-    sources = _as_source_list(sources)
-    ex = Path(exclude).resolve() if exclude is not None else None
-    found, skipped = set(), []
-    for s in sources:
-        p = Path(os.fsdecode(s))
-        if p.is_dir():
-            if ex is not None and p.resolve() == ex:
-                raise ValueError(f"the output folder {exclude} is the source folder {p}: the chunks would be "
-                                 "written among the songs; choose an --out outside it (or a subfolder of it)")
-            found.update(f.resolve() for f in _walk(p, ex, skipped))
-        elif p.is_file():
-            found.add(p.resolve())
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if ex is not None:
-        found = {f for f in found if ex not in f.parents}
-    if skipped:
-        warnings.warn("not reading the audio files in " + ", ".join(skipped), stacklevel=3)
-    if not found:
-        raise ValueError(f"no audio files found in {', '.join(os.fsdecode(s) for s in sources)} "
-                         f"(looked for {', '.join(AUDIO_EXTENSIONS)}"
-                         + (f"; skipped {', '.join(skipped)}" if skipped else "") + ")")
-    return sorted(found, key=str)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load(paths: List[Path], sr: int, skip_bad: bool, progress: bool) -> Tuple[List[dict], List[np.ndarray]]:
@@ -388,62 +316,6 @@ def _prepare_locked(paths: List[Path], out: Path, sr: int, chunk: int, hop: int,
     manifest = {**header, "chunks": chunks}
     _write_if_changed(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-# ---------------------------------------------------------------- reading
-
-_FIELDS = {"sample_rate": int, "chunk_samples": int, "hop_samples": int, "block_samples": int, "seed": int,
-           "normalize": str, "splits": dict, "sources": list, "chunks": list}
-_CHUNK_FIELDS = {"file": str, "split": str, "source": int, "offset": int, "length": int, "sha256": str}
-
-
-def read_manifest(data_dir) -> dict:
-    """DATA/manifest.json, checked: raises FileNotFoundError / ValueError naming the file."""
-    path = Path(data_dir) / MANIFEST_FILE
-    if not path.is_file():
-        hint = " (an interrupted preparation: re-run the same 'fastsrnn prepare' to finish it)" \
-            if (Path(data_dir) / PLAN_FILE).exists() else " (make one with 'fastsrnn prepare SOURCES --out DIR')"
-        raise FileNotFoundError(f"{path}: no prepared dataset here{hint}")
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
-        raise ValueError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
-    for k, t in _FIELDS.items():
-        if not isinstance(m.get(k), t):
-            raise ValueError(f"{path}: field {k!r} is missing or not a {t.__name__}")
-    root = Path(data_dir).resolve()
-    for i, c in enumerate(m["chunks"]):
-        bad = [k for k, t in _CHUNK_FIELDS.items() if not isinstance(c.get(k), t)] if isinstance(c, dict) else ["all"]
-        if bad or c["split"] not in SPLITS or not 0 <= c["source"] < len(m["sources"]):
-            raise ValueError(f"{path}: chunk {i} is malformed (check {', '.join(bad) or 'split/source'})")
-        target = (root / c["file"]).resolve()
-        if Path(c["file"]).is_absolute() or root not in target.parents:
-            raise ValueError(f"{path}: chunk {i} names {c['file']!r}, which is outside the dataset folder {root}; "
-                             "a manifest may only name files inside its own folder")
-    return m
-
-
-def split_files(data_dir, split: str, verify: bool = True) -> List[Path]:
-    """The chunk files of one split, in manifest order; each is checked to exist and, with
-    ``verify``, to have the sha256 the manifest records (about 1 ms per 8-second FLAC)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    chunks = [c for c in read_manifest(data_dir)["chunks"] if c["split"] == split]
-    files = [Path(data_dir) / c["file"] for c in chunks]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]}: chunk listed in the manifest is missing "
-                                f"({len(missing)} missing in all); "
-                                f"re-run 'fastsrnn prepare' with the same options to restore them")
-    if verify:
-        changed = [f for f, c in zip(files, chunks) if file_sha256(f) != c["sha256"]]
-        if changed:
-            raise ValueError(f"{changed[0]}: the chunk's sha256 differs from the one in the manifest "
-                             f"({len(changed)} {split} chunk(s) differ in all): it was modified or damaged; "
-                             "re-run 'fastsrnn prepare' with the same options to restore it")
-    return files
 
 
 # ---------------------------------------------------------------- CLI

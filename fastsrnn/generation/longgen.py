@@ -38,7 +38,7 @@ import torch
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
-from fastsrnn.data.prepare import file_sha256
+from fastsrnn.data.manifest import file_sha256
 from fastsrnn.generation import finish
 from fastsrnn.generation.finish import _copy_with_gain
 from fastsrnn.generation.generator import Generator, check_device, check_int, check_temperature, prime_levels

@@ -150,7 +150,7 @@ def _summary(name: str, values: np.ndarray) -> Dict[str, float]:
 
 
 def _chunk_files(data_dir: Path, manifest: dict) -> Tuple[List[Path], List[str]]:
-    from fastsrnn.data.prepare import split_files
+    from fastsrnn.data.manifest import split_files
 
     splits = ["train", "valid"]
     if not any(c["split"] in splits for c in manifest["chunks"]):
@@ -166,7 +166,7 @@ def compute_reference(data_dir, progress: bool = True) -> AlbumReference:
     from tqdm.auto import tqdm
 
     from fastsrnn.data.audio import read_audio
-    from fastsrnn.data.prepare import read_manifest
+    from fastsrnn.data.manifest import read_manifest
 
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
@@ -190,7 +190,7 @@ def compute_reference(data_dir, progress: bool = True) -> AlbumReference:
 
 
 def _manifest_key(data_dir: Path) -> str:
-    from fastsrnn.data.prepare import MANIFEST_FILE
+    from fastsrnn.data.manifest import MANIFEST_FILE
 
     return hashlib.sha256((data_dir / MANIFEST_FILE).read_bytes()).hexdigest()
 
@@ -215,7 +215,7 @@ def album_reference(data_dir, progress: bool = True, cache: bool = True) -> Albu
     recomputes). A folder that cannot be written still works, with a warning. Raises
     FileNotFoundError / ValueError naming the folder when it is not a prepared dataset."""
     data_dir = Path(data_dir)
-    from fastsrnn.data.prepare import MANIFEST_FILE, read_manifest
+    from fastsrnn.data.manifest import MANIFEST_FILE, read_manifest
 
     if not (data_dir / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{data_dir}: not a prepared dataset (no {MANIFEST_FILE}); "

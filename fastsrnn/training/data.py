@@ -45,7 +45,7 @@ def load_split(data_dir, split: str, cfg: SampleRNNConfig) -> ChunkSet:
     """Read and quantize every chunk of ``split``; each is cut to a whole number of frames (of the
     top frame tier: cfg.lookback samples; F with 2 tiers)."""
     from fastsrnn.data.audio import read_audio
-    from fastsrnn.data.prepare import split_files
+    from fastsrnn.data.manifest import split_files
 
     S, levels, dropped = cfg.lookback, [], 0
     for path in split_files(data_dir, split):

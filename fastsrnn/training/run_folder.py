@@ -37,7 +37,7 @@ def _check_run_folder(run: Path) -> None:
 
 def _dataset_fingerprint(data_dir: Path) -> str:
     """sha256 over the manifest's chunks (file, split, sha256): the same data wherever it lies."""
-    from fastsrnn.data.prepare import read_manifest
+    from fastsrnn.data.manifest import read_manifest
 
     h = hashlib.sha256()
     for c in read_manifest(data_dir)["chunks"]:
@@ -83,7 +83,7 @@ def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
 
 
 def _check_sample_rate(data_dir: Path, cfg: SampleRNNConfig) -> None:
-    from fastsrnn.data.prepare import read_manifest
+    from fastsrnn.data.manifest import read_manifest
 
     sr = int(read_manifest(data_dir)["sample_rate"])
     if sr != cfg.sample_rate:
