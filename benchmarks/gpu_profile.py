@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 
 import torch
 from torch.autograd import DeviceType
@@ -39,41 +38,44 @@ def backend(model, variant: str, n_seq: int):
     return make_backend(name, model, DEVICE, n_seq=n_seq, **opts)
 
 
+def _row(model, make, frames: int, repeats: int, what: str) -> dict:
+    """ms/frame of the backends ``make(n_seq)`` gives, over SWEEP_N_SEQ: {n_seq: ms, or None where
+    making or timing it failed (a path that does not compile for a shape: said, and the sweep goes on)}."""
+    row = {}
+    for n in SWEEP_N_SEQ:
+        try:
+            row[n] = time_frames(model, make(n), n, DEVICE, frames=frames, repeats=repeats).seconds_per_frame * 1e3
+        except Exception as e:  # noqa: BLE001  (a diagnostic: report any failure, keep sweeping)
+            print(f"  {what} n_seq {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            row[n] = None
+    return row
+
+
+def _cells(row: dict) -> str:
+    return " | ".join("fail" if row[n] is None else f"{row[n]:.3f}" for n in SWEEP_N_SEQ)
+
+
 def sweep(model, frames: int, repeats: int) -> dict:
-    out = defaultdict(dict)
+    out = {}
     print("ms/frame (median of", repeats, "repeats of", frames, "frames)")
     print("| variant | " + " | ".join(f"n_seq {n}" for n in SWEEP_N_SEQ) + " |")
     for variant in SWEEP_VARIANTS:
-        cells = []
-        for n in SWEEP_N_SEQ:
-            be = backend(model, variant, n)
-            ms = time_frames(model, be, n, DEVICE, frames=frames, repeats=repeats).seconds_per_frame * 1e3
-            out[variant][n] = ms
-            cells.append(f"{ms:.3f}")
-        print(f"| {variant} | " + " | ".join(cells) + " |", flush=True)
+        out[variant] = _row(model, lambda n: backend(model, variant, n), frames, repeats, variant)
+        print(f"| {variant} | {_cells(out[variant])} |", flush=True)
     return out
 
 
 def path_sweep(model, frames: int, repeats: int) -> dict:
-    out = defaultdict(dict)
+    out = {}
     print("triton sample-tier paths, ms/frame")
     print("| dtype | path | " + " | ".join(f"n_seq {n}" for n in SWEEP_N_SEQ) + " |")
     for dtype in (torch.float32, torch.bfloat16):
         for path in ("small", "split"):
-            cells = []
-            for n in SWEEP_N_SEQ:
-                try:  # a path may not compile for a shape (registers, shared memory): say so, go on
-                    be = make_backend("triton", model, DEVICE, n_seq=n, dtype=dtype, frame_dtype=dtype,
-                                      sample_path=path)
-                    ms = time_frames(model, be, n, DEVICE, frames=frames, repeats=repeats).seconds_per_frame * 1e3
-                except Exception as e:  # noqa: BLE001  (a diagnostic: report any failure, keep sweeping)
-                    print(f"  {path} {dtype} n_seq {n} failed: {type(e).__name__}: {str(e)[:200]}")
-                    out[f"{dtype} {path}"][n] = None
-                    cells.append("fail")
-                    continue
-                out[f"{dtype} {path}"][n] = ms
-                cells.append(f"{ms:.3f}")
-            print(f"| {str(dtype)[6:]} | {path} | " + " | ".join(cells) + " |", flush=True)
+            key = f"{dtype} {path}"
+            out[key] = _row(model, lambda n: make_backend("triton", model, DEVICE, n_seq=n, dtype=dtype,
+                                                          frame_dtype=dtype, sample_path=path),
+                            frames, repeats, f"{path} {dtype}")
+            print(f"| {str(dtype)[6:]} | {path} | {_cells(out[key])} |", flush=True)
     return out
 
 
