@@ -184,13 +184,6 @@ class FrameLevelRNN(nn.Module):
             return out, (h, c)
         return tuple(_VF.gru(x, hx, views, *args))
 
-    def advance(self, frames: torch.Tensor, state: RNNState, block: int = 1024) -> RNNState:
-        """Run the recurrence over frames (B, N, F) without upsampling (priming a 2-tier model;
-        SampleRNN.advance primes any): memory O(block)."""
-        for start in range(0, frames.shape[1], block):
-            state = self._recur(frame_input(frames[:, start:start + block], self.cfg.q_levels), state)[1]
-        return state
-
     def step(self, frame: torch.Tensor, state: RNNState, cond: Optional[torch.Tensor] = None):
         """One step. frame: (B, n_in) int, cond: (B, H) or None -> upsampled (B, n_out, H), new state."""
         return self.forward(frame[:, None, :], state, None if cond is None else cond[:, None, :])
