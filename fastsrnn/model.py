@@ -49,6 +49,9 @@ class RNNState:
     def detach(self) -> "RNNState":
         return self.map(torch.Tensor.detach)
 
+    def clone(self) -> "RNNState":
+        return self.map(torch.Tensor.clone)
+
     def tiers(self) -> List["RNNState"]:
         """Every frame tier's own state (upper ones empty), from the bottom up."""
         return [RNNState(self.h, self.c)] + [RNNState(u.h, u.c) for u in self.upper]

@@ -286,6 +286,22 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
     return states
 
 
+def close_rel(got, want, what: str, rtol: float = 1e-5) -> None:
+    """|got - want| <= rtol * (|want| + max|want| / 10) elementwise: ~1e-5 relative, absolute near
+    zeros; the shapes must be equal. The frame-step tests' comparison."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    tol = rtol * (want.abs() + want.abs().max() / 10)
+    bad = (got - want).abs() > tol
+    assert not bad.any(), f"{what}: max abs error {(got - want).abs().max():.3g}, max |ref| {want.abs().max():.3g}"
+
+
+def tier_of(cfg, w, k: int):
+    """Frame tier k's (weights, window width S_k, n_out, conditioned) from a model's exported
+    InferenceWeights ``w`` (k = 0: the bottom tier; above it w.upper[k - 1])."""
+    return (w if k == 0 else w.upper[k - 1], cfg.tier_samples(k), cfg.frame_sizes[k],
+            k + 1 < len(cfg.frame_sizes))
+
+
 def frame_step_kernels():
     """kernels/frame_step.py, checked to run in the mode this process was started in."""
     if not INTERPRET:

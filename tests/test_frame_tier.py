@@ -13,7 +13,7 @@ its specification frame_step_ref.
 
 import pytest
 import torch
-from helpers import compile_problems, frame_step_kernels, random_model, record_launches
+from helpers import close_rel, compile_problems, frame_step_kernels, random_model, record_launches
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsrnn import SampleRNNConfig
@@ -23,10 +23,6 @@ from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_ste
 
 ODD = dict(frame_size=3, dim=100, q_levels=7, emb_size=5)
 MAX_OPS = 15  # torch ops + Triton launches of one frame step (issue 9)
-
-
-def _clone(st: RNNState) -> RNNState:
-    return RNNState(st.h.clone(), None if st.c is None else st.c.clone())
 
 
 def _setup(rnn: str, skip: bool, B: int, L: int, seed: int = 0, **shape):
@@ -39,13 +35,6 @@ def _setup(rnn: str, skip: bool, B: int, L: int, seed: int = 0, **shape):
 def _windows(cfg, B: int, n: int, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, cfg.q_levels, (B, cfg.frame_size), generator=g) for _ in range(n)]
-
-
-def _close(got, want, what: str, rtol: float = 1e-5):
-    """|got - want| <= rtol * (|want| + max|want| / 10): ~1e-5 relative, absolute near zeros."""
-    tol = rtol * (want.abs() + want.abs().max() / 10)
-    bad = (got - want).abs() > tol
-    assert not bad.any(), f"{what}: max abs error {(got - want).abs().max():.3g}, max |ref| {want.abs().max():.3g}"
 
 
 def _cases():
@@ -62,7 +51,7 @@ def test_fp32_matches_reference(rnn, skip, B, L):
     """Two frames: cond and the updated h, c within ~1e-5 relative of frame_step_ref."""
     frame_step_kernels()
     cfg, w, ref = _setup(rnn, skip, B, L)
-    _two_frames_close(cfg, w, FusedFrameWeights.from_inference(w), ref, _clone(ref), B, rnn)
+    _two_frames_close(cfg, w, FusedFrameWeights.from_inference(w), ref, ref.clone(), B, rnn)
 
 
 def _two_frames_close(cfg, w, fw, ref, got, B, rnn):
@@ -70,10 +59,10 @@ def _two_frames_close(cfg, w, fw, ref, got, B, rnn):
     for t, window in enumerate(_windows(cfg, B, 2)):
         want = frame_step_ref(w, window, ref)
         cond = frame_step_triton(fw, window, got)
-        _close(cond, want, f"cond, frame {t}")
-        _close(got.h, ref.h, f"h, frame {t}")
+        close_rel(cond, want, f"cond, frame {t}")
+        close_rel(got.h, ref.h, f"h, frame {t}")
         if rnn == "lstm":
-            _close(got.c, ref.c, f"c, frame {t}")
+            close_rel(got.c, ref.c, f"c, frame {t}")
 
 
 @pytest.mark.interpret
@@ -112,7 +101,7 @@ def test_bf16_within_twice_reference_error(rnn, B):
     cfg, w32, s32 = _setup(rnn, True, B, 3)
     w16 = w32.to(frame_dtype=torch.bfloat16)
     fw = FusedFrameWeights.from_inference(w16)
-    s16, sk = _clone(s32), _clone(s32)
+    s16, sk = s32.clone(), s32.clone()
     for t, window in enumerate(_windows(cfg, B, 3)):
         exact = frame_step_ref(w32, window, s32)
         ref = frame_step_ref(w16, window, s16)
@@ -136,7 +125,7 @@ def test_folded_backend_on_cpu_is_the_reference():
     from fastsrnn.backends.base import DecodeState
 
     window = _windows(cfg, 3, 1)[0]
-    a, b = _clone(st), _clone(st)
+    a, b = st.clone(), st.clone()
     got = backend.frame_step(DecodeState(a, window.clone()))
     want = frame_step_ref(backend.w, window, b)
     assert torch.equal(got, want) and torch.equal(a.h, b.h) and torch.equal(a.c, b.c)
@@ -153,7 +142,7 @@ def test_int8_frame_weights_take_the_reference_step():
         FusedFrameWeights.from_inference(w.to(frame_dtype=torch.int8))
     backend = make_backend("folded", random_model(cfg), frame_dtype=torch.int8)
     window = _windows(cfg, 3, 1)[0]
-    a, b = _clone(st), _clone(st)
+    a, b = st.clone(), st.clone()
     got = backend.frame_step(DecodeState(a, window.clone()))
     assert backend.w.int8 and backend.__dict__.get("_fused_frame") is None
     assert torch.equal(got, frame_step_ref(backend.w, window, b)) and torch.equal(a.h, b.h)
@@ -176,14 +165,14 @@ def test_folded_backend_on_gpu_uses_the_kernels(rnn, B, frame_dtype):
     exact = export_inference(model).to("cuda")
     st = model.frame_rnn.initial_state(B, "random", torch.Generator().manual_seed(2))
     st = RNNState(st.h.cuda(), None if st.c is None else st.c.cuda())
-    s_ref, s_exact, s_k = _clone(st), _clone(st), _clone(st)
+    s_ref, s_exact, s_k = st.clone(), st.clone(), st.clone()
     for window in _windows(cfg, B, 3):
         window = window.cuda()
         got = backend.frame_step(DecodeState(s_k, window)).clone()
         ref = frame_step_ref(backend.w, window, s_ref)
         if frame_dtype == torch.float32:
-            _close(got, ref, "cond")
-            _close(s_k.h, s_ref.h, "h")
+            close_rel(got, ref, "cond")
+            close_rel(s_k.h, s_ref.h, "h")
         else:
             e = frame_step_ref(exact, window, s_exact)
             assert (got - e).abs().max() <= 2 * (ref - e).abs().max()

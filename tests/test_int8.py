@@ -14,13 +14,12 @@ import re
 
 import pytest
 import torch
-from helpers import ODD, generate_and_compare, random_model
+from helpers import ODD, close_rel, generate_and_compare, random_model
 
 import fastsrnn.backends.cpu as cpu_mod
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.backends.base import DecodeState
-from fastsrnn.model import RNNState
 from fastsrnn.ops.build import cpu_extension, isa_level
 from fastsrnn.ops.export import clear_export_cache, export_inference, export_inference_cached, quantize_rows
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, int8_scales, linear_cpu, torch_linear
@@ -30,17 +29,6 @@ I8 = torch.int8
 
 def _model(rnn="lstm", skip=True, L=3, seed=0, **shape):
     return random_model(SampleRNNConfig(**dict(ODD, rnn_type=rnn, skip=skip, n_rnn=L, **shape)), seed=seed)
-
-
-def _clone(st: RNNState) -> RNNState:
-    return RNNState(st.h.clone(), None if st.c is None else st.c.clone())
-
-
-def _close(got, want, what: str, rtol: float = 1e-5):
-    """|got - want| <= rtol * (|want| + max|want| / 10): ~1e-5 relative, absolute near zeros."""
-    tol = rtol * (want.abs() + want.abs().max() / 10)
-    bad = (got - want).abs() > tol
-    assert not bad.any(), f"{what}: max abs error {(got - want).abs().max():.3g}, max |ref| {want.abs().max():.3g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,19 +107,19 @@ def test_export_cache_int8():
 # The kernels against the torch twin
 
 
-def _frames_close(model, w8, step, B: int, n: int = 2, seed: int = 0):
+def _framesclose_rel(model, w8, step, B: int, n: int = 2, seed: int = 0):
     """n frames of ``step(w8, window, state)`` against frame_step_ref on the same int8 weights."""
     g = torch.Generator().manual_seed(seed)
     ref = model.frame_rnn.initial_state(B, "random", g)
-    got = _clone(ref)
+    got = ref.clone()
     for t in range(n):
         window = torch.randint(0, model.cfg.q_levels, (B, model.cfg.frame_size), generator=g)
         want = frame_step_ref(w8, window, ref)
         cond = step(w8, window, got)
-        _close(cond, want, f"cond, frame {t}")
-        _close(got.h, ref.h, f"h, frame {t}")
+        close_rel(cond, want, f"cond, frame {t}")
+        close_rel(got.h, ref.h, f"h, frame {t}")
         if ref.c is not None:
-            _close(got.c, ref.c, f"c, frame {t}")
+            close_rel(got.c, ref.c, f"c, frame {t}")
 
 
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
@@ -139,12 +127,12 @@ def _frames_close(model, w8, step, B: int, n: int = 2, seed: int = 0):
 @pytest.mark.parametrize("B", [1, 3, 8])
 def test_frame_step_cpu_matches_twin(rnn, skip, B):
     model = _model(rnn, skip)
-    _frames_close(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 2), B)
+    _framesclose_rel(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 2), B)
 
 
 def test_frame_step_cpu_one_thread_and_one_layer():
     model = _model("lstm", True, L=1, dim=64)
-    _frames_close(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 1), 3)
+    _framesclose_rel(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 1), 3)
 
 
 def _isa_step(isa: str):
@@ -168,11 +156,11 @@ def test_isa_variants(isa):
     mod, step = _isa_step(isa)
     for rnn, B in (("lstm", 1), ("gru", 3)):
         model = _model(rnn, True)
-        _frames_close(model, export_inference(model, I8), step, B)
-    _linear_close(lambda x, q, b, s: mod.linear(x, q, b, 1, scale=s))
+        _framesclose_rel(model, export_inference(model, I8), step, B)
+    _linearclose_rel(lambda x, q, b, s: mod.linear(x, q, b, 1, scale=s))
 
 
-def _linear_close(fn):
+def _linearclose_rel(fn):
     g = torch.Generator().manual_seed(3)
     for B, N, K in ((1, 37, 100), (3, 2048, 256), (5, 9, 16)):  # (2048, 256) on one thread: prefetched
         x, w, b = torch.randn(B, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
@@ -185,8 +173,8 @@ def _linear_close(fn):
 
 
 def test_linear_cpu_int8():
-    _linear_close(lambda x, q, b, s: linear_cpu(x, q, b, 1, scale=s))
-    _linear_close(lambda x, q, b, s: linear_cpu(x, q, b, 2, scale=s))
+    _linearclose_rel(lambda x, q, b, s: linear_cpu(x, q, b, 1, scale=s))
+    _linearclose_rel(lambda x, q, b, s: linear_cpu(x, q, b, 2, scale=s))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +202,9 @@ def test_cpu_int8_large_batch_takes_the_torch_product(monkeypatch):
     generate_and_compare(backends, model, 3, n_frames=2, seed=5)
     assert calls, "the large-batch path did not take torch's product"
     w, state = backends[1].w, DecodeState(model.initial_state(2), torch.zeros(2, ODD["frame_size"], dtype=torch.long))
-    ref = _clone(state.rnn)
+    ref = state.rnn.clone()
     cond = backends[1].frame_step(state)  # B = 2: the fused C++ step
-    _close(cond, frame_step_ref(w, torch.zeros(2, ODD["frame_size"], dtype=torch.long), ref), "cond")
+    close_rel(cond, frame_step_ref(w, torch.zeros(2, ODD["frame_size"], dtype=torch.long), ref), "cond")
 
 
 def test_bench_int8_variants_and_gate():

@@ -16,12 +16,11 @@ import re
 
 import pytest
 import torch
-from helpers import generate_and_compare, random_model
+from helpers import close_rel, generate_and_compare, random_model, tier_of
 
 import fastsrnn.backends.cpu as cpu_mod
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
-from fastsrnn.model import RNNState
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, torch_linear
 
@@ -42,33 +41,13 @@ def _widened(x, w, b, scale=None):
     return torch_linear(x, w.float() if w.dtype == torch.bfloat16 else w, b, scale=scale)
 
 
-def _clone(st: RNNState) -> RNNState:
-    return RNNState(st.h.clone(), None if st.c is None else st.c.clone())
-
-
-def _close(got, want, what: str, rtol: float = 1e-5):
-    """|got - want| <= rtol * (|want| + max|want| / 10): ~1e-5 relative, absolute near zeros."""
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, want {tuple(want.shape)}"
-    tol = rtol * (want.abs() + want.abs().max() / 10)
-    bad = (got - want).abs() > tol
-    assert not bad.any(), f"{what}: max abs error {(got - want).abs().max():.3g}, max |ref| {want.abs().max():.3g}"
-
-
-def _tier(model, w, k: int):
-    """Tier k's (weights, window width S_k, n_out, conditioned) (k = 0: the bottom frame tier)."""
-    cfg = model.cfg
-    tw = w if k == 0 else w.upper[k - 1]
-    n_out = cfg.frame_sizes[k]
-    return tw, cfg.tier_samples(k), n_out, k + 1 < len(cfg.frame_sizes)
-
-
 def _steps_close(model, w, k: int, B: int, n: int = 3, seed: int = 1, num_threads: int = 2):
     """n steps of tier k: frame_step_cpu against frame_step_ref (widened products) on the same
     weights, the returned output and the state updated in place."""
-    tw, S, n_out, conditioned = _tier(model, w, k)
+    tw, S, n_out, conditioned = tier_of(model.cfg, w, k)
     g = torch.Generator().manual_seed(seed)
     ref = model.frame_tiers[k].initial_state(B, "random", g)
-    got = _clone(ref)
+    got = ref.clone()
     H = model.cfg.dim
     for t in range(n):
         window = torch.randint(0, model.cfg.q_levels, (B, S), generator=g)
@@ -79,10 +58,10 @@ def _steps_close(model, w, k: int, B: int, n: int = 3, seed: int = 1, num_thread
         want = frame_step_ref(tw, window, ref, mm=_widened, cond=cond)
         out = frame_step_cpu(tw, window, got, num_threads, cond=cond)
         assert want.shape == (B, n_out, H) and got.h.data_ptr() == h_ptr
-        _close(out, want, f"tier {k} output, step {t}")
-        _close(got.h, ref.h, f"tier {k} h, step {t}")
+        close_rel(out, want, f"tier {k} output, step {t}")
+        close_rel(got.h, ref.h, f"tier {k} h, step {t}")
         if ref.c is not None:
-            _close(got.c, ref.c, f"tier {k} c, step {t}")
+            close_rel(got.c, ref.c, f"tier {k} c, step {t}")
 
 
 def _cases():
@@ -144,7 +123,7 @@ def test_bad_arguments():
     st = model.frame_rnn.initial_state(B)
     st_top = model.frame_tiers[1].initial_state(B)
     window, cond = torch.zeros(B, 3, dtype=torch.long), torch.zeros(B, H)
-    frame_step_cpu(w, window, _clone(st), 2, cond=cond)  # the valid call
+    frame_step_cpu(w, window, st.clone(), 2, cond=cond)  # the valid call
     with pytest.raises(ValueError, match=re.escape(f"frame_step: cond must have shape [{B}, {H}], got [{B}, {H - 1}]")):
         frame_step_cpu(w, window, st, 2, cond=cond[:, 1:])
     with pytest.raises(ValueError, match=re.escape(f"frame_step: cond must have shape [{B}, {H}], got [1, {H}]")):

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import compile_problems, frame_step_kernels, random_model, record_launches
+from helpers import close_rel, compile_problems, frame_step_kernels, random_model, record_launches, tier_of
 
 from fastsrnn import SampleRNNConfig
 from fastsrnn.model import RNNState
@@ -39,20 +39,9 @@ def _model(rnn: str = "lstm", skip: bool = True, L: int = 2, seed: int = 0, **ov
     return cfg, random_model(cfg, seed=seed)
 
 
-def _tier(cfg, w, k: int):
-    """Tier k's (weights, S_k, conditioned, n_out); w: the model's InferenceWeights."""
-    n_up = len(cfg.frame_sizes) - 1
-    return (w if k == 0 else w.upper[k - 1], cfg.tier_samples(k), k < n_up,
-            cfg.frame_size if k == 0 else cfg.frame_sizes[k])
-
-
 def _states(model, B: int, seed: int = 2):
     """Every tier's random state (RNNState per tier, bottom first), on the model's device."""
     return model.initial_state(B, "random", torch.Generator().manual_seed(seed)).tiers()
-
-
-def _clone(st: RNNState) -> RNNState:
-    return RNNState(st.h.clone(), None if st.c is None else st.c.clone())
 
 
 def _inputs(cfg, B: int, S: int, conditioned: bool, n: int, seed: int = 1, device="cpu"):
@@ -68,13 +57,6 @@ def _inputs(cfg, B: int, S: int, conditioned: bool, n: int, seed: int = 1, devic
     return out
 
 
-def _close(got, want, what: str, rtol: float = 1e-5):
-    """|got - want| <= rtol * (|want| + max|want| / 10): ~1e-5 relative, absolute near zeros."""
-    tol = rtol * (want.abs() + want.abs().max() / 10)
-    bad = (got - want).abs() > tol
-    assert not bad.any(), f"{what}: max abs error {(got - want).abs().max():.3g}, max |ref| {want.abs().max():.3g}"
-
-
 def _steps_close(w, fw, ref: RNNState, got: RNNState, inputs, n_out: int, what: str):
     """frame_step_ref on ``ref`` and frame_step_triton on ``got``, step by step: the output
     (B, n_out, H) and the in-place updated h, c close."""
@@ -82,10 +64,10 @@ def _steps_close(w, fw, ref: RNNState, got: RNNState, inputs, n_out: int, what: 
         want = frame_step_ref(w, window, ref, cond=cond)
         out = frame_step_triton(fw, window, got, cond)
         assert out.shape == (window.shape[0], n_out, w.cfg.dim) == want.shape
-        _close(out, want, f"{what}: output, step {t}")
-        _close(got.h, ref.h, f"{what}: h, step {t}")
+        close_rel(out, want, f"{what}: output, step {t}")
+        close_rel(got.h, ref.h, f"{what}: h, step {t}")
         if ref.c is not None:
-            _close(got.c, ref.c, f"{what}: c, step {t}")
+            close_rel(got.c, ref.c, f"{what}: c, step {t}")
 
 
 def _bf16_within_twice(w32, states, inputs, device, what: str):
@@ -95,7 +77,7 @@ def _bf16_within_twice(w32, states, inputs, device, what: str):
     w32 = w32.to(device)
     fw = FusedFrameWeights.from_inference(w16)
     s32 = RNNState(states.h.to(device), None if states.c is None else states.c.to(device))
-    s16, sk = _clone(s32), _clone(s32)
+    s16, sk = s32.clone(), s32.clone()
     for t, (window, cond) in enumerate(inputs):
         exact = frame_step_ref(w32, window, s32, cond=cond)
         ref = frame_step_ref(w16, window, s16, cond=cond)
@@ -128,12 +110,12 @@ def test_tier_matches_reference(rnn, skip, k, B):
     relative of frame_step_ref; the output has n_out positions (not S_k)."""
     kmod = frame_step_kernels()
     cfg, model = _model(rnn, skip)
-    w, S, conditioned, n_out = _tier(cfg, export_inference(model), k)
+    w, S, n_out, conditioned = tier_of(cfg, export_inference(model), k)
     assert n_out != S or k == 0
     ref = _states(model, B)[k]
     calls, restore = record_launches(kmod)
     try:
-        _steps_close(w, FusedFrameWeights.from_inference(w), ref, _clone(ref), _inputs(cfg, B, S, conditioned, 2),
+        _steps_close(w, FusedFrameWeights.from_inference(w), ref, ref.clone(), _inputs(cfg, B, S, conditioned, 2),
                      n_out, TIERS[k])
     finally:
         restore()
@@ -156,10 +138,10 @@ def test_wide_frame_loops_over_tiles(rnn, B):
     w = export_inference(model)
     states = _states(model, B)
     for k in (0, 1):
-        tw, S, conditioned, n_out = _tier(cfg, w, k)
+        tw, S, n_out, conditioned = tier_of(cfg, w, k)
         calls, restore = record_launches(kmod)
         try:
-            _steps_close(tw, FusedFrameWeights.from_inference(tw), states[k], _clone(states[k]),
+            _steps_close(tw, FusedFrameWeights.from_inference(tw), states[k], states[k].clone(),
                          _inputs(cfg, B, S, conditioned, 2), n_out, TIERS[2 * k])
         finally:
             restore()
@@ -184,7 +166,7 @@ def test_aligned_shapes_and_strided_views(rnn, B):
         return torch.empty(t.shape[1], t.shape[0], t.shape[2]).copy_(t.transpose(0, 1)).transpose(0, 1)
 
     for k, ref in enumerate(_states(model, B)):
-        tw, S, conditioned, n_out = _tier(cfg, w, k)
+        tw, S, n_out, conditioned = tier_of(cfg, w, k)
         g = torch.Generator().manual_seed(3)
         hist = torch.randint(0, cfg.q_levels, (B, 2 * S), generator=g)
         ups = torch.randn(B, 4, cfg.dim, generator=g)
@@ -206,13 +188,13 @@ def test_cond_with_any_strides(rnn):
     per row stride: the same results as dense copies."""
     frame_step_kernels()
     cfg, model = _model(rnn, True)
-    w, S, conditioned, n_out = _tier(cfg, export_inference(model), 1)
+    w, S, n_out, conditioned = tier_of(cfg, export_inference(model), 1)
     ref = _states(model, 3)[1]
     g = torch.Generator().manual_seed(4)
     inputs = [(torch.randint(0, cfg.q_levels, (S, 3), generator=g).t(), torch.randn(cfg.dim, 3, generator=g).t())
               for _ in range(2)]
     assert inputs[0][1].stride(1) != 1 and inputs[0][0].stride(1) != 1
-    _steps_close(w, FusedFrameWeights.from_inference(w), ref, _clone(ref), inputs, n_out, "middle, transposed")
+    _steps_close(w, FusedFrameWeights.from_inference(w), ref, ref.clone(), inputs, n_out, "middle, transposed")
 
 
 @pytest.mark.interpret
@@ -225,7 +207,7 @@ def test_bf16_within_twice_reference_error(rnn, B):
     cfg, model = _model(rnn, True)
     w = export_inference(model)
     for k, st in enumerate(_states(model, B)):
-        tw, S, conditioned, _ = _tier(cfg, w, k)
+        tw, S, _, conditioned = tier_of(cfg, w, k)
         _bf16_within_twice(tw, st, _inputs(cfg, B, S, conditioned, 3), "cpu", TIERS[k])
 
 
@@ -255,7 +237,7 @@ def _backend_run(be, model, B: int, n_frames: int, seed: int = 5):
 def _backends_close(got, want, rtol: float = 1e-4):
     for n, (a, b) in enumerate(zip(got, want)):
         for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"frame {n}, tensor {i} (logits, tiers' h, c, upper outputs)", rtol)
+            close_rel(x, y, f"frame {n}, tensor {i} (logits, tiers' h, c, upper outputs)", rtol)
 
 
 @pytest.mark.interpret
@@ -318,7 +300,7 @@ def test_bad_inputs_are_refused(case):
     k = frame_step_kernels()
     tier, make, exc, msg = _bad_cases()[case]
     cfg, model = _model("lstm", True)
-    w, S, conditioned, _ = _tier(cfg, export_inference(model), tier)
+    w, S, _, conditioned = tier_of(cfg, export_inference(model), tier)
     st = _states(model, 2)[tier]
     h, c = st.h.clone(), st.c.clone()
     window, cond = make(*_inputs(cfg, 2, S, True, 1)[0])
@@ -336,7 +318,7 @@ def test_fused_weights_per_tier():
     buffers sized (B, n_out, H), each tier's its own; int8 tier weights are refused."""
     cfg, model = _model("gru", True)
     w = export_inference(model)
-    fws = [FusedFrameWeights.from_inference(_tier(cfg, w, k)[0]) for k in TIERS]
+    fws = [FusedFrameWeights.from_inference(tier_of(cfg, w, k)[0]) for k in TIERS]
     assert [fw.n_out for fw in fws] == [3, 2, 3]
     bufs = [fw.get_buffers(4, torch.device("cpu")) for fw in fws]
     assert [tuple(b["cond"].shape) for b in bufs] == [(4, 3, 23), (4, 2, 23), (4, 3, 23)]
@@ -423,14 +405,14 @@ def test_every_tier_on_gpu(rnn, skip, B, wdt):
     w = export_inference(model)
     states = _states(model, B)
     for k, st in enumerate(states):
-        tw, S, conditioned, n_out = _tier(cfg, w, k)
+        tw, S, n_out, conditioned = tier_of(cfg, w, k)
         inputs = _inputs(cfg, B, S, conditioned, 3, device="cuda")
         if wdt == "bf16":
             _bf16_within_twice(tw, st, inputs, "cuda", TIERS[k])
             continue
         twc = tw.to("cuda")
         ref = RNNState(st.h.cuda(), None if st.c is None else st.c.cuda())
-        _steps_close(twc, FusedFrameWeights.from_inference(twc), ref, _clone(ref), inputs, n_out, TIERS[k])
+        _steps_close(twc, FusedFrameWeights.from_inference(twc), ref, ref.clone(), inputs, n_out, TIERS[k])
 
 
 @pytest.mark.gpu
