@@ -67,7 +67,7 @@ class _Trainer:
     optimizer step exactly as the trainer's (the same fastsrnn.training.trainer.optimizer_step)."""
 
     def __init__(self, cfg: SampleRNNConfig, variant: str, x: torch.Tensor, tbptt: int, device):
-        from fastsrnn.training.trainer import TrainForward, optimizer_step
+        from fastsrnn.training.trainer import TrainForward, optimizer_step, tbptt_samples
 
         amp, compile = VARIANTS[variant]
         torch.manual_seed(0)
@@ -75,7 +75,7 @@ class _Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.forward = TrainForward(self.model, device, amp, compile)
         self.params, self._step = list(self.model.parameters()), optimizer_step
-        self.cfg, self.x, self.T = cfg, x, tbptt * cfg.frame_size
+        self.cfg, self.x, self.T = cfg, x, tbptt_samples(tbptt, cfg)  # the trainer's rule (whole top frames)
         self.n_sub = (x.shape[1] - cfg.lookback) // self.T
         self.sub, self.state = 0, None
 

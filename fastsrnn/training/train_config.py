@@ -74,13 +74,13 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def tbptt_samples(tcfg: TrainConfig, cfg) -> int:
-    """Targets per truncated-BPTT sub-sequence: tbptt bottom frames of F samples, which must be
-    whole frames of the top tier (cfg.lookback samples) for an n-tier model."""
-    T = tcfg.tbptt * cfg.frame_size
+def tbptt_samples(tbptt: int, cfg) -> int:
+    """Targets per truncated-BPTT sub-sequence: ``tbptt`` bottom frames of F samples, which must
+    be whole frames of the top tier (cfg.lookback samples) for an n-tier model."""
+    T = tbptt * cfg.frame_size
     if T % cfg.lookback:
         per = cfg.lookback // cfg.frame_size
-        raise ValueError(f"tbptt {tcfg.tbptt} frames of {cfg.frame_size} samples = {T} samples is not a whole number "
+        raise ValueError(f"tbptt {tbptt} frames of {cfg.frame_size} samples = {T} samples is not a whole number "
                          f"of the top tier's frames ({cfg.lookback} samples, frame_sizes {cfg.frame_sizes}); "
                          f"use a tbptt that is a multiple of {per}")
     return T

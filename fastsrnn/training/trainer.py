@@ -160,7 +160,7 @@ class _Loop(CheckpointMixin, ClipsMixin):
         self.run, self.cfg, self.tcfg, self.dist, self.data_dir = run, cfg, tcfg, dist, data_dir
         self.log = print if (progress and dist.rank0) else (lambda *a, **k: None)
         self.device = dist.device(tcfg.device)
-        self.tbptt_samples = tbptt_samples(tcfg, cfg)
+        self.tbptt_samples = tbptt_samples(tcfg.tbptt, cfg)
         self._load_data(data_dir)
         torch.manual_seed(tcfg.seed)
         self.raw = SampleRNN(cfg).to(self.device)
