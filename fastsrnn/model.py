@@ -9,6 +9,8 @@ L RNN layers; S = cfg.lookback (the top frame tier's frame; F with 2 tiers).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -28,6 +30,29 @@ def _maybe_wn(module: nn.Module, on: bool, names=("weight",)) -> nn.Module:
         for name in names:
             _weight_norm(module, name=name, dim=0)
     return module
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_autocast_lstm_ok() -> bool:
+    """Whether torch's LSTM runs under CPU bf16 autocast on this machine (probed once per process).
+
+    Under autocast torch hands a CPU LSTM to oneDNN in bf16, and oneDNN has no bf16 LSTM on a CPU
+    without native bf16 instructions (AVX512-BF16 or AMX: e.g. AVX2-only AMD EPYCs): there it
+    raises "could not create a primitive descriptor for the LSTM forward propagation primitive".
+    A one-step probe asks the library itself, rather than guessing from the CPU's flags.
+    """
+    probe = nn.LSTM(2, 2, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            probe(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    return (not x.is_cuda and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 @dataclass
@@ -173,7 +198,11 @@ class FrameLevelRNN(nn.Module):
         One ``torch.cat`` of the computed weights gives it the chunk it wants (the same copy cuDNN
         would make, O(weights), without the warning); the gradients flow back through the cat.
         The values are the same tensors, so results do not change; off CUDA the module runs as is.
+        An LSTM under CPU bf16 autocast on a CPU without a bf16 LSTM runs in fp32
+        (:func:`cpu_autocast_lstm_ok`), the rest of the model staying in bf16.
         """
+        if isinstance(rnn, nn.LSTM) and _cpu_bf16_autocast(x) and not cpu_autocast_lstm_ok():
+            return _lstm_fp32(rnn, x, hx)
         if flat is None:
             flat = x.is_cuda and self.cfg.weight_norm
         if not flat:
@@ -190,6 +219,21 @@ class FrameLevelRNN(nn.Module):
     def step(self, frame: torch.Tensor, state: RNNState, cond: Optional[torch.Tensor] = None):
         """One step. frame: (B, n_in) int, cond: (B, H) or None -> upsampled (B, n_out, H), new state."""
         return self.forward(frame[:, None, :], state, None if cond is None else cond[:, None, :])
+
+
+_FP32_LSTM_SAID = False
+
+
+def _lstm_fp32(rnn: nn.LSTM, x: torch.Tensor, hx):
+    """``rnn(x, hx)`` in fp32 with autocast paused: the CPU bf16-autocast fallback (said once)."""
+    global _FP32_LSTM_SAID
+    if not _FP32_LSTM_SAID:
+        _FP32_LSTM_SAID = True
+        warnings.warn("this CPU has no bf16 LSTM (oneDNN needs AVX512-BF16 or AMX): under --amp bf16 the "
+                      "LSTM layers run in fp32 and the rest of the model in bf16", UserWarning, stacklevel=3)
+    with torch.autocast("cpu", enabled=False):
+        out, (h, c) = rnn(x.float(), (hx[0].float(), hx[1].float()))
+    return out, (h, c)
 
 
 class SampleLevelMLP(nn.Module):

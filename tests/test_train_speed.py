@@ -155,3 +155,43 @@ def test_compile_failure_falls_back_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler here"):
         bits, _ = fw(x, model.initial_state(2), SMALL.frame_size)
     assert math.isfinite(bits.item()) and fw.compiled is None
+
+
+def test_amp_bf16_lstm_falls_back_to_fp32_where_the_cpu_has_no_bf16_lstm(monkeypatch):
+    """The fallback path, forced, so that it runs on every CPU: under bf16 autocast the LSTM layers
+    run in fp32 (once said), so the carried state is the fp32 model's bit for bit (nothing but the
+    LSTMs and concatenations lies between the frame input and the state), while the loss, through
+    the bf16 upsampling and MLP, stays within bf16's rounding of the fp32 loss."""
+    import fastsrnn.model as model_mod
+    from fastsrnn.model import nll_bits
+
+    monkeypatch.setattr(model_mod, "cpu_autocast_lstm_ok", lambda: False)
+    monkeypatch.setattr(model_mod, "_FP32_LSTM_SAID", False)
+    torch.manual_seed(0)
+    model = SampleRNN(SMALL)
+    x = torch.randint(0, SMALL.q_levels, (3, SMALL.frame_size * 5))
+    state = model.initial_state(3, "random", torch.Generator().manual_seed(2))
+    logits, ref_state = model(x, state)
+    ref_bits = nll_bits(logits, x[:, SMALL.frame_size:])
+    with pytest.warns(UserWarning, match="no bf16 LSTM"):
+        bits, new = TrainForward(model, torch.device("cpu"), "bf16")(x, state, SMALL.frame_size)
+    assert torch.equal(new.h, ref_state.h) and torch.equal(new.c, ref_state.c)
+    assert abs(bits.item() - ref_bits.item()) / ref_bits.item() < 2e-2
+    bits.backward()  # the fp32 LSTM's backward under the bf16 graph
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_amp_bf16_lstm_runs_natively_where_the_cpu_has_a_bf16_lstm():
+    """The native path, where this CPU has it: the LSTM itself runs in bf16 under autocast."""
+    from fastsrnn.model import cpu_autocast_lstm_ok
+
+    if not cpu_autocast_lstm_ok():
+        pytest.skip("this CPU has no bf16 LSTM (no AVX512-BF16/AMX): the fallback test covers it")
+    torch.manual_seed(0)
+    model = SampleRNN(SMALL)
+    x = torch.randn(2, 3, SMALL.frame_size)
+    st = model.initial_state(2)
+    fr = model.frame_rnn
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = fr.run_rnn(fr.rnns[0], x, (st.h[:1].contiguous(), st.c[:1].contiguous()))
+    assert out.dtype == torch.bfloat16

@@ -28,7 +28,7 @@ import torch
 
 from fastsrnn.atomic import atomic_write_text
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.model import SampleRNN
+from fastsrnn.model import SampleRNN, cpu_autocast_lstm_ok
 from fastsrnn.tools.bench_measure import machine_info, measured, versions
 
 VARIANTS = {"fp32": ("off", False), "bf16": ("bf16", False), "compile": ("off", True), "bf16+compile": ("bf16", True)}
@@ -202,7 +202,9 @@ def run_train(args) -> int:
         payload = {"kind": "train", "machine": machine_info(device), "versions": versions(),
                    "config": {"presets": presets, "variants": variants, "steps": args.steps, "warmup": args.warmup,
                               "batch_size": args.batch_size, "tbptt": args.tbptt, "device": str(device),
-                              "tolerance": TOLERANCE},
+                              "tolerance": TOLERANCE,
+                              # False: this CPU's bf16 rows ran their LSTM layers in fp32 (model.py)
+                              "cpu_bf16_lstm": device.type != "cpu" or cpu_autocast_lstm_ok()},
                    "rows": [asdict(r) for r in rows]}
         atomic_write_text(args.json, json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
