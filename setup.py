@@ -7,8 +7,8 @@ can JIT-build and import them.
 from setuptools import setup
 
 setup(
-    packages=["fastsrnn", "fastsrnn.backends", "fastsrnn.data", "fastsrnn.generation", "fastsrnn.ops", "fastsrnn.tools",
-              "fastsrnn.training", "fastsrnn.kernels", "fastsrnn.csrc"],
+    packages=["fastsrnn", "fastsrnn.backends", "fastsrnn.data", "fastsrnn.generation", "fastsrnn.ops",
+              "fastsrnn.quality", "fastsrnn.tools", "fastsrnn.training", "fastsrnn.kernels", "fastsrnn.csrc"],
     package_dir={"fastsrnn.kernels": "kernels", "fastsrnn.csrc": "csrc"},
     package_data={"fastsrnn.csrc": ["cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cpp", "cuda/*.h", "cuda/*.cuh"]},
 )

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
     from fastsrnn.generation.generator import Generator, generate  # noqa: F401
     from fastsrnn.generation.precision import PRECISIONS, PrecisionRefused  # noqa: F401
     from fastsrnn.model import SampleRNN  # noqa: F401
-    from fastsrnn.training.trainer import TrainConfig, train  # noqa: F401
+    from fastsrnn.training.train_config import TrainConfig  # noqa: F401
+    from fastsrnn.training.trainer import train  # noqa: F401
 
 
 def __getattr__(name: str):
@@ -38,7 +39,9 @@ def __getattr__(name: str):
         from fastsrnn import config as module
     elif name == "SampleRNN":
         from fastsrnn import model as module
-    elif name in ("TrainConfig", "train"):
+    elif name == "TrainConfig":
+        from fastsrnn.training import train_config as module
+    elif name == "train":
         from fastsrnn.training import trainer as module
     elif name == "prepare":
         from fastsrnn.data import prepare as module

@@ -22,7 +22,7 @@ import torch
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState
 from fastsrnn.ops.sampling import cdf_margin
-from fastsrnn.training.trainer import TrainConfig
+from fastsrnn.training.train_config import TrainConfig
 
 # ---------------------------------------------------------------------------------------------
 # Models

@@ -1,7 +1,7 @@
 """The listening aids tell silence, noise, a trap and music apart on synthesized clips."""
 import numpy as np
 
-from fastsrnn.tools.analysis import analyze_clip
+from fastsrnn.quality.verdict import analyze_clip
 
 SR = 16000
 
@@ -35,7 +35,7 @@ def test_metrics_plot(tmp_path):
     rows = [{"step": s, "train_bits": 8 - s / 10, "valid_bits": 7.5 - s / 10} for s in (10, 20, 30)]
     lines = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "test_bits": 4.0}\n'
     (tmp_path / "metrics.jsonl").write_text(lines)
-    from fastsrnn.tools.analysis import plot_metrics
+    from fastsrnn.training.plot import plot_metrics
 
     out = plot_metrics(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.part"))

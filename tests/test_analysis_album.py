@@ -8,8 +8,8 @@ import pytest
 
 from fastsrnn.data.audio import read_audio
 from fastsrnn.data.prepare import prepare, split_files
-from fastsrnn.tools.album_reference import STATS_FILE, album_reference
-from fastsrnn.tools.analysis import analyze_clip
+from fastsrnn.quality.album_reference import STATS_FILE, album_reference
+from fastsrnn.quality.verdict import analyze_clip
 
 SR = 16000
 

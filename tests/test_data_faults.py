@@ -203,7 +203,7 @@ def test_manifest_entries_outside_the_dataset_are_refused(dataset, bad):
 
 def test_a_chunk_whose_bytes_changed_is_named(dataset):
     from fastsrnn.config import SampleRNNConfig
-    from fastsrnn.training.data import load_split
+    from fastsrnn.data.chunks import load_split
 
     out, m = dataset
     assert len(split_files(out, "train")) == Counter(c["split"] for c in m["chunks"])["train"]

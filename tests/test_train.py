@@ -11,7 +11,8 @@ import pytest
 from helpers import SMALL, assert_same_training_state, riff_dataset, small_train_config
 
 from fastsrnn.checkpoint import load_checkpoint
-from fastsrnn.training.trainer import TrainConfig, train
+from fastsrnn.training.train_config import TrainConfig
+from fastsrnn.training.trainer import train
 
 
 @pytest.fixture(scope="module")

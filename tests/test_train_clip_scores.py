@@ -8,9 +8,10 @@ import warnings
 import pytest
 from helpers import SMALL, riff_dataset, small_train_config
 
-from fastsrnn.tools import analysis
-from fastsrnn.tools.analysis import ClipReport
+from fastsrnn.quality import verdict as verdicts
+from fastsrnn.quality.verdict import ClipReport
 from fastsrnn.training import clip_scores
+from fastsrnn.training.plot import plot_metrics
 from fastsrnn.training.trainer import train
 
 
@@ -38,7 +39,7 @@ def _train_warned(data, run, **cfg):
 
 
 def _fake_verdict(monkeypatch, verdict, closeness=0.05):
-    monkeypatch.setattr(analysis, "analyze_clip",
+    monkeypatch.setattr(verdicts, "analyze_clip",
                         lambda audio, sr, reference=None: ClipReport(-12.0, 0.9, 0.1, verdict, closeness))
 
 
@@ -106,7 +107,7 @@ def test_trapped_clips_warn_once(riff, tmp_path, monkeypatch):
 
 
 def test_an_unusable_album_reference_only_warns(riff, tmp_path, monkeypatch):
-    from fastsrnn.tools import album_reference
+    from fastsrnn.quality import album_reference
 
     def broken(*a, **k):
         raise ValueError("no chunks to compare against")
@@ -139,6 +140,6 @@ def test_metrics_plot_marks_the_checkpoints(tmp_path, monkeypatch):
         return real(self, x, *a, **k)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "axvline", axvline)
-    out = analysis.plot_metrics(tmp_path)
+    out = plot_metrics(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert lines == [10, 20, 30, 20]  # the 3 checkpoints (2 scored, 1 failed), then the one that warned

@@ -17,13 +17,11 @@ from fastsrnn.checkpoint import load_checkpoint
 from fastsrnn.cli import main
 from fastsrnn.outlock import OutputLocked, locked_output
 from fastsrnn.training import trainer
-from fastsrnn.training.trainer import (
-    CheckpointWriteError,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-    train,
-)
+from fastsrnn.training.dist import Dist
+from fastsrnn.training.errors import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
+from fastsrnn.training.signals import _StopOnSignal
+from fastsrnn.training.train_config import TrainConfig
+from fastsrnn.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +175,7 @@ def full(data, tmp_path_factory):
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_last_and_resume_is_exact(data, full, tmp_path, sig, code, capsys, monkeypatch):
     closed = []
-    monkeypatch.setattr(trainer.Dist, "close", lambda self: closed.append(True))
+    monkeypatch.setattr(Dist, "close", lambda self: closed.append(True))
 
     def cb(info):
         if info["step"] == 10:  # between the checkpoints of steps 7 and 14
@@ -231,14 +229,14 @@ def test_only_a_repeated_signal_stops_without_saving():
     from types import SimpleNamespace
 
     loop = SimpleNamespace(stop_signal=None)
-    with trainer._StopOnSignal(loop):
+    with _StopOnSignal(loop):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)  # another kind: no KeyboardInterrupt
         assert loop.stop_signal == signal.SIGINT  # the first one names the stop
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     loop = SimpleNamespace(stop_signal=signal.SIGTERM)  # as _stop_requested sets it for another rank's signal
-    with trainer._StopOnSignal(loop):
+    with _StopOnSignal(loop):
         os.kill(os.getpid(), signal.SIGTERM)
         assert loop.stop_signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

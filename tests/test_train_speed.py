@@ -11,7 +11,8 @@ from helpers import SMALL, riff_dataset, small_train_config
 from fastsrnn.checkpoint import load_checkpoint
 from fastsrnn.model import SampleRNN
 from fastsrnn.tools.bench_train import bench_train_preset, format_train_table
-from fastsrnn.training.trainer import TrainConfig, TrainForward, train
+from fastsrnn.training.train_config import TrainConfig
+from fastsrnn.training.trainer import TrainForward, train
 
 
 @pytest.fixture(scope="module")

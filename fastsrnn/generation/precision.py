@@ -149,7 +149,7 @@ def _digest(x: torch.Tensor) -> str:
 def dataset_test_levels(data_dir, cfg, n_seq: int = GUARD_SEQUENCES, seconds: float = GUARD_SECONDS) -> torch.Tensor:
     """The first ``seconds`` of the first ``n_seq`` chunks of a prepared dataset's test split,
     cut to a common whole number of frames: (B, T) int64."""
-    from fastsrnn.training.data import data_path, load_split
+    from fastsrnn.data.chunks import data_path, load_split
 
     chunks = load_split(data_path(data_dir), "test", cfg).levels[:n_seq]
     if not chunks:

@@ -67,7 +67,8 @@ class _Trainer:
     optimizer step exactly as the trainer's (the same fastsrnn.training.trainer.optimizer_step)."""
 
     def __init__(self, cfg: SampleRNNConfig, variant: str, x: torch.Tensor, tbptt: int, device):
-        from fastsrnn.training.trainer import TrainForward, optimizer_step, tbptt_samples
+        from fastsrnn.training.train_config import tbptt_samples
+        from fastsrnn.training.trainer import TrainForward, optimizer_step
 
         amp, compile = VARIANTS[variant]
         torch.manual_seed(0)

@@ -112,7 +112,8 @@ def _prepare(songs: List[Path], data: Path, progress: bool) -> None:
 
 
 def _train(data: Path, run: Path, steps: int, progress: bool, preset: str = "tiny") -> dict:
-    from fastsrnn.training.trainer import TrainConfig, train
+    from fastsrnn.training.train_config import TrainConfig
+    from fastsrnn.training.trainer import train
 
     last = run / "checkpoints" / "last.pt"
     if last.exists():

@@ -48,7 +48,7 @@ def clip_picture(clip, out=None, title: Optional[str] = None) -> Path:
 
 def mel_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """audio: (T,) float -> (N_MELS, frames) mel power in dB, floored RANGE_DB below its maximum."""
-    from fastsrnn.tools.album_reference import mel_filterbank
+    from fastsrnn.quality.album_reference import mel_filterbank
 
     if len(audio) < N_FFT:
         audio = np.pad(audio, (0, N_FFT - len(audio)))

@@ -3,7 +3,7 @@
 For a training run (``fastsrnn train --out RUN``): the training curves (RUN/metrics.png), then per
 checkpoint step its train and valid NLL and each clip (RUN/samples/<step>/clip_XX.wav) with a
 player, a picture (:mod:`fastsrnn.tools.pictures`), its verdict and closeness to the album
-(:mod:`fastsrnn.tools.analysis`), and the recommended checkpoint: the lowest validation NLL among
+(:mod:`fastsrnn.quality.verdict`), and the recommended checkpoint: the lowest validation NLL among
 the steps whose clips are neither noise-like nor trapped, mapped to the checkpoint file that holds
 it (only best.pt and last.pt are kept). For a generation folder (``fastsrnn generate --out GEN``):
 each sequence with its player, picture and verdict, and the settings of generation.json.
@@ -161,7 +161,7 @@ def _recorded_clip(run: Path, rec: dict, reference) -> Clip:
 def analyse(path: Path, reference=None) -> Clip:
     """The verdict of one audio file (against the album ``reference`` when given)."""
     from fastsrnn.data.audio import require_soundfile
-    from fastsrnn.tools.analysis import analyze_clip
+    from fastsrnn.quality.verdict import analyze_clip
 
     if not path.is_file():
         return Clip(path, "missing")
@@ -280,7 +280,7 @@ class _Reference:
 
     def get(self):
         if self.data is not None and self.ref is None:
-            from fastsrnn.tools.album_reference import album_reference
+            from fastsrnn.quality.album_reference import album_reference
 
             self.say(f"[report] album reference: {self.data}", flush=True)
             self.ref = album_reference(self.data, progress=False)
@@ -289,7 +289,7 @@ class _Reference:
 
 
 def _plot(run: Path) -> Optional[Path]:
-    from fastsrnn.tools.analysis import plot_metrics
+    from fastsrnn.training.plot import plot_metrics
 
     try:
         return plot_metrics(run)

@@ -45,7 +45,7 @@ _OPTIONS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsrnn.training.trainer import AMP_MODES, CLIP_BACKENDS, TrainConfig
+    from fastsrnn.training.train_config import AMP_MODES, CLIP_BACKENDS, TrainConfig
 
     choices = {"clip_h0": ("random", "learned", "zeros"), "clip_backend": CLIP_BACKENDS, "amp": AMP_MODES}
 
@@ -84,7 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsrnn.training.trainer import TrainConfig, TrainingInterrupted, _read_run_config, train
+    from fastsrnn.training.errors import TrainingInterrupted
+    from fastsrnn.training.run_folder import _read_run_config
+    from fastsrnn.training.train_config import TrainConfig
+    from fastsrnn.training.trainer import train
 
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()

@@ -1,7 +1,7 @@
 """The clips of each checkpoint, judged against the album they learn from.
 
 After a checkpoint's clips are written, :class:`ClipScorer` analyzes them against the training
-dataset (:func:`fastsrnn.tools.album_reference.album_reference`, computed once per run on first
+dataset (:func:`fastsrnn.quality.album_reference.album_reference`, computed once per run on first
 use and cached in DATA/album_stats.json) and returns one metrics.jsonl record::
 
     {"event": "clip_scores", "step": N, "epoch": E, "reference": "album",
@@ -47,7 +47,7 @@ class ClipScorer:
         """The album reference, or None (warned once) when it cannot be computed."""
         if not self._tried:
             self._tried = True
-            from fastsrnn.tools.album_reference import album_reference
+            from fastsrnn.quality.album_reference import album_reference
 
             try:
                 self._reference = album_reference(self.data_dir, progress=False)
@@ -74,7 +74,7 @@ class ClipScorer:
         if not files:
             return None
         from fastsrnn.data.audio import require_soundfile
-        from fastsrnn.tools.analysis import analyze_clip
+        from fastsrnn.quality.verdict import analyze_clip
 
         sf, ref = require_soundfile(), self.reference()
         clips = []

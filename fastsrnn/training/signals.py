@@ -1,16 +1,13 @@
 """SIGTERM and SIGINT: stop after the current step and save last.pt, on every rank alike.
 
 Separate from the loop: signal handlers and the cross-rank agreement on a stop are their own
-concern, and tests drive them without a run.
+concern, and tests drive them without a run. ``loop`` is the trainer's ``_Loop`` (its
+``stop_signal`` and ``dist``), which this module does not import (docs/DESIGN.md §1).
 """
 from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fastsrnn.training.trainer import _Loop
 
 
 class _StopOnSignal:
@@ -21,7 +18,7 @@ class _StopOnSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, loop: _Loop):
+    def __init__(self, loop):
         self.loop, self.old, self.received = loop, {}, set()
 
     def _handler(self, signum, frame):
@@ -48,7 +45,7 @@ class _StopOnSignal:
         return False
 
 
-def _stop_requested(loop: _Loop) -> bool:
+def _stop_requested(loop) -> bool:
     """Whether a signal asked the run to stop; under torchrun every rank must agree (save_last is collective)."""
     sig = loop.stop_signal  # read once: the handler may set it at any moment
     if loop.dist.world > 1:

@@ -3,7 +3,8 @@ then the test NLL of the best checkpoint and summary.json.
 
 Separate from :mod:`fastsrnn.training.trainer`, which builds the run (configs, data, model,
 optimizer) and holds the training step itself; this module only schedules what happens between
-steps.
+steps. ``loop`` is the trainer's ``_Loop``, which holds this module as one of its parts: the
+parts never import the loop (docs/DESIGN.md §1).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Dict, Optional
 
 from fastsrnn.atomic import atomic_write_text
 from fastsrnn.checkpoint import load_checkpoint, model_from_checkpoint
@@ -20,11 +21,8 @@ from fastsrnn.training.errors import TrainingInterrupted
 from fastsrnn.training.run_folder import _append_metrics, resume_command
 from fastsrnn.training.signals import _stop_requested
 
-if TYPE_CHECKING:
-    from fastsrnn.training.trainer import _Loop
 
-
-def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
+def _run_steps(loop, pos: Position, progress: bool, callback) -> None:
     from tqdm.auto import tqdm
 
     t = loop.tcfg
@@ -64,7 +62,7 @@ def _run_steps(loop: _Loop, pos: Position, progress: bool, callback) -> None:
                 raise TrainingInterrupted(msg, loop.stop_signal)
 
 
-def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: float) -> Optional[float]:
+def _validate(loop, pos: Position, train_bits: float, samples_per_s: float) -> Optional[float]:
     valid = loop.nll(loop.valid)
     # Without a valid split, the latest weights stand in for the best.
     if valid is None or valid < pos.best_valid:
@@ -80,7 +78,7 @@ def _validate(loop: _Loop, pos: Position, train_bits: float, samples_per_s: floa
     return valid
 
 
-def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
+def _finish(loop, pos: Position) -> Dict[str, Any]:
     """Test NLL of the best checkpoint; summary.json."""
     best = loop.run / "checkpoints" / "best.pt"
     loop.dist.barrier()
@@ -95,7 +93,7 @@ def _finish(loop: _Loop, pos: Position) -> Dict[str, Any]:
     if loop.dist.rank0:
         _append_metrics(loop.run / "metrics.jsonl", {"step": pos.step, "best_step": pos.best_step, "test_bits": test})
         try:  # matplotlib is the optional 'plot' extra
-            from fastsrnn.tools.analysis import plot_metrics
+            from fastsrnn.training.plot import plot_metrics
 
             summary["plot"] = str(plot_metrics(loop.run))
         except ImportError:

@@ -28,50 +28,28 @@ import torch
 
 from fastsrnn import env
 from fastsrnn.config import SampleRNNConfig
+from fastsrnn.data.chunks import ChunkSet, data_path, describe, equal_length_train, load_split
 from fastsrnn.model import RNNState, SampleRNN, nll_bits
 from fastsrnn.outlock import locked_output
-from fastsrnn.training.checkpointing import CheckpointMixin, Position, _write_cause  # noqa: F401
+from fastsrnn.training.checkpointing import CheckpointMixin, Position
 from fastsrnn.training.clip_scores import ClipScorer
 from fastsrnn.training.clips import ClipsMixin
-from fastsrnn.training.data import (
-    ChunkSet,
-    chunk_nll,
-    data_path,
-    describe,
-    epoch_permutation,
-    equal_length_train,
-    load_split,
-    n_subsequences,
-    subsequence,
-    with_context,
-)
 from fastsrnn.training.dist import Dist
-from fastsrnn.training.errors import CheckpointWriteError, TrainingDiverged, TrainingInterrupted  # noqa: F401
-from fastsrnn.training.run_folder import (  # noqa: F401
-    _append_metrics,
+from fastsrnn.training.errors import TrainingDiverged, TrainingInterrupted
+from fastsrnn.training.run_folder import (
     _check_run_folder,
     _check_sample_rate,
     _dataset_fingerprint,
-    _diff,
     _read_run_config,
     _resolve_configs,
     _truncate_metrics,
     _write_run_config,
-    resume_command,
 )
-from fastsrnn.training.signals import _stop_requested, _StopOnSignal  # noqa: F401
-from fastsrnn.training.steps import _finish, _run_steps, _validate  # noqa: F401
-from fastsrnn.training.train_config import (  # noqa: F401
-    AMP_MODES,
-    CLIP_BACKENDS,
-    DEFAULT_PRESET,
-    FLOAT_OPTIONS,
-    RUN_DEFINING,
-    TrainConfig,
-    tbptt_samples,
-)
+from fastsrnn.training.signals import _StopOnSignal
+from fastsrnn.training.steps import _finish, _run_steps
+from fastsrnn.training.tbptt import chunk_nll, epoch_permutation, n_subsequences, subsequence, with_context
+from fastsrnn.training.train_config import AMP_MODES, TrainConfig, tbptt_samples
 
-# The names marked noqa F401 are re-exported: the CLI, the tools and the tests import them from here.
 LN2 = 0.6931471805599453
 
 
@@ -153,8 +131,11 @@ def optimizer_step(forward: TrainForward, opt: torch.optim.Optimizer, params, in
 
 
 class _Loop(CheckpointMixin, ClipsMixin):
-    """The run's objects: configs, data, model, optimizer, paths, distributed context
-    (checkpoints: :mod:`fastsrnn.training.checkpointing`; clips: :mod:`fastsrnn.training.clips`)."""
+    """The run's objects: configs, data, model, optimizer, paths, distributed context. Its parts,
+    which never import it back: checkpoints (:mod:`fastsrnn.training.checkpointing`), clips
+    (:mod:`fastsrnn.training.clips`, :mod:`fastsrnn.training.clip_scores`), the step schedule
+    (:mod:`fastsrnn.training.steps`), signals (:mod:`fastsrnn.training.signals`), TBPTT slicing
+    (:mod:`fastsrnn.training.tbptt`)."""
 
     def __init__(self, data_dir, run: Path, cfg: SampleRNNConfig, tcfg: TrainConfig, dist: Dist, progress: bool):
         self.run, self.cfg, self.tcfg, self.dist, self.data_dir = run, cfg, tcfg, dist, data_dir

@@ -10,7 +10,7 @@ Features (one value per clip or chunk, each in the domain where its spread is ro
 - ``envelope_db``: standard deviation over frames of the frame level in dB (dynamics; stationary
   noise ~ 1 dB, music with notes and drums 4-10 dB).
 - ``flux_db``: onset strength, the mean positive frame-to-frame rise of the log-mel spectrum (dB).
-- ``repetition_nines``: -log10(1 - repetition), repetition as in :func:`fastsrnn.tools.analysis.repetition`
+- ``repetition_nines``: -log10(1 - repetition), repetition as in :func:`fastsrnn.quality.measures.repetition`
   (0.9 -> 1, 0.99 -> 2, capped at 3), so that "more repetitive than the album" is measurable
   near 1.
 - ``mel_distance_db``: RMS over mel bands of the difference between the clip's average log-mel
@@ -33,6 +33,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from fastsrnn.atomic import atomic_write_text
+from fastsrnn.quality.measures import repetition, rms_dbfs
 
 STATS_FILE = "album_stats.json"
 STATS_VERSION = 1  # bump when a feature's definition changes: old caches recompute
@@ -68,8 +69,6 @@ def _frames_power(audio: np.ndarray, n_fft: int = N_FFT) -> np.ndarray:
 
 def clip_features(audio: np.ndarray, sample_rate: int) -> Tuple[Dict[str, float], np.ndarray]:
     """audio: (T,) float, T >= N_FFT -> (features without ``mel_distance_db``, average log-mel (N_MELS,) dB)."""
-    from fastsrnn.tools.analysis import repetition, rms_dbfs
-
     power = _frames_power(audio)  # (n, K)
     if len(power) == 0:
         raise ValueError(f"a clip of {len(audio)} samples is too short to analyze (at least {N_FFT})")
