@@ -14,7 +14,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import backend_status, make_backend
-from fastsrnn.tools.bench import check_backend, frame_stepper, fresh_state, parse_variant
+from fastsrnn.tools.bench_measure import check_backend, frame_stepper, fresh_state, parse_variant
 
 BACKENDS = ["eager", "folded", "cpu", "cpu:bf16", "triton", "triton:bf16", "cuda", "cuda:nograph"]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fastsrnn.data.audio import read_audio
-from fastsrnn.data.prepare import prepare, split_files
+from fastsrnn.data.manifest import split_files
+from fastsrnn.data.prepare import prepare
 from fastsrnn.quality.album_reference import STATS_FILE, album_reference
 from fastsrnn.quality.verdict import analyze_clip
 

@@ -10,7 +10,8 @@ from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import backend_status, make_backend
 from fastsrnn.backends.folded import FoldedBackend
 from fastsrnn.tools import perf_model
-from fastsrnn.tools.bench import Row, check_against_eager, format_table, main, measured, parse_variant, time_frames
+from fastsrnn.tools.bench import Row, format_table, main
+from fastsrnn.tools.bench_measure import check_against_eager, measured, parse_variant, time_frames
 
 SMALL = dict(frame_size=4, emb_size=8, dim=32, n_rnn=2, q_levels=16)
 
@@ -67,7 +68,7 @@ def test_refuses_a_backend_that_disagrees():
 
 
 def test_low_precision_check_measures_the_logits_error():
-    from fastsrnn.tools.bench import check_low_precision
+    from fastsrnn.tools.bench_measure import check_low_precision
 
     torch.manual_seed(0)
     model = SampleRNN(SampleRNNConfig(**SMALL)).eval()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fastsrnn.cli import main as cli_main
-from fastsrnn.data.prepare import prepare, read_manifest, split_files
+from fastsrnn.data.manifest import read_manifest, split_files
+from fastsrnn.data.prepare import prepare
 from fastsrnn.outlock import LOCK_NAME, OutputLocked, locked_output
 
 prep = importlib.import_module("fastsrnn.data.prepare")  # the module: fastsrnn.data.prepare is also the function

@@ -15,7 +15,8 @@ import soundfile as sf
 
 from fastsrnn.cli import main as cli_main
 from fastsrnn.data.audio import AudioError, read_audio
-from fastsrnn.data.prepare import plan_chunks, prepare, read_manifest, split_files
+from fastsrnn.data.manifest import read_manifest, split_files
+from fastsrnn.data.prepare import plan_chunks, prepare
 from fastsrnn.outlock import LOCK_NAME
 
 prep = importlib.import_module("fastsrnn.data.prepare")  # the module: fastsrnn.data.prepare is also the function

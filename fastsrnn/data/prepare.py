@@ -30,16 +30,7 @@ import numpy as np
 
 from fastsrnn.atomic import atomic_path, atomic_write_text
 from fastsrnn.data.audio import AudioError, encode_audio, read_audio
-from fastsrnn.data.manifest import (  # noqa: F401 (read_manifest, split_files: importable from here as before)
-    FORMAT,
-    MANIFEST_FILE,
-    PLAN_FILE,
-    SPLITS,
-    VERSION,
-    file_sha256,
-    read_manifest,
-    split_files,
-)
+from fastsrnn.data.manifest import FORMAT, MANIFEST_FILE, PLAN_FILE, SPLITS, VERSION, file_sha256
 from fastsrnn.data.sources import find_sources
 from fastsrnn.outlock import LOCK_NAME, locked_output
 

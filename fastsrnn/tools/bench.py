@@ -20,18 +20,17 @@ generates itself in fp32. The bench's weights are random (NLL near 8 bits), so t
 far the rounding moves the model's distribution, not what a trained model's test loss would do.
 
 The measuring itself (timing, peak memory, the correctness gate, the floor) lives in
-fastsrnn/tools/bench_measure.py and is re-exported here: parse_variant, fresh_state, measured,
-frame_stepper, time_frames, checked_backends, check_against_eager, check_low_precision.
+fastsrnn/tools/bench_measure.py (parse_variant, fresh_state, measured, frame_stepper, time_frames,
+checked_backends, check_against_eager, check_low_precision: import them from there), the argument
+checks in fastsrnn/tools/bench_args.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -43,24 +42,16 @@ from fastsrnn.generation.precision import nll_pair
 from fastsrnn.model import SampleRNN
 from fastsrnn.ops.export import export_inference
 from fastsrnn.tools import perf_model
-from fastsrnn.tools.bench_measure import (  # noqa: F401  (re-exported: the public measuring API)
-    NEAR_TIE,
-    FrameTiming,
-    Measurement,
+from fastsrnn.tools.bench_args import _check_args, _check_device
+from fastsrnn.tools.bench_measure import (
     canonical_variant,
-    check_against_eager,
-    check_backend,
-    check_low_precision,
     checked_backends,
     frame_cost,
-    frame_stepper,
-    fresh_state,
     machine_info,
     measure_floor,
     measured,
     ordered,
     parse_variant,
-    sync,
     time_frames,
     versions,
 )
@@ -283,42 +274,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunks per batch [default: 8 for tiny, 128 for dadabots-2tier (the paper)]")
     t.add_argument("--tbptt", type=int, default=None,
                    help="frames per sub-sequence [default: 8 for tiny, 64 for dadabots-2tier (the paper)]")
-
-
-def _check_args(args, variants: List[str], n_seqs: List[int]) -> None:
-    for flag, values in (("--n-seq", n_seqs), ("--frames", [args.frames]), ("--repeats", [args.repeats]),
-                         ("--length-frames", args.length_frames)):
-        if any(v < 1 for v in values):
-            raise SystemExit(f"fastsrnn bench: {flag} must be >= 1, got {values}")
-    for preset in args.presets:
-        try:
-            SampleRNNConfig.from_name(preset)  # an unknown name fails here, before minutes of timing
-        except ValueError as e:
-            raise SystemExit(f"fastsrnn bench: --presets {e}") from None
-    try:
-        [parse_variant(v) for v in variants]
-    except ValueError as e:
-        raise SystemExit(f"fastsrnn bench: --backends {e}") from None
-    if args.json:  # a path that cannot be written fails now, not after minutes of timing
-        out = Path(args.json)
-        if out.is_dir():
-            raise SystemExit(f"fastsrnn bench: --json {out} is a folder; give a file path such as {out / 'bench.json'}")
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise SystemExit(f"fastsrnn bench: --json {out}: cannot write into {parent} (missing or not writable)")
-
-
-def _check_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise SystemExit(f"fastsrnn bench: --device {name!r}: {e}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"fastsrnn bench: --device must be cpu or cuda, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "a CPU-only build" if torch.version.cuda is None else "no usable CUDA device or driver"
-        raise SystemExit(f"fastsrnn bench: --device cuda, but torch {torch.__version__} sees no GPU ({why})")
-    return device
 
 
 def run_predict(args) -> int:

@@ -29,6 +29,7 @@ import torch
 from fastsrnn.atomic import atomic_write_text
 from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN, cpu_autocast_lstm_ok
+from fastsrnn.tools.bench_args import _check_args, _check_device
 from fastsrnn.tools.bench_measure import machine_info, measured, versions
 
 VARIANTS = {"fp32": ("off", False), "bf16": ("bf16", False), "compile": ("off", True), "bf16+compile": ("bf16", True)}
@@ -175,8 +176,6 @@ def format_train_table(rows: List[TrainRow]) -> str:
 
 def run_train(args) -> int:
     """``fastsrnn bench --train``: the table, the JSON; exit 1 when a variant was refused."""
-    from fastsrnn.tools.bench import _check_args, _check_device
-
     device = _check_device(args.device)  # TF32 settings left at torch's defaults, as 'fastsrnn train' runs
     presets = args.presets or (["dadabots-2tier"] if device.type == "cuda" else ["tiny"])
     args.presets = presets

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
-
-if TYPE_CHECKING:  # the annotations only: report.py imports this module
-    from fastsrnn.tools.report import Clip
+from typing import List, Optional
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;
@@ -61,7 +58,7 @@ def _verdict(v: str) -> str:
     return f'<span class="v {cls}">{_e(v)}</span>'
 
 
-def _clip_card(c: Clip, rel) -> str:
+def _clip_card(c, rel) -> str:  # c: a fastsrnn.tools.report.Clip (report.py imports this module)
     pic = f'<img src="{rel(c.picture)}" alt="waveform and spectrogram of {_e(c.path.name)}">' if c.picture else ""
     close = "" if c.closeness is None else f" closeness {c.closeness:.2f}"
     player = (f'<audio controls preload="metadata" src="{rel(c.path)}"></audio>' if c.path.is_file()
