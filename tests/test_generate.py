@@ -10,7 +10,8 @@ from helpers import random_model
 from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.generation.generator import Generator, generate, prime_levels
-from fastsrnn.generation.longgen import STATE, GenerationRun
+from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.rundir import STATE
 from fastsrnn.quantize import dequantize, silence_level
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)

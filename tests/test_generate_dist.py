@@ -15,7 +15,9 @@ from fastsrnn import SampleRNNConfig
 from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.cli import main
 from fastsrnn.generation.generator import Generator
-from fastsrnn.generation.longgen import LOCK_NAME, GenerationRun, RowsGenerator, split_rows
+from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.ranks import RowsGenerator, split_rows
+from fastsrnn.outlock import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)

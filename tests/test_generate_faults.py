@@ -16,7 +16,8 @@ from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.cli import main
 from fastsrnn.generation import longgen
 from fastsrnn.generation.generator import Generator, generate
-from fastsrnn.generation.longgen import SETTINGS, STATE, GenerationRun
+from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.rundir import SETTINGS, STATE
 from fastsrnn.outlock import LOCK_NAME, OutputLocked, locked_output
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)

@@ -9,8 +9,10 @@ from pathlib import Path
 from fastsrnn import env
 from fastsrnn.backends import BACKENDS
 from fastsrnn.generation.generator import check_device
-from fastsrnn.generation.longgen import GenerationRun, _read_settings, init_ranks
+from fastsrnn.generation.longgen import GenerationRun
 from fastsrnn.generation.precision import MAX_NLL_DELTA_BITS, PRECISIONS
+from fastsrnn.generation.ranks import init_ranks
+from fastsrnn.generation.rundir import _read_settings
 
 # The options that define a new generation (None on the command line = not given). A resumed
 # generation keeps its stored settings: giving one of these with --resume must agree with them.

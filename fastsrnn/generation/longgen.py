@@ -51,7 +51,7 @@ from fastsrnn.generation.preflight import (
     _ensure_open_files,
     _resume_precision_data,
 )
-from fastsrnn.generation.ranks import RowsGenerator, _generator, _raise_if_any_failed, init_ranks, split_rows
+from fastsrnn.generation.ranks import _generator, _raise_if_any_failed, init_ranks, split_rows
 from fastsrnn.generation.rundir import (
     FORMAT,
     SETTINGS,
@@ -63,10 +63,6 @@ from fastsrnn.generation.rundir import (
     _read_state,
     _state_path,
 )
-from fastsrnn.outlock import LOCK_NAME
-
-# Importable from here as before the split (the CLI, the benchmarks and the tests use these names).
-__all__ = ["FORMAT", "LOCK_NAME", "SETTINGS", "STATE", "GenerationRun", "RowsGenerator", "init_ranks", "split_rows"]
 
 
 class GenerationRun:
