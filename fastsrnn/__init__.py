@@ -9,9 +9,10 @@
 
 The public names are loaded on first use (PEP 562), so ``import fastsrnn`` and ``fastsrnn
 --help`` do not pay for torch, the audio libraries or the trainer until something needs them.
-The package's folders: data/ (audio I/O, preparation), training/, generation/ (the Generator,
-long runs), backends/ (dispatch), ops/ (one module per fused op: reference and launchers),
-tools/ (bench, analysis, demo). docs/DESIGN.md describes them.
+The package's folders: data/ (audio I/O, preparation, chunks), quality/ (clip measures, the
+album reference), training/, generation/ (the Generator, long runs), backends/ (dispatch), ops/
+(one module per fused op: reference and launchers), tools/ (bench, analyze, report, demo).
+docs/DESIGN.md §1 describes them and their layers.
 """
 from __future__ import annotations
 
