@@ -1,12 +1,24 @@
-"""Data-parallel training under torchrun: 2 CPU processes on gloo train the same weights as one
-process on the same global batch, resume exactly, and resume on another number of processes.
+"""Data-parallel training under torchrun: 2 CPU processes on gloo compute the gradient of one
+process on the same global batch, train the same weights, resume exactly, and resume on another
+number of processes.
 
-Each rank trains on a disjoint half of every global batch, DDP averages the gradients, so after
-N steps the weights equal the single-process run's up to the order of float sums (the batch
-split changes the reduction order of the matmuls and gloo sums the halves). Measured on a 2-core
-x86 CPU, torch 2.13, after 10 steps: weights and Adam moments within 5.4e-6 (max abs), the carried
-RNN state (LSTM cells reach several units) within 1.3e-4; a resume on the same number of processes
-is bit-identical. The bounds below leave a margin for other CPUs and BLAS builds.
+Why the tolerances are what they are. Each rank takes half of every global batch and DDP averages
+the two gradients, so the data-parallel gradient equals the one-process gradient up to the order
+of float sums: each element sums B x T = 4 x 1,024 per-target terms (split in two halves and
+summed by gloo), so its rounding is about sqrt(n) u = 4e-6 relative (u = 6e-8, fp32) and at most
+n u = 2.4e-4. GRAD_RTOL sits between the two: 25x the typical rounding, while a real fault (a
+rank's chunks dropped or counted twice, a sum instead of an average, a wrong split) moves the
+gradient by O(1). It is checked at step 1, where Adam's first moment is exactly 0.1 g.
+
+Later steps cannot be held to float-sum level: Adam's step, lr m/(sqrt(v) + eps), turns a
+rounding difference d of a gradient element that is within a few eps (1e-8) of zero into a step
+difference of up to lr d / eps = 1e5 d, which the next forward feeds into every gradient. Which
+elements those are depends on the data and on the CPU's summation order (the 3-tier model trips it
+on AVX2-only EPYCs: 3e-4 in one upsampling weight after 6 steps, while its step-1 gradients agree
+to 8e-7), so after N steps only the normwise drift of each tensor is bounded (DRIFT_RTOL; measured
+up to 2.4e-4 after 6 steps), well below what a fault does (a wrong step moves most elements by lr,
+1e-2 of a weight of this model's size, every step). Runs on the same number of processes do the
+same sums in the same order: their comparisons are exact.
 """
 import json
 import shutil
@@ -22,8 +34,9 @@ pytestmark = pytest.mark.skipif(not (tdist.is_available() and tdist.is_gloo_avai
                                 reason="torch was built without torch.distributed / gloo")
 
 REPO = Path(__file__).resolve().parents[1]
-TOL = 2e-5  # max abs difference of weights and Adam moments
-STATE_TOL = 1e-3  # max abs difference of the carried RNN state (h, c) after the last step
+GRAD_RTOL = 1e-4  # step 1: normwise difference of each gradient (Adam's first moment), relative
+STATE_RTOL = 1e-4  # step 1: the carried RNN state (h, c), max abs relative to its largest element
+DRIFT_RTOL = 1e-2  # after N steps: normwise difference of each weight and first moment, relative
 N, K = 10, 6  # steps in all; the interrupted runs stop at step K (mid-batch: sub-sequence 2 of 4)
 # riff data: 20 train chunks of 4,000 samples, 4 per batch (2 per rank), 4 sub-sequences of
 # 1,024 per batch: the 10 steps cross two batch boundaries, where the learned h0 is used again.
@@ -45,32 +58,59 @@ def _last(run: Path) -> dict:
     return load_checkpoint(run / "checkpoints" / "last.pt")
 
 
-def _max_diff(a: dict, b: dict):
-    """(max abs difference of weights and Adam state, of the carried state); positions must be equal."""
+def _positions_equal(a: dict, b: dict) -> None:
     for k in ("step", "epoch", "batch", "sub"):
         assert a[k] == b[k], (k, a[k], b[k])
-    assert a["model"].keys() == b["model"].keys()
+    assert a["model"].keys() == b["model"].keys() and a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def _states(ckpt: dict) -> list:
+    """Every carried state tensor: the bottom tier's (h, c) and, with n tiers, the tiers above."""
+    tensors = [ckpt[k] for k in ("rnn_h", "rnn_c")]
+    for tier in ckpt.get("rnn_upper") or []:
+        tensors += list(tier)
+    return [t for t in tensors if t is not None]
+
+
+def _rel(x, y) -> float:
+    """Normwise difference of y from x, relative to x."""
+    x, y = x.double(), y.double()
+    return ((x - y).norm() / x.norm().clamp_min(1e-30)).item()
+
+
+def _max_diff(a: dict, b: dict):
+    """(max abs difference of weights and Adam state, of the carried state); positions must be equal."""
+    _positions_equal(a, b)
     diffs = [(a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]]
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
     diffs += [(v.double() - sb[i][k].double()).abs().max().item() for i in sa for k, v in sa[i].items()]
-    state = [0.0]
-    for k in ("rnn_h", "rnn_c"):
-        assert (a[k] is None) == (b[k] is None), k
-        if a[k] is not None:
-            assert a[k].shape == b[k].shape, k
-            state.append((a[k] - b[k]).abs().max().item())
-    upper_a, upper_b = a.get("rnn_upper") or [], b.get("rnn_upper") or []  # n tiers: the tiers above
-    assert len(upper_a) == len(upper_b)
-    for ta, tb in zip(upper_a, upper_b):
-        state += [(x - y).abs().max().item() for x, y in zip(ta, tb) if x is not None]
-    return max(diffs), max(state)
+    sta, stb = _states(a), _states(b)
+    assert [t.shape for t in sta] == [t.shape for t in stb]
+    return max(diffs), max([0.0] + [(x - y).abs().max().item() for x, y in zip(sta, stb)])
 
 
-def _check(a: dict, b: dict, what: str) -> None:
-    weights, state = _max_diff(a, b)
-    print(f"\n{what}: weights and Adam state differ by {weights:.3g} at most, the carried state by {state:.3g}")
-    assert weights < TOL and state < STATE_TOL, (what, weights, state)
+def _check_step1(a: dict, b: dict, what: str) -> None:
+    """The data-parallel claim itself: after one step, the same gradients and carried state."""
+    _positions_equal(a, b)
+    assert a["step"] == 1
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    grad = max(_rel(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    sta, stb = _states(a), _states(b)
+    assert [t.shape for t in sta] == [t.shape for t in stb]
+    state = max((x - y).abs().max().item() / x.abs().max().clamp_min(1e-30).item() for x, y in zip(sta, stb))
+    print(f"\n{what}: gradients differ by {grad:.3g} (normwise), the carried state by {state:.3g}")
+    assert grad < GRAD_RTOL and state < STATE_RTOL, (what, grad, state)
+
+
+def _check_drift(a: dict, b: dict, what: str) -> None:
+    """After N steps on different numbers of processes: normwise drift of every tensor (module doc)."""
+    _positions_equal(a, b)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    drift = max([_rel(a["model"][k], b["model"][k]) for k in a["model"]]
+                + [_rel(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa]
+                + [_rel(x, y) for x, y in zip(_states(a), _states(b))])
+    print(f"\n{what}: weights, first moments and carried state drift by {drift:.3g} at most (normwise)")
+    assert drift < DRIFT_RTOL, (what, drift)
 
 
 def _metrics(run: Path) -> list:
@@ -84,17 +124,23 @@ def _records(run: Path) -> list:
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """The reference runs: 1 and 2 processes for N steps, and 2 processes stopped at step K."""
+    """The reference runs: 1 and 2 processes for 1 and N steps, and 2 processes stopped at step K."""
     root = tmp_path_factory.mktemp("dist")
+    _train(data, root / "one_1", 1, 1)
+    _train(data, root / "two_1", 1, 2)
     _train(data, root / "one", N, 1)
     _train(data, root / "two", N, 2)
     _train(data, root / "two_k", K, 2)
     return root
 
 
+def test_two_processes_compute_the_gradient_of_one(runs):
+    _check_step1(_last(runs / "one_1"), _last(runs / "two_1"), "2 processes vs 1 after 1 step")
+
+
 def test_two_processes_train_the_weights_of_one(runs):
     one, two = _last(runs / "one"), _last(runs / "two")
-    _check(one, two, f"2 processes vs 1 after {N} steps")
+    _check_drift(one, two, f"2 processes vs 1 after {N} steps")
     assert two["rnn_h"].shape[1] == 4  # the carried state of the whole global batch (both ranks)
     # metrics are averaged over the ranks: the same as one process's, one record each (rank 0 writes)
     m1, m2 = _metrics(runs / "one"), _metrics(runs / "two")
@@ -118,7 +164,7 @@ def test_two_processes_resume_exactly(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs / "two_k", run)
     _train(_data_of(runs), run, N, 2)
-    _check(_last(runs / "two"), _last(run), f"2 processes resumed at step {K} vs uninterrupted")
+    assert _max_diff(_last(runs / "two"), _last(run)) == (0.0, 0.0)  # the same sums in the same order
 
     def strip(ms):  # the stopped run validated at its last step K too (so its next train_bits mean is shorter)
         return [{k: v for k, v in m.items() if k not in ("samples_per_s", "time", "train_bits")} for m in ms
@@ -131,8 +177,8 @@ def test_resume_on_one_process_from_a_two_process_checkpoint(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs / "two_k", run)
     _train(_data_of(runs), run, N, 1)
-    _check(_last(runs / "one"), _last(run), f"1 process resumed from a 2-process step-{K} checkpoint vs 1 process")
-    _check(_last(runs / "two"), _last(run), f"1 process resumed from a 2-process step-{K} checkpoint vs 2 processes")
+    _check_drift(_last(runs / "one"), _last(run), f"1 process resumed from a 2-process step-{K} checkpoint vs 1")
+    _check_drift(_last(runs / "two"), _last(run), f"1 process resumed from a 2-process step-{K} checkpoint vs 2")
 
 
 def _data_of(runs: Path) -> str:
@@ -141,12 +187,15 @@ def _data_of(runs: Path) -> str:
 
 def test_a_3tier_model_trains_and_resumes_on_two_processes(data, tmp_path):
     """tiny-3tier: every tier's carried state is gathered in global batch order and split again on
-    resume; 2 processes match 1, and a 2-process resume is bit-identical."""
+    resume; 2 processes compute the gradient of 1 (step 1: the module doc says why not later), and
+    a 2-process run resumed at step 1 is bit-identical to an uninterrupted one after 6 steps."""
     args = ["--preset", "tiny-3tier"]  # after ARGS: the last --preset counts
-    for name, steps, nproc in (("one", 6, 1), ("two", 6, 2), ("two_k", 3, 2), ("two_k", 6, 2)):
+    for name, steps, nproc in (("one", 1, 1), ("two_k", 1, 2), ("two", 6, 2)):
         run_python(["-m", "fastsrnn", "train", data, "--out", tmp_path / name, "--max-steps", steps, *ARGS, *args],
                    tmp_path, nproc)
-    one, two, resumed = _last(tmp_path / "one"), _last(tmp_path / "two"), _last(tmp_path / "two_k")
-    assert len(two["rnn_upper"]) == 1 and two["rnn_upper"][0][0].shape[1] == 4
-    _check(one, two, "3 tiers: 2 processes vs 1 after 6 steps")
-    assert _max_diff(two, resumed) == (0.0, 0.0)
+    two_1 = _last(tmp_path / "two_k")
+    assert len(two_1["rnn_upper"]) == 1 and two_1["rnn_upper"][0][0].shape[1] == 4
+    _check_step1(_last(tmp_path / "one"), two_1, "3 tiers: 2 processes vs 1 after 1 step")
+    run_python(["-m", "fastsrnn", "train", data, "--out", tmp_path / "two_k", "--max-steps", 6, *ARGS, *args],
+               tmp_path, 2)
+    assert _max_diff(_last(tmp_path / "two"), _last(tmp_path / "two_k")) == (0.0, 0.0)
