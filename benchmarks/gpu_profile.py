@@ -23,6 +23,7 @@ from torch.autograd import DeviceType
 from fastsrnn.backends import make_backend
 from fastsrnn.config import SampleRNNConfig
 from fastsrnn.model import SampleRNN
+from fastsrnn.ops.sampling import Sampling
 from fastsrnn.tools.bench_measure import fresh_state, parse_variant, time_frames
 
 DEVICE = "cuda"
@@ -84,12 +85,12 @@ def profile(model, n_seq: int, variant: str, frames: int, top: int) -> list:
     F = model.cfg.frame_size
     state = fresh_state(model, n_seq, "cuda", 3)
     u = torch.rand(frames, n_seq, F, device="cuda")
-    inv_t = torch.ones(n_seq, device="cuda")
-    be.step_frames(state, u, inv_t)  # builds, compiles, graph captures
+    sampling = Sampling(torch.ones(n_seq, device="cuda"))
+    be.step_frames(state, u, sampling)  # builds, compiles, graph captures
     torch.cuda.synchronize()
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
-        be.step_frames(state, u, inv_t)
+        be.step_frames(state, u, sampling)
         torch.cuda.synchronize()
     rows = []
     for e in prof.key_averages():  # device-side events only: the kernels themselves

@@ -28,6 +28,7 @@ from fastsrnn.model import RNNState, SampleRNN
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import _scale, frame_step_cpu, frame_step_ref, linear_cpu
 from fastsrnn.ops.sample_frame import sample_frame_cpu
+from fastsrnn.ops.sampling import Sampling
 
 FRAME_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
@@ -55,7 +56,7 @@ def run(w, mode, frames, nt, seed=0):
     rnn = RNNState(torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1,
                    torch.randn(cfg.n_rnn, 1, cfg.dim, generator=g) * 0.1)
     u = torch.rand(frames, 1, cfg.frame_size, generator=g)
-    inv_t = torch.ones(1)
+    sampling = Sampling(torch.ones(1))
     out = torch.empty(1, cfg.frame_size, dtype=torch.long)
     drawn, times = [], []
     pool = ThreadPoolExecutor(1)
@@ -69,7 +70,7 @@ def run(w, mode, frames, nt, seed=0):
         else:
             cond = frame_step_rest(w, window, rnn, pending.result(), nt)
             pending = pool.submit(recurrent_products, w, rnn.h.clone(), 1)
-        sample_frame_cpu(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, u[f], inv_t, False, out,
+        sample_frame_cpu(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, u[f], sampling, out,
                          num_threads=1 if mode == "overlap" else nt)
         times.append(time.perf_counter() - t)
         drawn.append(out.clone())

@@ -14,6 +14,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import backend_status, make_backend
+from fastsrnn.ops.sampling import Sampling
 from fastsrnn.tools.bench_measure import check_backend, frame_stepper, fresh_state, parse_variant
 
 BACKENDS = ["eager", "folded", "cpu", "cpu:bf16", "triton", "triton:bf16", "cuda", "cuda:nograph"]
@@ -34,9 +35,9 @@ def test_frame_step(benchmark, bench_device, preset, backend, n_seq):
     check = check_backend(model, be, eager, backend, n_seq, bench_device)  # raises: not timed
     state = fresh_state(model, n_seq, bench_device, 0)
     u = torch.rand(n_seq, model.cfg.frame_size, device=bench_device)
-    inv_t = torch.ones(n_seq, device=bench_device)
+    sampling = Sampling(torch.ones(n_seq, device=bench_device))
     benchmark.extra_info.update(samples_per_frame=n_seq * model.cfg.frame_size, backend=backend,
                                 device=str(bench_device), check=check)
     slow = name in ("eager", "folded")
-    benchmark.pedantic(frame_stepper(be, state, u, inv_t, bench_device), warmup_rounds=2,
+    benchmark.pedantic(frame_stepper(be, state, u, sampling, bench_device), warmup_rounds=2,
                        rounds=5 if slow else 20, iterations=1)

@@ -27,6 +27,7 @@ from fastsrnn.model import RNNState, SampleRNN
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_cpu
 from fastsrnn.ops.sample_frame import sample_frame_cpu
+from fastsrnn.ops.sampling import Sampling
 
 FORMATS = {"fp32": (torch.float32, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16),
            "int8": (torch.float32, torch.int8), "bf16,int8": (torch.bfloat16, torch.int8)}
@@ -44,14 +45,14 @@ def time_parts(w, nt: int, frames: int):
     window = torch.randint(0, cfg.q_levels, (1, cfg.frame_size), generator=g)
     st = RNNState(torch.zeros(cfg.n_rnn, 1, cfg.dim), torch.zeros(cfg.n_rnn, 1, cfg.dim))
     out = torch.empty(1, cfg.frame_size, dtype=torch.long)
-    inv_t = torch.ones(1)
+    sampling = Sampling(torch.ones(1))
     fs, ss = [], []
     for _ in range(frames + 2):
         t0 = time.perf_counter()
         cond = frame_step_cpu(w, window, st, nt)
         t1 = time.perf_counter()
         sample_frame_cpu(w.table, cond, w.w3, w.b3, w.wo, w.bo, window, torch.rand(1, cfg.frame_size, generator=g),
-                         inv_t, False, out, num_threads=nt)
+                         sampling, out, num_threads=nt)
         t2 = time.perf_counter()
         fs.append(t1 - t0), ss.append(t2 - t1)
     return statistics.median(fs[2:]), statistics.median(ss[2:])

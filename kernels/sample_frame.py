@@ -181,7 +181,13 @@ def launch_config(B: int, F: int, Q: int, H: int, block_b: Optional[int] = None)
 _SCRATCH: dict = {}  # the default scratch store (see launch)
 
 
-def launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+def sampling_args(sampling) -> dict:
+    """The kernel arguments of a Sampling (fastsrnn.ops.sampling): its per-sequence tensor and the
+    fields the kernels take by value (constexpr flags: an unused rule compiles to nothing)."""
+    return dict(inv_t=sampling.inv_temperature, ARGMAX=bool(sampling.argmax))
+
+
+def launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
            forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
            block_b: Optional[int] = None, scratch: Optional[dict] = None) -> None:
     """Launch the kernel on arguments that fastsrnn.ops.sample_frame.sample_frame_triton has
@@ -198,8 +204,8 @@ def launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argma
     a2s = scratch_buffer(_SCRATCH if scratch is None else scratch, "a2", (B, H), table.device)
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
     # Absent optional tensors: pass a valid pointer; the constexpr flags keep the kernel off it.
-    _sample_frame_kernel[grid](table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, out,
-                               forced if forced is not None else out,
-                               logits_out if logits_out is not None else cond, a2s, B, Q, H, F=F,
-                               ARGMAX=bool(argmax), HAS_FORCED=forced is not None,
-                               HAS_LOGITS=logits_out is not None, **cfg)
+    _sample_frame_kernel[grid](table, cond, w3, b3, wo, bo, window, uniforms, out=out,
+                               forced=forced if forced is not None else out,
+                               logits_out=logits_out if logits_out is not None else cond, a2s=a2s, B=B, Q=Q, H=H,
+                               F=F, HAS_FORCED=forced is not None, HAS_LOGITS=logits_out is not None,
+                               **sampling_args(sampling), **cfg)

@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsrnn.kernels.sample_frame import _emit_step, scratch_buffer
+from fastsrnn.kernels.sample_frame import _emit_step, sampling_args, scratch_buffer
 
 
 @triton.jit
@@ -209,7 +209,7 @@ def launch_config(B: int, F: int, Q: int, H: int, block_b: Optional[int] = None,
 _SCRATCH: dict = {}  # the default scratch store (see launch)
 
 
-def launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+def launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
            forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
            block_b: Optional[int] = None, scratch: Optional[dict] = None) -> None:
     """The 2F + 1 launches of one frame on arguments that sample_frame_triton has checked.
@@ -232,9 +232,9 @@ def launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argma
     # Absent optional tensors: a valid pointer; the constexpr flags keep the kernel off it.
     fo = forced if forced is not None else out
     lo = logits_out if logits_out is not None else cond
-    flags = dict(ARGMAX=bool(argmax), HAS_FORCED=forced is not None, HAS_LOGITS=logits_out is not None)
+    flags = dict(HAS_FORCED=forced is not None, HAS_LOGITS=logits_out is not None, **sampling_args(sampling))
     for j in range(-1, F):
         if j >= 0:
             _stage_a_kernel[grid_a](a2, w3, b3, wo, part, B, Q, H, NS, W_BF16=w_bf16, WIDEN=INTERPRETED, **ca)
-        _stage_b_kernel[grid_b](table, cond, bo, window, uniforms, inv_temperature, out, fo, lo, a2, part,
-                                B, Q, H, NS, j, F=F, PROLOGUE=j < 0, **flags, **cb)
+        _stage_b_kernel[grid_b](table, cond, bo, window, uniforms, out=out, forced=fo, logits_out=lo, a2=a2,
+                                part=part, B=B, Q=Q, H=H, NS=NS, j=j, F=F, PROLOGUE=j < 0, **flags, **cb)

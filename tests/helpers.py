@@ -21,7 +21,7 @@ import torch
 
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import DecodeState
-from fastsrnn.ops.sampling import cdf_margin
+from fastsrnn.ops.sampling import Sampling, cdf_margin
 from fastsrnn.training.train_config import TrainConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -141,24 +141,25 @@ def make_weights(F: int, Q: int, H: int, dtype=torch.float32, seed: int = 0) -> 
 
 class Frames(NamedTuple):
     """A few frames of a generation, all on the CPU: samples (B, T) int64, logits (B, T, Q),
-    the final window (B, F), the uniforms drawn from (B, T)."""
+    the final window (B, F), the uniforms drawn from (B, T), the Sampling drawn with."""
 
     samples: torch.Tensor
     logits: torch.Tensor
     window: torch.Tensor
     uniforms: torch.Tensor
+    sampling: Sampling
 
 
-def run_frames(fn: Callable, w: dict, B: int, n_frames: int, argmax: bool = False,
-               inv_t: Optional[torch.Tensor] = None, forced: Union[bool, torch.Tensor, None] = None,
-               seed: int = 1, **opts) -> Frames:
+def run_frames(fn: Callable, w: dict, B: int, n_frames: int, sampling: Optional[Sampling] = None,
+               forced: Union[bool, torch.Tensor, None] = None, seed: int = 1, **opts) -> Frames:
     """n_frames frames of a sample-frame op ``fn`` (any of ops/sample_frame.py's, or a wrapper
-    of one) on the weights ``w``. Outputs are poisoned (-1, NaN) before each call, so an element
-    the op does not write fails the comparison. forced: True for random forced samples, a (B, T)
-    tensor for those samples, None to draw. ``seed`` fixes the initial window, cond and uniforms
-    (the same with ``forced`` None or a tensor)."""
+    of one) on the weights ``w``, drawing with ``sampling`` (default: temperature 1). Outputs
+    are poisoned (-1, NaN) before each call, so an element the op does not write fails the
+    comparison. forced: True for random forced samples, a (B, T) tensor for those samples, None
+    to draw. ``seed`` fixes the initial window, cond and uniforms (the same with ``forced`` None
+    or a tensor)."""
     F, Q, H = w["table"].shape
-    inv_t = torch.ones(B) if inv_t is None else inv_t
+    sampling = Sampling(torch.ones(B)) if sampling is None else sampling
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, Q, (B, F), generator=g)
     outs, logits, us = [], [], []
@@ -171,9 +172,9 @@ def run_frames(fn: Callable, w: dict, B: int, n_frames: int, argmax: bool = Fals
             frc = forced[:, n * F:(n + 1) * F].contiguous()
         else:
             frc = torch.randint(0, Q, (B, F), generator=g) if forced else None
-        fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], window, u, inv_t, argmax, out, frc, lg, **opts)
+        fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], window, u, sampling, out, frc, lg, **opts)
         outs.append(out), logits.append(lg), us.append(u)
-    return Frames(torch.cat(outs, 1), torch.cat(logits, 1), window, torch.cat(us, 1))
+    return Frames(torch.cat(outs, 1), torch.cat(logits, 1), window, torch.cat(us, 1), sampling)
 
 
 def assert_written(run: Frames, q_levels: int) -> None:
@@ -182,17 +183,18 @@ def assert_written(run: Frames, q_levels: int) -> None:
     assert torch.isfinite(run.logits).all(), "a logit was not written"
 
 
-def compare(got: Frames, want: Frames, inv_t: torch.Tensor, atol: float = 1e-5) -> None:
-    """Two generations from the same inputs: the same integers or, per sequence, a first mismatch
-    at a CDF near-tie (its margin reported), after which that sequence's inputs differ and are not
-    compared; logits close up to and including that step; the same final window."""
+def compare(got: Frames, want: Frames, atol: float = 1e-5) -> None:
+    """Two generations from the same inputs (and the same Sampling, ``want.sampling``): the same
+    integers or, per sequence, a first mismatch at a CDF near-tie (its margin reported), after
+    which that sequence's inputs differ and are not compared; logits close up to and including
+    that step; the same final window."""
     assert_written(got, want.logits.shape[-1])
     xs, xs_r = got.samples, want.samples
     for b in range(xs.shape[0]):
         bad = (xs[b] != xs_r[b]).nonzero()
         t = int(bad[0]) if len(bad) else xs.shape[1]
         if t < xs.shape[1]:
-            m = cdf_margin(want.logits[b, t][None], want.uniforms[b, t][None], inv_t[b][None]).item()
+            m = cdf_margin(want.logits[b, t][None], want.uniforms[b, t][None], want.sampling.rows([b])).item()
             assert m < MARGIN, (f"seq {b} step {t}: drew {int(xs[b, t])}, reference {int(xs_r[b, t])}, "
                                 f"CDF margin {m:.2e}")
         torch.testing.assert_close(got.logits[b, :t + 1], want.logits[b, :t + 1], rtol=1e-5, atol=atol)
@@ -206,10 +208,10 @@ def on_device(fn: Callable, device) -> Callable:
     if torch.device(device).type == "cpu":
         return fn
 
-    def run(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced, logits_out, **opts):
+    def run(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced, logits_out, **opts):
         d = lambda t: None if t is None else t.to(device)  # noqa: E731
         win, o, lg = d(window), d(out), d(logits_out)
-        fn(d(table), d(cond), d(w3), d(b3), d(wo), d(bo), win, d(u), d(inv_t), argmax, o, d(forced), lg, **opts)
+        fn(d(table), d(cond), d(w3), d(b3), d(wo), d(bo), win, d(u), sampling.to(device), o, d(forced), lg, **opts)
         for dst, src in ((window, win), (out, o), (logits_out, lg)):
             if dst is not None:
                 dst.copy_(src.cpu())
@@ -221,8 +223,8 @@ def op_inputs(F: int = 3, Q: int = 7, H: int = 100, B: int = 2) -> dict:
     """Valid keyword arguments of a sample-frame op (the base of :data:`BAD_INPUTS`)."""
     w = make_weights(F, Q, H)
     return dict(table=w["table"], cond=torch.randn(B, F, H), w3=w["w3"], b3=w["b3"], wo=w["wo"], bo=w["bo"],
-                window=torch.randint(0, Q, (B, F)), uniforms=torch.rand(B, F), inv_temperature=torch.ones(B),
-                argmax=False, out=torch.empty(B, F, dtype=torch.long))
+                window=torch.randint(0, Q, (B, F)), uniforms=torch.rand(B, F), sampling=Sampling(torch.ones(B)),
+                out=torch.empty(B, F, dtype=torch.long))
 
 
 # case -> (argument, its bad value from op_inputs(), exception, message after "<op name>: ").
@@ -242,8 +244,10 @@ BAD_INPUTS = {
     "table-float16": ("table", lambda a: a["table"].half(), TypeError,
                       "table must be torch.float32 or torch.bfloat16, got torch.float16"),
     "uniforms-noncontig": ("uniforms", lambda a: torch.rand(3, 2).t(), ValueError, "uniforms must be contiguous"),
-    "inv-temperature-shape": ("inv_temperature", lambda a: torch.ones(3), ValueError,
+    "inv-temperature-shape": ("sampling", lambda a: Sampling(torch.ones(3)), ValueError,
                               "inv_temperature must have shape (2,), got (3,)"),
+    "sampling-tensor": ("sampling", lambda a: torch.ones(2), TypeError,
+                        "sampling must be a fastsrnn.ops.sampling.Sampling, got Tensor"),
     "out-shape": ("out", lambda a: torch.empty(2, 4, dtype=torch.long), ValueError, "out must have shape (2, 3)"),
     "logits-out-shape": ("logits_out", lambda a: torch.empty(2, 3, 8), ValueError,
                          "logits_out must have shape (2, 3, 7)"),
@@ -272,16 +276,16 @@ def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, 
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, Q, (B, F), generator=g).to(dev)
     states = [DecodeState.begin(model.cfg, model.initial_state(B), window.clone()) for _ in backends]
-    inv_t = torch.linspace(0.8, 1.25, B)
+    sampling = Sampling(torch.linspace(0.8, 1.25, B))
     for _ in range(n_frames):
         u = torch.rand(B, F, generator=g)
         runs = []
         for be, st in zip(backends, states):
             lg = torch.full((B, F, Q), float("nan"), device=dev)  # poisoned
-            xs = be.step_frame(st, u.to(dev), inv_t.to(dev), logits_out=lg)
-            runs.append(Frames(xs.cpu(), lg.cpu(), st.window.cpu(), u))
+            xs = be.step_frame(st, u.to(dev), sampling.to(dev), logits_out=lg)
+            runs.append(Frames(xs.cpu(), lg.cpu(), st.window.cpu(), u, sampling))
         for other in runs[1:]:
-            compare(other, runs[0], inv_t, atol=atol)
+            compare(other, runs[0], atol=atol)
             assert torch.equal(other.samples, runs[0].samples), "a near-tie changed a draw: the states would differ"
     return states
 
@@ -370,13 +374,13 @@ def compile_problems(calls, arch: int, label: str, seen: set) -> list:
 
 def fresh_pair(model, B: int, n_frames: int, seed: int = 0):
     """Two equal DecodeStates (random h0 and window) on the model's device, uniforms (n_frames, B,
-    F) and inverse temperatures (B,) there: for comparing step_frames of two backends."""
+    F) and a Sampling (per-sequence temperatures) there: for comparing step_frames of two backends."""
     F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     state = DecodeState.begin(model.cfg, model.initial_state(B, "random", g),
                               torch.randint(0, Q, (B, F), generator=g)).to(dev)
     u = torch.rand(n_frames, B, F, generator=g).to(dev)
-    return state, state.clone(), u, torch.linspace(0.8, 1.25, B).to(dev)
+    return state, state.clone(), u, Sampling(torch.linspace(0.8, 1.25, B).to(dev))
 
 
 def forced_logits(be, model, x: torch.Tensor):
@@ -390,7 +394,7 @@ def forced_logits(be, model, x: torch.Tensor):
     got = torch.full((B, x.shape[1] - S, Q), float("nan"), device=dev)
     for n in range((x.shape[1] - S) // F):
         tgt = x[:, S + F * n: S + F * (n + 1)]
-        drawn = be.step_frame(state, torch.rand(B, F, device=dev), torch.ones(B, device=dev), forced=tgt,
+        drawn = be.step_frame(state, torch.rand(B, F, device=dev), Sampling(torch.ones(B, device=dev)), forced=tgt,
                               logits_out=got[:, n * F:(n + 1) * F])
         assert torch.equal(drawn, tgt)
     assert torch.equal(state.window, x[:, -F:])

@@ -34,6 +34,7 @@ import fastsrnn.backends
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import _AUTO_ORDER, backend_status, make_backend, resolve_backend
 from fastsrnn.backends.folded import FoldedBackend
+from fastsrnn.ops.sampling import Sampling
 
 
 class Be(NamedTuple):
@@ -232,9 +233,9 @@ def test_graphed_chunks_of_a_3tier_model_equal_plain_launches(be):
     from phases 0 and 1, against plain launches frame by frame."""
     model = random_model(SampleRNNConfig.from_name("tiny-3tier")).cuda()
     on, off = _make(be, model, graphs=True), _make(be, model, graphs=False)
-    a, b, u, inv_t = fresh_pair(model, 3, 37)
-    got = torch.cat([on.step_frames(a, u[:1], inv_t), on.step_frames(a, u[1:], inv_t)], dim=1)
-    want = off.step_frames(b, u, inv_t)
+    a, b, u, s = fresh_pair(model, 3, 37)
+    got = torch.cat([on.step_frames(a, u[:1], s), on.step_frames(a, u[1:], s)], dim=1)
+    want = off.step_frames(b, u, s)
     assert torch.equal(got, want) and a.phase == b.phase
     assert_same_tiers(a.rnn, b.rnn, rtol=1e-6, atol=1e-6)
     assert on.graphs
@@ -323,7 +324,7 @@ def test_kernel_backend_checks_each_new_state_and_every_forced_frame():
     model = random_model(cfg)
     be = make_backend("cpu", model, "cpu")
     state = fastsrnn.Generator(model, 2, backend="eager", device="cpu").state
-    u, inv = torch.rand(2, cfg.frame_size), torch.ones(2)
+    u, inv = torch.rand(2, cfg.frame_size), Sampling(torch.ones(2))
     be.step_frame(state, u, inv)
     be.step_frame(state, u, inv)
     bad = state.clone()

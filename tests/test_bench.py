@@ -52,8 +52,8 @@ class _WrongBackend(FoldedBackend):
 
     name = "wrong"
 
-    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        super().sample_frame(cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+    def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
+        super().sample_frame(cond, window, uniforms, sampling, out, forced, logits_out)
         out.add_(1).clamp_(max=self.cfg.q_levels - 1)
 
 

@@ -29,7 +29,7 @@ from fastsrnn.backends import backend_status
 from fastsrnn.backends.cuda import CudaBackend
 from fastsrnn.ops.build import BuildError, csrc_dir, cuda_extension
 from fastsrnn.ops.sample_frame import sample_frame_ref
-from fastsrnn.ops.sampling import sample_ref
+from fastsrnn.ops.sampling import Sampling, sample_ref
 from fastsrnn.tools.gpu_compile import SMEM_LIMIT, parse_ptxas
 
 CUDA_DIR = csrc_dir() / "cuda"
@@ -74,7 +74,7 @@ int main() {
   const char* bad = fastsrnn::sample_frame_launch(p, nullptr, 0);
   std::printf("bad-sizes: %s\n", bad ? bad : "(null)");
   alignas(16) static float f[16]; static long long l[16];
-  p.B = 1; p.table = p.w3 = p.wo = f; p.cond = p.b3 = p.bo = p.uniforms = p.inv_temperature = f;
+  p.B = 1; p.table = p.w3 = p.wo = f; p.cond = p.b3 = p.bo = p.uniforms = p.sampling.inv_temperature = f;
   p.window = p.out = reinterpret_cast<int64_t*>(l); p.workspace = f;
   const char* r = fastsrnn::sample_frame_launch(p, nullptr, 0);
   std::printf("launch: %s\n", r ? r : "(null)");
@@ -203,8 +203,7 @@ def test_launch_plan_fits_h100(ptxas_sm90, tmp_path):
             assert (grid, int(plan["rows3"]), int(plan["rowso"])) == (128, 8, 2), plan
 
 
-def _schedule_twin(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax, out, forced=None,
-                   logits_out=None):
+def _schedule_twin(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out, forced=None, logits_out=None):
     """sample_frame.cu's schedule in torch ops: P_j = cond_j + sum_{k<F-1} T[k, s_{j-F+k}] computed a step
     early, a2_j = relu(P_j + T[F-1, s_{j-1}]), s_{j-1} drawn at the start of step j, the ring indexed by
     absolute time (s_t at slot t mod F). Same contract as sample_frame_ref."""
@@ -221,8 +220,7 @@ def _schedule_twin(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperatur
         return s
 
     def draw(jj, logits):
-        x = forced[:, jj].clamp(0, Q - 1) if forced is not None else sample_ref(logits, uniforms[:, jj],
-                                                                              inv_temperature, argmax)
+        x = forced[:, jj].clamp(0, Q - 1) if forced is not None else sample_ref(logits, uniforms[:, jj], sampling)
         ring[bidx, jj % F] = x
         out[:, jj] = x
 
@@ -261,8 +259,8 @@ def test_kernel_schedule_is_the_reference(F, Q, H, mode):
             forced = torch.randint(0, Q, (B, F), generator=g2) if mode == "forced" else None
             out = torch.full((B, F), -1, dtype=torch.long)
             lg = torch.full((B, F, Q), float("nan"))
-            fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], win, u, torch.tensor([0.5, 1.0, 2.0]),
-               mode == "argmax", out, forced, lg)
+            fn(w["table"], cond, w["w3"], w["b3"], w["wo"], w["bo"], win, u,
+               Sampling(torch.tensor([0.5, 1.0, 2.0]), argmax=mode == "argmax"), out, forced, lg)
             xs.append(out)
             lgs.append(lg)
         results.append((torch.cat(xs, 1), torch.cat(lgs, 1), win))

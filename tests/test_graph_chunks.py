@@ -8,12 +8,13 @@ from helpers import random_model
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.generation.generator import Generator
+from fastsrnn.ops.sampling import Sampling
 
 CFG = SampleRNNConfig.from_name("tiny", dim=32, n_rnn=2)
 
 
-def _frames_one_by_one(backend, state, u, inv_t):
-    return torch.stack([backend.step_frame(state, u[i], inv_t) for i in range(u.shape[0])], dim=1)
+def _frames_one_by_one(backend, state, u, sampling):
+    return torch.stack([backend.step_frame(state, u[i], sampling) for i in range(u.shape[0])], dim=1)
 
 
 @pytest.mark.parametrize("name", ["eager", "folded"])
@@ -23,9 +24,9 @@ def test_step_frames_equals_step_frame_loop(name):
     gen = Generator(model, 3, backend="eager", device="cpu", seed=2)
     s1, s2 = gen.state.clone(), gen.state.clone()
     u = torch.rand(5, 3, CFG.frame_size, generator=torch.Generator().manual_seed(3))
-    inv_t = torch.ones(3)
-    got = be.step_frames(s1, u, inv_t)
-    want = _frames_one_by_one(be, s2, u, inv_t)
+    s = Sampling(torch.ones(3))
+    got = be.step_frames(s1, u, s)
+    want = _frames_one_by_one(be, s2, u, s)
     assert got.shape == (3, 5, CFG.frame_size) and torch.equal(got, want)
     assert torch.equal(s1.window, s2.window) and torch.equal(s1.rnn.h, s2.rnn.h)
 

@@ -28,6 +28,7 @@ from fastsrnn import SampleRNNConfig
 from fastsrnn.model import RNNState
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_step_triton
+from fastsrnn.ops.sampling import Sampling
 
 # 4 tiers: bottom F 3 (conditioned, n_out 3); tier 1: S 6, n_out 2 (conditioned); top: S 18, n_out 3.
 NTIER = dict(frame_sizes=(3, 2, 3), dim=23, q_levels=7, emb_size=5)
@@ -226,8 +227,8 @@ def _backend_run(be, model, B: int, n_frames: int, seed: int = 5):
     for _ in range(n_frames):
         tgt = torch.randint(0, Q, (B, F), generator=g).to(dev)
         lg = torch.full((B, F, Q), float("nan"), device=dev)
-        drawn = be.step_frame(st, torch.rand(B, F, generator=g).to(dev), torch.ones(B, device=dev), forced=tgt,
-                              logits_out=lg)
+        drawn = be.step_frame(st, torch.rand(B, F, generator=g).to(dev), Sampling(torch.ones(B, device=dev)),
+                              forced=tgt, logits_out=lg)
         assert torch.equal(drawn, tgt)
         tiers = [t for s in st.rnn.tiers() for t in (s.h, s.c) if t is not None]
         frames.append([lg.cpu()] + [t.cpu().clone() for t in tiers + list(st.conds)])

@@ -49,7 +49,7 @@ from fastsrnn.ops.build import cpu_extension, isa_level
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_ref, linear_cpu, torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu, sample_frame_ref
-from fastsrnn.ops.sampling import cdf_margin, sample_ref
+from fastsrnn.ops.sampling import Sampling, cdf_margin, sample_ref
 
 # ---------------------------------------------------------------------------------------------
 # The implementations
@@ -96,9 +96,9 @@ def _isa_build(isa: str):
 
 
 def _isa_sample_frame(isa: str) -> Callable:
-    def run(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced=None, logits_out=None,
+    def run(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced=None, logits_out=None,
             num_threads=2):
-        _isa_build(isa).sample_frame(table, cond, w3, b3, wo, bo, window, u, inv_t, argmax, out, forced,
+        _isa_build(isa).sample_frame(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced,
                                      logits_out, num_threads)
     return run
 
@@ -186,7 +186,7 @@ def _sf_cases():
                 yield pytest.param(impl, shape, B, dtype, id=f"{impl.name}-{shape}-B{B}-{dtype}", marks=impl.marks)
 
 
-def sample_frame_plain_bf16(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax, out,
+def sample_frame_plain_bf16(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
                             forced=None, logits_out=None) -> None:
     """sample_frame_ref as plain PyTorch runs it in bf16: the products' inputs and outputs
     rounded to bf16 (torch_linear's bf16 path, as frame_step_ref's), fp32 sums elsewhere."""
@@ -197,17 +197,17 @@ def sample_frame_plain_bf16(table, cond, w3, b3, wo, bo, window, uniforms, inv_t
         logits = torch_linear(torch.relu(torch_linear(a2, w3, b3)), wo, bo)
         if logits_out is not None:
             logits_out[:, j] = logits
-        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], inv_temperature, argmax)
+        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], sampling)
         out[:, j] = x
         window.copy_(torch.cat([window[:, 1:], x[:, None]], dim=1))
 
 
-def _assert_draws_follow_own_logits(got, inv_t) -> None:
+def _assert_draws_follow_own_logits(got) -> None:
     """Each draw is the inverse-CDF sample of the op's own logits (up to a CDF near-tie)."""
     for t in range(got.samples.shape[1]):
-        want = sample_ref(got.logits[:, t], got.uniforms[:, t], inv_t)
+        want = sample_ref(got.logits[:, t], got.uniforms[:, t], got.sampling)
         for b in (got.samples[:, t] != want).nonzero().flatten().tolist():
-            m = cdf_margin(got.logits[b, t][None], got.uniforms[b, t][None], inv_t[b][None]).item()
+            m = cdf_margin(got.logits[b, t][None], got.uniforms[b, t][None], got.sampling.rows([b])).item()
             assert m < MARGIN, f"seq {b} step {t}: drew {int(got.samples[b, t])}, its logits give {int(want[b])}"
 
 
@@ -223,25 +223,25 @@ def test_sample_frame(impl, shape, B, dtype):
     _prepare(impl)
     F, Q, H = SHAPES[shape]
     fn, n = on_device(impl.fn, impl.device), _frames(impl, shape)
-    inv_t = torch.linspace(0.5, 2.0, B)  # per-sequence temperature
+    s = Sampling(torch.linspace(0.5, 2.0, B))  # per-sequence temperature
     w32 = make_weights(F, Q, H)
     if dtype == "fp32":
-        got = run_frames(fn, w32, B, n, inv_t=inv_t, **impl.opts)
-        compare(got, run_frames(sample_frame_ref, w32, B, n, inv_t=inv_t), inv_t, atol=_atol(impl))
+        got = run_frames(fn, w32, B, n, s, **impl.opts)
+        compare(got, run_frames(sample_frame_ref, w32, B, n, s), atol=_atol(impl))
         return
     w16 = make_weights(F, Q, H, torch.bfloat16)
-    got = run_frames(fn, w16, B, n, inv_t=inv_t, **impl.opts)
+    got = run_frames(fn, w16, B, n, s, **impl.opts)
     assert_written(got, Q)
-    _assert_draws_follow_own_logits(got, inv_t)
+    _assert_draws_follow_own_logits(got)
     # The same frames fed the op's draws: the fp32 reference, and plain PyTorch in bf16.
-    exact = run_frames(sample_frame_ref, w32, B, n, inv_t=inv_t, forced=got.samples)
-    plain = run_frames(sample_frame_plain_bf16, w16, B, n, inv_t=inv_t, forced=got.samples)
+    exact = run_frames(sample_frame_ref, w32, B, n, s, forced=got.samples)
+    plain = run_frames(sample_frame_plain_bf16, w16, B, n, s, forced=got.samples)
     assert torch.equal(got.window, exact.window)
     err = (got.logits - exact.logits).abs().max().item()
     err_plain = (plain.logits - exact.logits).abs().max().item()
     assert err <= 2 * err_plain + 1e-6, f"bf16 logits error {err:.2e}, plain PyTorch's {err_plain:.2e}"
     if _widens_bf16_exactly(impl, B):
-        same = run_frames(sample_frame_ref, w16, B, n, inv_t=inv_t, forced=got.samples)
+        same = run_frames(sample_frame_ref, w16, B, n, s, forced=got.samples)
         torch.testing.assert_close(got.logits, same.logits, rtol=1e-5, atol=_atol(impl))
 
 
@@ -259,7 +259,7 @@ def test_sample_frame_argmax_and_forced(impl, mode):
     _prepare(impl)
     shape = "odd" if _interpreted(impl) else "tiny"
     w = make_weights(*SHAPES[shape], seed=3)
-    kw = dict(argmax=mode == "argmax", inv_t=torch.tensor([0.7, 1.0, 1.9]), forced=mode == "forced")
+    kw = dict(sampling=Sampling(torch.tensor([0.7, 1.0, 1.9]), argmax=mode == "argmax"), forced=mode == "forced")
     got = run_frames(on_device(impl.fn, impl.device), w, 3, 3, **kw, **impl.opts)
     want = run_frames(sample_frame_ref, w, 3, 3, **kw)
     assert torch.equal(got.samples, want.samples) and torch.equal(got.window, want.window)
@@ -273,7 +273,7 @@ def test_sample_frame_temperature_is_per_sequence(impl):
     """A cold sequence (inv_t 100) draws the argmax; a warm one (inv_t 0.5) does not, always."""
     _prepare(impl)
     w = make_weights(*SHAPES["odd"], seed=4)
-    got = run_frames(on_device(impl.fn, impl.device), w, 2, 4, inv_t=torch.tensor([100.0, 0.5]), **impl.opts)
+    got = run_frames(on_device(impl.fn, impl.device), w, 2, 4, Sampling(torch.tensor([100.0, 0.5])), **impl.opts)
     assert torch.equal(got.samples[0], got.logits[0].argmax(-1))
     assert not torch.equal(got.samples[1], got.logits[1].argmax(-1))
 
@@ -284,9 +284,9 @@ def test_sample_frame_triton_block_sizes(impl, block_b):
     """Programs of 1, 2 (the last one half masked) and 8 (five rows masked) sequences."""
     _prepare(impl)
     w = make_weights(*SHAPES["odd"], seed=2)
-    inv_t = torch.tensor([0.8, 1.0, 1.3])
-    got = run_frames(on_device(impl.fn, impl.device), w, 3, 3, inv_t=inv_t, block_b=block_b)
-    compare(got, run_frames(sample_frame_ref, w, 3, 3, inv_t=inv_t), inv_t, atol=_atol(impl))
+    s = Sampling(torch.tensor([0.8, 1.0, 1.3]))
+    got = run_frames(on_device(impl.fn, impl.device), w, 3, 3, s, block_b=block_b)
+    compare(got, run_frames(sample_frame_ref, w, 3, 3, s), atol=_atol(impl))
 
 
 def _has_option(fn: Callable, name: str) -> bool:
@@ -306,9 +306,9 @@ def test_sample_frame_triton_paths(impl, path, B, block_b):
     if not _has_option(impl.fn, "path"):
         pytest.fail(f"{impl.fn.__name__} has no `path` option any more: update this test")
     w = make_weights(*SHAPES["small"], seed=5)
-    inv_t = torch.linspace(0.5, 2.0, B)
-    got = run_frames(on_device(impl.fn, impl.device), w, B, 2, inv_t=inv_t, path=path, block_b=block_b)
-    compare(got, run_frames(sample_frame_ref, w, B, 2, inv_t=inv_t), inv_t, atol=_atol(impl))
+    s = Sampling(torch.linspace(0.5, 2.0, B))
+    got = run_frames(on_device(impl.fn, impl.device), w, B, 2, s, path=path, block_b=block_b)
+    compare(got, run_frames(sample_frame_ref, w, B, 2, s), atol=_atol(impl))
     with pytest.raises(ValueError, match="sample_frame_triton: path must be 'split' or 'small'"):
         run_frames(impl.fn, w, B, 1, path="nonsense")
 

@@ -19,6 +19,7 @@
 
 #include "frame_step.h"
 #include "linear.h"
+#include "sampling.h"
 #include "simd.h"
 
 namespace fastsrnn {
@@ -34,11 +35,10 @@ struct Problem {
   const float* bo;  // (Q,)
   int64_t* window;  // (B, F)
   const float* uniforms;  // (B, F)
-  const float* inv_t;  // (B,)
+  SamplingParams sampling;
   const int64_t* forced;  // (B, F) or null
   int64_t* out;  // (B, F)
   float* logits_out;  // (B, F, Q) or null
-  bool argmax;
   int64_t B, F, Q, H;
 };
 
@@ -60,20 +60,21 @@ inline void gather_a2(const Problem<T>& p, const int32_t* hist, const float* con
   }
 }
 
-// sample_ref: z = (l - max) * inv_t; the running sum of exp(z) accumulated in double and
-// rounded to fp32 per element (as torch.cumsum does on the CPU); the first index whose sum
-// exceeds u * total, clamped to Q - 1. argmax: the first maximum. The running sum is walked
-// in blocks of 16 (vectorised double sums), then element by element inside the block that
-// crosses: double rounding makes the block order invisible in fp32 but at 1e-16 ties.
-inline int64_t draw(const float* logits, int64_t Q, float u, float inv_t, bool argmax, float* e) {
+// sample_ref for sequence b: z = (l - max) * inv_t; the running sum of exp(z) accumulated in
+// double and rounded to fp32 per element (as torch.cumsum does on the CPU); the first index
+// whose sum exceeds u * total, clamped to Q - 1. argmax: the first maximum. The running sum is
+// walked in blocks of 16 (vectorised double sums), then element by element inside the block
+// that crosses: double rounding makes the block order invisible in fp32 but at 1e-16 ties.
+inline int64_t draw(const float* logits, int64_t Q, float u, const SamplingParams& s, int64_t b, float* e) {
   float m = logits[0];
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < Q; ++i) m = std::max(m, logits[i]);
-  if (argmax) {
+  if (s.argmax) {
     for (int64_t i = 0; i < Q; ++i)
       if (logits[i] == m) return i;
     return 0;  // only when logits hold NaN
   }
+  const float inv_t = s.inv_temperature[b];
 #pragma omp simd
   for (int64_t i = 0; i < Q; ++i) e[i] = exp_nonpos((logits[i] - m) * inv_t);
   double total = 0.0;
@@ -130,7 +131,7 @@ void frame_body(const Problem<T>& p, Scratch& sc, bool redundant, int tid, int n
     for (int64_t b = s0; b < s1; ++b) {
       const float* lg = sc.logits.data() + b * Q;
       const int64_t x = p.forced ? p.forced[b * F + j]
-                                 : draw(lg, Q, p.uniforms[b * F + j], p.inv_t[b], p.argmax, cdf);
+                                 : draw(lg, Q, p.uniforms[b * F + j], p.sampling, b, cdf);
       hist[b * 2 * F + F + j] = static_cast<int32_t>(x);
       if (!writer) continue;
       p.out[b * F + j] = x;
@@ -182,7 +183,7 @@ void run(const Problem<T>& p, int64_t num_threads) {
 
 void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
                   const at::Tensor& wo, const at::Tensor& bo, at::Tensor& window, const at::Tensor& uniforms,
-                  const at::Tensor& inv_temperature, bool argmax, at::Tensor& out,
+                  const SamplingParams& sampling, at::Tensor& out,
                   const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& logits_out,
                   int64_t num_threads) {
   // Arguments (dtypes, shapes, layout, device, sample range) are checked once, in Python, by
@@ -196,9 +197,9 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
     Problem<T> p{reinterpret_cast<const T*>(table.data_ptr()), cond.data_ptr<float>(),
                  reinterpret_cast<const T*>(w3.data_ptr()), b3.data_ptr<float>(),
                  reinterpret_cast<const T*>(wo.data_ptr()), bo.data_ptr<float>(),
-                 window.data_ptr<int64_t>(), uniforms.data_ptr<float>(), inv_temperature.data_ptr<float>(),
+                 window.data_ptr<int64_t>(), uniforms.data_ptr<float>(), sampling,
                  forced ? forced->data_ptr<int64_t>() : nullptr, out.data_ptr<int64_t>(),
-                 logits_out ? logits_out->data_ptr<float>() : nullptr, argmax, B, F, Q, H};
+                 logits_out ? logits_out->data_ptr<float>() : nullptr, B, F, Q, H};
     run(p, num_threads);
   };
   if (wdt == at::kFloat) fill(static_cast<float*>(nullptr));
@@ -251,11 +252,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Each op releases the GIL while it runs (its arguments are converted first): another Python
   // thread can then run, e.g. the next frame's recurrent products beside the sample steps.
   const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("sample_frame", &fastsrnn::sample_frame,
+  // sample_frame reads the Sampling's fields with the GIL held, then releases it.
+  m.def("sample_frame",
+        [](const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
+           const at::Tensor& wo, const at::Tensor& bo, at::Tensor& window, const at::Tensor& uniforms,
+           const py::object& sampling, at::Tensor& out, const c10::optional<at::Tensor>& forced,
+           const c10::optional<at::Tensor>& logits_out, int64_t num_threads) {
+          at::Tensor keep;
+          const fastsrnn::SamplingParams s = fastsrnn::sampling_params(sampling, keep);
+          const py::gil_scoped_release released;
+          fastsrnn::sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, s, out, forced, logits_out,
+                                 num_threads);
+        },
         "F sample steps of one frame for B sequences (see fastsrnn.ops.sample_frame.sample_frame_ref)",
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
-        py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
-        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0, nogil);
+        py::arg("window"), py::arg("uniforms"), py::arg("sampling"), py::arg("out"),
+        py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("num_threads") = 0);
   m.def("frame_step", &fastsrnn::frame_step,
         "one step of any frame tier (see fastsrnn.ops.frame_step.frame_step_ref); h, c updated in place",
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("skip_w"), py::arg("skip_b"),

@@ -35,13 +35,23 @@ at::Tensor cached_workspace(const at::Device& dev, int64_t B, int64_t H, int64_t
   return ws;
 }
 
+// The fields of a fastsrnn.ops.sampling.Sampling (its tensor checked in Python: (B,) float32, dense,
+// on the table's device); `keep` holds the tensor while the launch is enqueued.
+fastsrnn::SamplingParams sampling_params(const py::handle& s, at::Tensor& keep) {
+  keep = s.attr("inv_temperature").cast<at::Tensor>();
+  fastsrnn::SamplingParams p{};
+  p.inv_temperature = keep.data_ptr<float>();
+  p.argmax = s.attr("argmax").cast<bool>();
+  return p;
+}
+
 // Same contract as fastsrnn/ops/sample_frame.py:sample_frame_ref. Arguments (dtypes, shapes,
 // layout, one device, the workspace's size) are checked once, in Python, by
 // fastsrnn/ops/sample_frame.py before this is called. Samples are not range-checked (that would
 // synchronise with the host); the kernel clamps them when it indexes the table.
 void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Tensor& w3, const at::Tensor& b3,
                   const at::Tensor& wo, const at::Tensor& bo, at::Tensor& window, const at::Tensor& uniforms,
-                  const at::Tensor& inv_temperature, bool argmax, at::Tensor& out,
+                  const py::object& sampling, at::Tensor& out,
                   const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& logits_out,
                   const c10::optional<at::Tensor>& workspace, int64_t max_blocks) {
   const int64_t F = table.size(0), Q = table.size(1), H = table.size(2), B = cond.size(0);
@@ -57,7 +67,8 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
   p.bo = bo.data_ptr<float>();
   p.window = window.data_ptr<int64_t>();
   p.uniforms = uniforms.data_ptr<float>();
-  p.inv_temperature = inv_temperature.data_ptr<float>();
+  at::Tensor keep;
+  p.sampling = sampling_params(sampling, keep);
   p.out = out.data_ptr<int64_t>();
   p.forced = forced ? forced->data_ptr<int64_t>() : nullptr;
   p.logits_out = logits_out ? logits_out->data_ptr<float>() : nullptr;
@@ -67,7 +78,6 @@ void sample_frame(const at::Tensor& table, const at::Tensor& cond, const at::Ten
   p.Q = static_cast<int>(Q);
   p.H = static_cast<int>(H);
   p.bf16 = table.scalar_type() == at::kBFloat16;
-  p.argmax = argmax;
   const char* err = fastsrnn::sample_frame_launch(p, stream, static_cast<int>(max_blocks));
   TORCH_CHECK(err == nullptr, err);
 }
@@ -78,7 +88,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastsrnn: persistent CUDA sample-frame kernel (csrc/cuda/sample_frame.cu)";
   m.def("sample_frame", &sample_frame, "All F sample steps of a frame in one cooperative persistent launch",
         py::arg("table"), py::arg("cond"), py::arg("w3"), py::arg("b3"), py::arg("wo"), py::arg("bo"),
-        py::arg("window"), py::arg("uniforms"), py::arg("inv_temperature"), py::arg("argmax"), py::arg("out"),
+        py::arg("window"), py::arg("uniforms"), py::arg("sampling"), py::arg("out"),
         py::arg("forced") = py::none(), py::arg("logits_out") = py::none(), py::arg("workspace") = py::none(),
         py::arg("max_blocks") = 0);
   m.def("workspace_bytes", [](int64_t B, int64_t H, int64_t Q) {

@@ -281,7 +281,7 @@ __device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, flo
   for (int q = lane; q < Q; q += 32) m = fmaxf(m, st[q + (q >> 5)]);
   m = warp_max(m);
   int x;
-  if (p.argmax) {  // the first maximum, as torch.argmax
+  if (p.sampling.argmax) {  // the first maximum, as torch.argmax
     int first = Q;
     for (int q = lane; q < Q; q += 32)
       if (st[q + (q >> 5)] == m) {
@@ -293,7 +293,7 @@ __device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, flo
     // Lane l scans the contiguous run [l*E, l*E + E): a local running sum, offset by the
     // exclusive warp scan of the runs' totals. cdf(q) = excl + run(q); the total is cdf(Q-1)
     // computed by the same operations (so u < 1 puts the threshold at or below it).
-    const float inv_t = __ldg(p.inv_temperature + b);
+    const float inv_t = __ldg(p.sampling.inv_temperature + b);
     const int E = (Q + 31) >> 5, q0 = min(lane * E, Q), q1 = min(q0 + E, Q);
     float sum = 0.f;
     for (int q = q0; q < q1; ++q) {
@@ -538,7 +538,7 @@ const char* sample_frame_launch(const SampleFrameParams& params, cudaStream_t st
   if (params.B < 1 || params.F < 1 || params.H < 1 || params.Q < 2)
     return "sample_frame (CUDA): need B, F, H >= 1 and Q >= 2";
   if (!params.table || !params.cond || !params.w3 || !params.b3 || !params.wo || !params.bo || !params.window ||
-      !params.uniforms || !params.inv_temperature || !params.out || !params.workspace)
+      !params.uniforms || !params.sampling.inv_temperature || !params.out || !params.workspace)
     return "sample_frame (CUDA): a required pointer is null";
   if (!aligned16(params.workspace)) return "sample_frame (CUDA): the workspace must be 16-byte aligned";
   int d = 0;

@@ -23,6 +23,13 @@ constexpr int kSfTile = 8;                     // sequences per pass over a bloc
 constexpr int kSfRowsPerBlock = 8;             // W3 rows per block the grid is sized for (see the plan)
 constexpr size_t kSfWorkspaceHeader = 128;     // bytes before the activations: the grid barrier's word
 
+// How a sample is drawn: the CUDA mirror of fastsrnn/ops/sampling.py::Sampling (the C++ one is
+// csrc/cpu/sampling.h); binding.cpp fills it from the Python object, warp_draw reads it.
+struct SamplingParams {
+  const float* inv_temperature;   // (B,) 1 / temperature per sequence
+  bool argmax;                    // the first maximum instead of a draw
+};
+
 struct SampleFrameParams {
   const void* table;              // (F, Q, H) float32, or bfloat16 bits when bf16
   const float* cond;              // (B, F, H): W2 c_j + b2
@@ -32,7 +39,7 @@ struct SampleFrameParams {
   const float* bo;                // (Q,)
   int64_t* window;                // (B, F) the last F samples; updated in place
   const float* uniforms;          // (B, F) in [0, 1)
-  const float* inv_temperature;   // (B,)
+  SamplingParams sampling;
   int64_t* out;                   // (B, F) drawn samples
   const int64_t* forced;          // (B, F) samples fed instead of drawn, or nullptr
   float* logits_out;              // (B, F, Q) or nullptr
@@ -42,7 +49,6 @@ struct SampleFrameParams {
   void* workspace;
   int B, F, Q, H;
   bool bf16;                      // table, w3, wo hold bfloat16 bits (fp32 accumulation)
-  bool argmax;                    // draw the first maximum instead of sampling
   // Set by sample_frame_launch from the pointers (callers leave them false): 16-byte vector
   // loads of the weight rows / table rows are legal.
   bool vec_w3, vec_wo, vec_table;

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 
 from fastsrnn.model import RNNState
+from fastsrnn.ops.sampling import Sampling
 from fastsrnn.quantize import silence_level
 
 
@@ -75,14 +76,14 @@ class Backend:
         self,
         state: DecodeState,
         uniforms: torch.Tensor,
-        inv_temperature: torch.Tensor,
-        argmax: bool = False,
+        sampling: Sampling,
         forced: Optional[torch.Tensor] = None,
         logits_out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Advance ``state`` by one frame, in place.
 
-        uniforms: (B, F) float32 in [0, 1); inv_temperature: (B,) float32;
+        uniforms: (B, F) float32 in [0, 1); sampling: how to draw (ops/sampling.py; its
+        inv_temperature (B,) float32 on the backend's device);
         forced: (B, F) int64 true samples to feed instead of drawing (teacher forcing, tests);
         logits_out: (B, F, Q) float32 written with every step's logits when given.
         Returns the F samples of the frame: (B, F) int64 on the backend's device.
@@ -90,8 +91,7 @@ class Backend:
         raise NotImplementedError
 
     @torch.no_grad()
-    def step_frames(self, state: DecodeState, uniforms: torch.Tensor, inv_temperature: torch.Tensor,
-                    argmax: bool = False) -> torch.Tensor:
+    def step_frames(self, state: DecodeState, uniforms: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         """Advance ``state`` by n frames, in place: what generation calls once per chunk.
 
         uniforms: (n, B, F) float32 on the backend's device, frame i's draws at [i].
@@ -101,6 +101,6 @@ class Backend:
         n, B, F = uniforms.shape
         out = torch.empty(B, n, F, dtype=torch.long, device=uniforms.device)
         for i in range(n):
-            out[:, i] = self.step_frame(state, uniforms[i], inv_temperature, argmax)
+            out[:, i] = self.step_frame(state, uniforms[i], sampling)
         return out
 

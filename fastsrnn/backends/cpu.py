@@ -67,8 +67,8 @@ class CpuBackend(FoldedBackend):
                 dst.copy_(src)
         return out
 
-    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        self.call_dense(sample_frame_cpu, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out,
+    def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
+        self.call_dense(sample_frame_cpu, cond, window, uniforms, sampling, out, forced, logits_out,
                         num_threads=self.num_threads)
 
     @classmethod

@@ -51,8 +51,8 @@ class CudaBackend(GraphedBackend):
             ws = self._workspaces[batch] = torch.zeros(nbytes, dtype=torch.uint8, device=self.device)
         return ws
 
-    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        self.call_dense(sample_frame_cuda, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out,
+    def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
+        self.call_dense(sample_frame_cuda, cond, window, uniforms, sampling, out, forced, logits_out,
                         workspace=self.workspace(cond.shape[0]))
 
     @classmethod

@@ -18,7 +18,7 @@ class EagerBackend(Backend):
     name = "eager"
 
     @torch.no_grad()
-    def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False,
+    def step_frame(self, state: DecodeState, uniforms, sampling,
                    forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None):
         F = self.cfg.frame_size
         up = step_upper_tiers(self.cfg, state, self._step_tier)  # n tiers: the bottom tier's conditioning
@@ -30,7 +30,7 @@ class EagerBackend(Backend):
             logits = self.model.mlp.step(window, cond[:, j])  # (B, Q)
             if logits_out is not None:
                 logits_out[:, j] = logits
-            x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], inv_temperature, argmax)
+            x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], sampling)
             out[:, j] = x
             window = torch.cat([window[:, 1:], x[:, None]], dim=1)  # slide the last-F window
         state.window = window

@@ -77,11 +77,10 @@ class FoldedBackend(Backend):
             hit = fused[id(w)] = (w, FusedFrameWeights.from_inference(w))
         return hit[1]
 
-    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        self.call_dense(sample_frame_ref, cond, window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+    def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
+        self.call_dense(sample_frame_ref, cond, window, uniforms, sampling, out, forced, logits_out)
 
-    def call_dense(self, op, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None,
-                   **options):
+    def call_dense(self, op, cond, window, uniforms, sampling, out, forced=None, logits_out=None, **options):
         """Call the sample-frame ``op`` (any of ops/sample_frame.py's, same signature) on this
         backend's weights. The arguments may be views (a slice of a longer logits buffer): the op
         gets dense copies and what it wrote goes back to the views. ``options``: the op's own."""
@@ -93,16 +92,16 @@ class FoldedBackend(Backend):
                    None if logits_out is None else logits_out.shape, uniforms.device, cond.dtype, out.dtype)
             options["check"] = forced is not None or key != self._checked
         op(w.table, cond.contiguous(), w.w3, w.b3, w.wo, w.bo, win, uniforms.contiguous(),
-           inv_temperature.contiguous(), bool(argmax), o, dense(forced), lg, **options)
+           sampling.contiguous(), o, dense(forced), lg, **options)
         self._checked = key  # only once the op has run: a call that failed its check is checked again
         for dst, src in ((window, win), (out, o), (logits_out, lg)):
             if dst is not None and dst is not src:
                 dst.copy_(src)
 
     @torch.no_grad()
-    def step_frame(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
+    def step_frame(self, state: DecodeState, uniforms, sampling, forced=None, logits_out=None):
         cond = self.frame_step(state)  # (B, F, H)
         out = torch.empty_like(state.window)
-        self.sample_frame(cond, state.window, uniforms, inv_temperature, argmax, out, forced, logits_out)
+        self.sample_frame(cond, state.window, uniforms, sampling, out, forced, logits_out)
         record_frame(self.cfg, state, out)
         return out

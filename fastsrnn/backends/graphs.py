@@ -4,7 +4,7 @@ A frame is a handful of launches (the frame step's products and gate kernels, th
 sample-frame kernel); at small batch launch overhead is a large share of it. :class:`FrameGraph`
 captures them once into ``torch.cuda.CUDAGraph`` objects and replays them:
 
-- one frame per replay (``__call__``), with every option (argmax, teacher forcing, logits):
+- one frame per replay (``__call__``), with every option (any Sampling, teacher forcing, logits):
   what tests and the bench's correctness gate use;
 - ``frames_per_graph`` frames per replay (``frames``): what generation uses, so that a chunk of
   frames costs one host launch per ``frames_per_graph`` frames. A chunk's uniforms arrive as
@@ -12,10 +12,11 @@ captures them once into ``torch.cuda.CUDAGraph`` objects and replays them:
 
 What stays fixed between replays: the state tensors (their addresses are captured, so the
 state must be updated in place, as the fused backends do) and static buffers for the inputs
-(uniforms, inverse temperatures, forced samples) and outputs (samples, logits). Each call
-copies its inputs into the static buffers, replays, and copies the outputs out. A new state
-object, batch size, frame count or mode gets its own capture (at most ``_MAX_GRAPHS`` kept, and
-with n tiers one more per phase of the top tier).
+(uniforms, the Sampling's inverse temperatures, forced samples) and outputs (samples, logits).
+Each call copies its inputs into the static buffers, replays, and copies the outputs out. A new
+state object, batch size, frame count, mode or ``Sampling.key()`` (the sampling fields a kernel
+takes by value) gets its own capture (at most ``_MAX_GRAPHS`` kept, and with n tiers one more
+per phase of the top tier).
 
 n tiers: which upper tiers step in a frame depends on the state's phase (a host-side int), so
 the phase at the first captured frame is part of a capture's key; capturing runs the Python step
@@ -33,6 +34,7 @@ import torch
 
 from fastsrnn.backends.base import DecodeState
 from fastsrnn.backends.folded import FoldedBackend
+from fastsrnn.ops.sampling import Sampling
 
 # Captures kept at once (each holds a private memory pool): sampling, a chunk, teacher forcing.
 _MAX_GRAPHS = 4
@@ -44,7 +46,7 @@ FRAMES_PER_GRAPH = 16
 class _Capture:
     graph: "torch.cuda.CUDAGraph"
     uniforms: torch.Tensor  # (n, B, F) float32 static input
-    inv_temperature: torch.Tensor  # (B,) float32 static input
+    sampling: Sampling  # its inv_temperature (B,) float32: a static input
     forced: Optional[torch.Tensor]  # (B, F) int64 static input, teacher forcing only (n = 1)
     logits: Optional[torch.Tensor]  # (B, F, Q) float32 static output (n = 1)
     out: torch.Tensor  # (B, n, F) int64 static output (written by the replay)
@@ -72,7 +74,7 @@ def _advance_phase(state: DecodeState, n_frames: int) -> None:
 class FrameGraph:
     """Replays ``step`` (a backend's eager ``step_frame``) from captured CUDA graphs.
 
-    step(state, uniforms, inv_temperature, argmax, forced, logits_out) -> (B, F) int64 must
+    step(state, uniforms, sampling, forced, logits_out) -> (B, F) int64 must
     update ``state`` in place and must not synchronise with the host (no ``.item()``).
     """
 
@@ -86,11 +88,11 @@ class FrameGraph:
         self.max_graphs = _MAX_GRAPHS + phases - 1
         self._captures: "OrderedDict[tuple, _Capture]" = OrderedDict()
 
-    def __call__(self, state: DecodeState, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
+    def __call__(self, state: DecodeState, uniforms, sampling: Sampling, forced=None, logits_out=None):
         """Same contract as Backend.step_frame; returns a fresh (B, F) int64 tensor."""
-        cap = self._get(state, 1, uniforms.shape, argmax, forced is not None, logits_out is not None)
+        cap = self._get(state, 1, uniforms.shape, sampling, forced is not None, logits_out is not None)
         cap.uniforms[0].copy_(uniforms)
-        cap.inv_temperature.copy_(inv_temperature)
+        cap.sampling.inv_temperature.copy_(sampling.inv_temperature)
         if forced is not None:
             cap.forced.copy_(forced)
         cap.graph.replay()
@@ -99,7 +101,7 @@ class FrameGraph:
             logits_out.copy_(cap.logits)
         return cap.out[:, 0].clone()  # the static buffer is overwritten by the next replay
 
-    def frames(self, state: DecodeState, uniforms, inv_temperature, argmax=False) -> torch.Tensor:
+    def frames(self, state: DecodeState, uniforms, sampling: Sampling) -> torch.Tensor:
         """Same contract as Backend.step_frames: uniforms (n, B, F) -> samples (B, n, F) int64.
         Whole groups of ``frames_per_graph`` frames replay one graph each; the rest one per frame."""
         n, B, F = uniforms.shape
@@ -109,8 +111,8 @@ class FrameGraph:
             if state.history is not None and k % (state.history.shape[1] // F):
                 raise ValueError(f"frames_per_graph {k} must be a multiple of the {state.history.shape[1] // F} "
                                  "bottom frames per top-tier step (n tiers)")
-            cap = self._get(state, k, (B, F), argmax, False, False)
-            cap.inv_temperature.copy_(inv_temperature)
+            cap = self._get(state, k, (B, F), sampling, False, False)
+            cap.sampling.inv_temperature.copy_(sampling.inv_temperature)
             for i in range(0, n - k + 1, k):
                 cap.uniforms.copy_(uniforms[i:i + k])
                 cap.graph.replay()
@@ -118,30 +120,31 @@ class FrameGraph:
                 out[:, i:i + k] = cap.out
             i = n - n % k
         for j in range(i, n):
-            out[:, j] = self(state, uniforms[j], inv_temperature, argmax)
+            out[:, j] = self(state, uniforms[j], sampling)
         return out
 
-    def _get(self, state, n_frames: int, frame_shape, argmax: bool, has_forced: bool, has_logits: bool) -> _Capture:
-        key = (_state_key(state), n_frames, bool(argmax), has_forced, has_logits)
+    def _get(self, state, n_frames: int, frame_shape, sampling: Sampling, has_forced: bool,
+             has_logits: bool) -> _Capture:
+        key = (_state_key(state), n_frames, sampling.key(), has_forced, has_logits)
         cap = self._captures.get(key)
         if cap is None:
-            cap = self._capture(state, n_frames, frame_shape, argmax, has_forced, has_logits)
+            cap = self._capture(state, n_frames, frame_shape, sampling, has_forced, has_logits)
             self._captures[key] = cap
             while len(self._captures) > self.max_graphs:
                 self._captures.popitem(last=False)
         self._captures.move_to_end(key)
         return cap
 
-    def _run(self, state, u, inv_t, argmax, forced, logits, out) -> None:
+    def _run(self, state, u, sampling, forced, logits, out) -> None:
         for i in range(u.shape[0]):
-            out[:, i] = self.step(state, u[i], inv_t, argmax, forced, logits)
+            out[:, i] = self.step(state, u[i], sampling, forced, logits)
 
-    def _capture(self, state: DecodeState, n_frames: int, frame_shape, argmax: bool, has_forced: bool,
+    def _capture(self, state: DecodeState, n_frames: int, frame_shape, sampling: Sampling, has_forced: bool,
                  has_logits: bool) -> _Capture:
         B, F = frame_shape
         dev = state.window.device
         u = torch.zeros(n_frames, B, F, dtype=torch.float32, device=dev)
-        inv_t = torch.ones(B, dtype=torch.float32, device=dev)
+        static = sampling.replace(inv_temperature=torch.ones(B, dtype=torch.float32, device=dev))
         forced = torch.zeros(B, F, dtype=torch.int64, device=dev) if has_forced else None
         logits = torch.zeros(B, F, self.q_levels, dtype=torch.float32, device=dev) if has_logits else None
         out = torch.zeros(B, n_frames, F, dtype=torch.int64, device=dev)
@@ -154,18 +157,18 @@ class FrameGraph:
             scratch = state.clone()
             period = 1 if state.history is None else state.history.shape[1] // F  # n tiers: every tier's step
             for _ in range(self.warmup * period):
-                self._run(scratch, u[:1], inv_t, argmax, forced, logits, out)
+                self._run(scratch, u[:1], static, forced, logits, out)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         phase = state.phase
         try:
             with torch.cuda.graph(graph):
-                self._run(state, u, inv_t, argmax, forced, logits, out)
+                self._run(state, u, static, forced, logits, out)
         except RuntimeError as e:  # capture is not execution: the real state is untouched
             raise GraphCaptureError(str(e)) from e
         finally:
             state.phase = phase  # the Python side ran n_frames frames, the kernels none yet
-        return _Capture(graph, u, inv_t, forced, logits, out)
+        return _Capture(graph, u, static, forced, logits, out)
 
 
 def graphs_usable(device: torch.device) -> tuple:
@@ -198,19 +201,19 @@ class GraphedBackend(FoldedBackend):
         self._graph, self.graphs = None, False
 
     @torch.no_grad()
-    def step_frame(self, state, uniforms, inv_temperature, argmax=False, forced=None, logits_out=None):
+    def step_frame(self, state, uniforms, sampling, forced=None, logits_out=None):
         if self._graph is not None:
             try:
-                return self._graph(state, uniforms, inv_temperature, argmax, forced, logits_out)
+                return self._graph(state, uniforms, sampling, forced, logits_out)
             except GraphCaptureError as e:  # capture unsupported here (driver, MPS, ...): plain launches
                 self._capture_failed(e)
-        return super().step_frame(state, uniforms, inv_temperature, argmax, forced, logits_out)
+        return super().step_frame(state, uniforms, sampling, forced, logits_out)
 
     @torch.no_grad()
-    def step_frames(self, state, uniforms, inv_temperature, argmax=False):
+    def step_frames(self, state, uniforms, sampling):
         if self._graph is not None:
             try:
-                return self._graph.frames(state, uniforms, inv_temperature, argmax)
+                return self._graph.frames(state, uniforms, sampling)
             except GraphCaptureError as e:
                 self._capture_failed(e)
-        return super().step_frames(state, uniforms, inv_temperature, argmax)
+        return super().step_frames(state, uniforms, sampling)

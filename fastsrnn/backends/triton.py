@@ -42,9 +42,9 @@ class TritonBackend(GraphedBackend):
         self._scratch: dict = {}
         self._setup_graphs(graphs)
 
-    def sample_frame(self, cond, window, uniforms, inv_temperature, argmax, out, forced=None, logits_out=None):
-        self.call_dense(sample_frame_triton, cond, window, uniforms, inv_temperature, argmax, out, forced,
-                        logits_out, block_b=self.block_b, path=self.sample_path, scratch=self._scratch)
+    def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
+        self.call_dense(sample_frame_triton, cond, window, uniforms, sampling, out, forced, logits_out,
+                        block_b=self.block_b, path=self.sample_path, scratch=self._scratch)
 
     @classmethod
     def is_available(cls, device) -> Tuple[bool, str]:

@@ -19,7 +19,7 @@ from fastsrnn import env
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.generation.precision import guard_precision, merge_options
 from fastsrnn.model import RNNState, SampleRNN
-from fastsrnn.ops.sampling import temperature_tensor
+from fastsrnn.ops.sampling import Sampling
 from fastsrnn.quantize import dequantize, quantize, silence_level
 
 H0_MODES = ("learned", "random", "zeros")
@@ -125,8 +125,8 @@ class Generator:
         self.cfg = model.cfg
         self.device = check_device(device)
         self.model = model.to(self.device).eval()
-        self.n_seq, self.argmax, self.seed = n_seq, argmax, seed
-        self.inv_temperature = temperature_tensor(temperature, n_seq, self.device)
+        self.n_seq, self.seed = n_seq, seed
+        self.sampling = Sampling.make(temperature, n_seq, self.device, argmax=argmax)
         name = resolve_backend(backend or env.default_backend(), self.device, n_seq, options.get("dtype"))
         if precision == "int8" and name in ("triton", "cuda"):  # their frame kernels take fp32 and bf16
             raise ValueError(f"precision='int8' runs on the cpu and folded backends, not on {name!r}; "
@@ -147,6 +147,15 @@ class Generator:
     @property
     def backend_name(self) -> str:
         return self.backend.name
+
+    @property
+    def argmax(self) -> bool:
+        return self.sampling.argmax
+
+    @property
+    def inv_temperature(self) -> torch.Tensor:
+        """(n_seq,) float32 on the device: 1 / temperature per sequence."""
+        return self.sampling.inv_temperature
 
     def _guard(self, precision: str, check: bool, data, backend_options: dict) -> None:
         if self.backend.name == "eager":  # make_backend gives eager no weight options: it would stay fp32
@@ -182,7 +191,7 @@ class Generator:
         if self.device.type == "cuda":
             u = u.pin_memory()
         u = u.to(self.device, non_blocking=True)
-        buf = self.backend.step_frames(self.state, u, self.inv_temperature, self.argmax)  # (B, n, F) on device
+        buf = self.backend.step_frames(self.state, u, self.sampling)  # (B, n, F) on device
         self.frames_done += n_frames
         return buf.view(B, n_frames * F).cpu()  # one copy to the host per chunk
 

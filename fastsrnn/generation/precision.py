@@ -33,6 +33,7 @@ import torch.nn.functional as fnn
 from fastsrnn.backends import DecodeState, make_backend
 from fastsrnn.model import SampleRNN
 from fastsrnn.ops.export import export_inference_cached
+from fastsrnn.ops.sampling import Sampling
 from fastsrnn.quantize import silence_level
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -98,13 +99,13 @@ def _run_frames(be, model: SampleRNN, B: int, n_frames: int, forced: Optional[to
     window = torch.full((B, F), silence_level(Q), dtype=torch.long)
     state = DecodeState.begin(model.cfg, model.initial_state(B), window).to(dev)
     g = torch.Generator().manual_seed(seed)
-    inv_t, logits = torch.ones(B, device=dev), torch.empty(B, F, Q, device=dev)
+    sampling, logits = Sampling(torch.ones(B, device=dev)), torch.empty(B, F, Q, device=dev)
     x = None if forced is None else forced.to(dev)
     out, total = [], torch.zeros((), dtype=torch.float64, device=dev)
     for n in range(n_frames):
         target = None if x is None else x[:, n * F:(n + 1) * F].contiguous()  # (B, F)
         u = torch.zeros(B, F) if x is not None else torch.rand(B, F, generator=g)  # Generator's draw order
-        got = be.step_frame(state, u.to(dev), inv_t, forced=target, logits_out=logits)
+        got = be.step_frame(state, u.to(dev), sampling, forced=target, logits_out=logits)
         y = got if target is None else target
         total += fnn.cross_entropy(logits.reshape(-1, Q).double(), y.reshape(-1), reduction="sum")
         out.append(got)

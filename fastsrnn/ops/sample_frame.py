@@ -10,9 +10,10 @@ Every variant has the same signature and contract:
 
     table: (F, Q, H), w3: (H, H), wo: (Q, H) all float32 or all bfloat16; cond: (B, F, H) float32
     = W2 c_j + b2; b3: (H,), bo: (Q,) float32; window: (B, F) int64, updated in place to the last
-    F samples; uniforms: (B, F) float32 in [0, 1); inv_temperature: (B,) float32; argmax: bool;
-    out: (B, F) int64 written with the drawn samples; forced: (B, F) int64 samples fed instead
-    of drawn (teacher forcing); logits_out: (B, F, Q) float32 written with every step's logits.
+    F samples; uniforms: (B, F) float32 in [0, 1); sampling: a Sampling (ops/sampling.py), its
+    inv_temperature (B,) float32 on the table's device; out: (B, F) int64 written with the drawn
+    samples; forced: (B, F) int64 samples fed instead of drawn (teacher forcing); logits_out:
+    (B, F, Q) float32 written with every step's logits.
 
     Step j: a2 = relu(cond_j + sum_k table[k, window_k]); a3 = relu(W3 a2 + b3);
     logits = Wo a3 + bo; x = inverse-CDF sample (ops/sampling.py) or forced[:, j];
@@ -31,13 +32,13 @@ from typing import Optional
 
 import torch
 
-from fastsrnn.ops.sampling import sample_ref
+from fastsrnn.ops.sampling import Sampling, sample_ref
 
 
 def sample_frame_ref(
     table: torch.Tensor, cond: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor,
     wo: torch.Tensor, bo: torch.Tensor, window: torch.Tensor, uniforms: torch.Tensor,
-    inv_temperature: torch.Tensor, argmax: bool, out: torch.Tensor,
+    sampling: Sampling, out: torch.Tensor,
     forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
 ) -> None:
     """The F sample steps of one frame in torch ops (see the module docstring for the contract)."""
@@ -49,7 +50,7 @@ def sample_frame_ref(
         logits = a3 @ wo.float().t() + bo  # (B, Q)
         if logits_out is not None:
             logits_out[:, j] = logits
-        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], inv_temperature, argmax)
+        x = forced[:, j] if forced is not None else sample_ref(logits, uniforms[:, j], sampling)
         out[:, j] = x
         window.copy_(torch.cat([window[:, 1:], x[:, None]], dim=1))
 
@@ -75,7 +76,7 @@ def _check_samples(op: str, name: str, t: torch.Tensor, q_levels: int) -> None:
                          f"{int(t.flatten()[i])} at flat index {i}")
 
 
-def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, out,
+def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
                             forced=None, logits_out=None) -> None:
     """Raise TypeError/ValueError naming the argument (and ``op``) unless every tensor has the
     contract's shape, dtype, density and device. Sample values (window, forced) are range-checked
@@ -85,13 +86,16 @@ def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, unifor
         raise ValueError(f"{op}: table must be (F, Q, H), got shape {tuple(table.shape)}")
     F, Q, H = table.shape
     B, dev, wdt = cond.shape[0], table.device, table.dtype
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"{op}: sampling must be a fastsrnn.ops.sampling.Sampling, got {type(sampling).__name__}")
     if wdt not in (torch.float32, torch.bfloat16):
         raise TypeError(f"{op}: table must be torch.float32 or torch.bfloat16, got {wdt}")
     f32, i64 = (torch.float32,), (torch.int64,)
     for name, t, shape, dts in (("table", table, (F, Q, H), (wdt,)), ("cond", cond, (B, F, H), f32),
                                 ("w3", w3, (H, H), (wdt,)), ("b3", b3, (H,), f32),
                                 ("wo", wo, (Q, H), (wdt,)), ("bo", bo, (Q,), f32), ("window", window, (B, F), i64),
-                                ("uniforms", uniforms, (B, F), f32), ("inv_temperature", inv_temperature, (B,), f32),
+                                ("uniforms", uniforms, (B, F), f32),
+                                ("inv_temperature", sampling.inv_temperature, (B,), f32),
                                 ("out", out, (B, F), i64), ("forced", forced, (B, F), i64),
                                 ("logits_out", logits_out, (B, F, Q), f32)):
         if t is not None:
@@ -102,7 +106,7 @@ def check_sample_frame_args(op: str, table, cond, w3, b3, wo, bo, window, unifor
             _check_samples(op, "forced", forced, Q)
 
 
-def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, sampling: Sampling, out,
                      forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
                      num_threads: int = 0, check: bool = True) -> None:
     """The fused C++ op (OpenMP, AVX-512/AVX2/portable). num_threads: 0 = torch's thread count
@@ -111,14 +115,14 @@ def sample_frame_cpu(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperat
 
     if check:
         check_sample_frame_args("sample_frame_cpu", table, cond, w3, b3, wo, bo, window, uniforms,
-                                inv_temperature, out, forced, logits_out)
+                                sampling, out, forced, logits_out)
     if num_threads < 0:
         raise ValueError(f"sample_frame_cpu: num_threads must be >= 0 (0 = torch's), got {num_threads}")
-    cpu_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax),
-                                 out, forced, logits_out, int(num_threads))
+    cpu_extension().sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out, forced, logits_out,
+                                 int(num_threads))
 
 
-def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, sampling: Sampling, out,
                         forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
                         block_b: Optional[int] = None, path: Optional[str] = None,
                         scratch: Optional[dict] = None, check: bool = True) -> None:
@@ -136,7 +140,7 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
 
     if check:
         check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms,
-                                inv_temperature, out, forced, logits_out)
+                                sampling, out, forced, logits_out)
     if path is None:
         big = cond.shape[0] >= small.SPLIT_MIN_B or table.shape[2] >= small.SPLIT_MIN_H
         path = "split" if big else "small"
@@ -146,11 +150,11 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempe
         launch = small.launch
     else:
         raise ValueError(f"sample_frame_triton: path must be 'split' or 'small', got {path!r}")
-    launch(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax), out, forced, logits_out,
+    launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out, forced, logits_out,
            block_b=block_b, scratch=scratch)
 
 
-def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, argmax: bool, out,
+def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, sampling: Sampling, out,
                       forced: Optional[torch.Tensor] = None, logits_out: Optional[torch.Tensor] = None,
                       workspace: Optional[torch.Tensor] = None, max_blocks: int = 0, check: bool = True) -> None:
     """The persistent CUDA kernel, one cooperative launch per frame (capturable in a CUDA graph).
@@ -165,7 +169,7 @@ def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempera
 
     if check:
         check_sample_frame_args("sample_frame_cuda", table, cond, w3, b3, wo, bo, window, uniforms,
-                                inv_temperature, out, forced, logits_out)
+                                sampling, out, forced, logits_out)
     ext = cuda_extension()
     if workspace is not None:
         Q, H = table.shape[1:]
@@ -177,5 +181,5 @@ def sample_frame_cuda(table, cond, w3, b3, wo, bo, window, uniforms, inv_tempera
                              f"on {workspace.device}")
     if max_blocks < 0:
         raise ValueError(f"sample_frame_cuda: max_blocks must be >= 0 (0 = the kernel's choice), got {max_blocks}")
-    ext.sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, inv_temperature, bool(argmax), out, forced,
-                     logits_out, workspace, int(max_blocks))
+    ext.sample_frame(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out, forced, logits_out, workspace,
+                     int(max_blocks))

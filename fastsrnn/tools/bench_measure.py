@@ -28,7 +28,7 @@ import torch
 
 from fastsrnn.backends import DecodeState, canonical_name, make_backend
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.ops.sampling import cdf_margin
+from fastsrnn.ops.sampling import Sampling, cdf_margin
 
 NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)
 VARIANT_OPTIONS = ("bf16", "int8", "nograph")
@@ -149,13 +149,13 @@ def measured(device="cpu", memory: bool = True) -> Iterator[Measurement]:
             m.peak_mib = _peak_mib(device)
 
 
-def frame_stepper(backend, state: DecodeState, uniforms: torch.Tensor, inv_temperature: torch.Tensor,
+def frame_stepper(backend, state: DecodeState, uniforms: torch.Tensor, sampling: Sampling,
                   device) -> Callable[[], None]:
     """One timed unit: ``backend.step_frame`` on ``state`` (advanced in place), synchronised."""
     device = torch.device(device)
 
     def step() -> None:
-        backend.step_frame(state, uniforms, inv_temperature)
+        backend.step_frame(state, uniforms, sampling)
         sync(device)
     return step
 
@@ -176,14 +176,14 @@ def time_frames(model, backend, n_seq: int, device, frames: int = 16, repeats: i
     F = model.cfg.frame_size
     state = fresh_state(model, n_seq, device, seed)
     u = torch.rand(frames, n_seq, F, device=device)  # (n, B, F)
-    inv_t = torch.ones(n_seq, device=device)
+    sampling = Sampling(torch.ones(n_seq, device=device))
     for _ in range(warmup):
-        backend.step_frames(state, u, inv_t)
+        backend.step_frames(state, u, sampling)
     per_frame = []
     with measured(device) as total:
         for _ in range(repeats):
             with measured(device, memory=False) as m:
-                backend.step_frames(state, u, inv_t)
+                backend.step_frames(state, u, sampling)
             per_frame.append(m.seconds / frames)
     return FrameTiming(statistics.median(per_frame), per_frame, total.peak_mib)
 
@@ -196,16 +196,16 @@ def check_against_eager(model, be, eager_be, n_seq: int, device, frames: int = 3
     F, Q = model.cfg.frame_size, model.cfg.q_levels
     g = torch.Generator().manual_seed(1234)
     us = [torch.rand(n_seq, F, generator=g).to(device) for _ in range(frames)]
-    inv_t = torch.ones(n_seq, device=device)
+    sampling = Sampling(torch.ones(n_seq, device=device))
     s_ref, s_be = fresh_state(model, n_seq, device, 7), fresh_state(model, n_seq, device, 7)
     for u in us:
         logits = torch.empty(n_seq, F, Q, device=device)
-        x_ref = eager_be.step_frame(s_ref, u, inv_t, logits_out=logits)
-        x_be = be.step_frame(s_be, u, inv_t)
+        x_ref = eager_be.step_frame(s_ref, u, sampling, logits_out=logits)
+        x_be = be.step_frame(s_be, u, sampling)
         bad = (x_ref != x_be).nonzero()
         if len(bad):
             b, j = bad[0].tolist()
-            margin = float(cdf_margin(logits[b, j][None].cpu(), u[b, j][None].cpu(), inv_t[b][None].cpu())[0])
+            margin = float(cdf_margin(logits[b, j][None].cpu(), u[b, j][None].cpu(), sampling.rows([b]).to("cpu"))[0])
             if margin > NEAR_TIE:
                 raise RuntimeError(f"backend {be.name} draws {int(x_be[b, j])} where {ref} draws "
                                    f"{int(x_ref[b, j])} (sequence {b}, step {j}, CDF margin {margin:.2e}): "
@@ -220,14 +220,14 @@ def check_low_precision(model, be, eager_be, n_seq: int, device, frames: int = 2
     ||diff|| / ||ref|| <= limit."""
     F, Q = model.cfg.frame_size, model.cfg.q_levels
     g = torch.Generator().manual_seed(4321)
-    inv_t = torch.ones(n_seq, device=device)
+    sampling = Sampling(torch.ones(n_seq, device=device))
     s_ref, s_be = fresh_state(model, n_seq, device, 7), fresh_state(model, n_seq, device, 7)
     num = den = 0.0
     for _ in range(frames):
         u = torch.rand(n_seq, F, generator=g).to(device)
         ref, got = torch.empty(n_seq, F, Q, device=device), torch.empty(n_seq, F, Q, device=device)
-        x = eager_be.step_frame(s_ref, u, inv_t, logits_out=ref)
-        be.step_frame(s_be, u, inv_t, forced=x, logits_out=got)
+        x = eager_be.step_frame(s_ref, u, sampling, logits_out=ref)
+        be.step_frame(s_be, u, sampling, forced=x, logits_out=got)
         num += float((got - ref).double().pow(2).sum())
         den += float(ref.double().pow(2).sum())
     err = (num / den) ** 0.5
