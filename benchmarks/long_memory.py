@@ -22,11 +22,13 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys
 from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.tools.bench_measure import measured
 ckpt, out, seconds, backend, n_seq, device = sys.argv[1:3] + [float(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
                                                               sys.argv[6]]
 with measured(device) as m:  # fastsrnn bench's one timing and peak-memory method
-    run = GenerationRun.create(ckpt, out, seconds=seconds, n_seq=n_seq, backend=backend, device=device)
+    settings = GenerationSettings(seconds=seconds, n_seq=n_seq)
+    run = GenerationRun.create(ckpt, out, settings, backend=backend, device=device)
     files = run.run(progress=False)
 print(json.dumps({"seconds": seconds, "n_seq": n_seq, "backend": run.gen.backend_name, "device": device,
                   "wall_s": m.seconds, "samples_per_s_per_seq": seconds * run.settings["sample_rate"] / m.seconds,

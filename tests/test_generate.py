@@ -12,6 +12,7 @@ from fastsrnn.checkpoint import save_checkpoint
 from fastsrnn.generation.generator import Generator, generate, prime_levels
 from fastsrnn.generation.longgen import GenerationRun
 from fastsrnn.generation.rundir import STATE
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.quantize import dequantize, silence_level
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
@@ -91,8 +92,9 @@ def test_chunked_stream_equals_one_shot(cfg, backend):
 @pytest.mark.parametrize("cfg,backend", [(SMALL, "eager"), (SMALL3, "folded")], ids=["2tier", "3tier"])
 def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
     ckpt = save_checkpoint(tmp_path / "model.pt", _model(cfg))
-    opts = dict(seconds=1.5, n_seq=2, seed=5, backend=backend, device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
-    whole = GenerationRun.create(ckpt, tmp_path / "a", **opts).run(progress=False)
+    settings = GenerationSettings(seconds=1.5, n_seq=2, seed=5, chunk_seconds=0.1, save_every=0.2)
+    opts = dict(backend=backend, device="cpu")
+    whole = GenerationRun.create(ckpt, tmp_path / "a", settings, **opts).run(progress=False)
     assert len(whole) == 2
 
     class Killed(Exception):
@@ -102,7 +104,7 @@ def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
         if run.generated >= 5 * 80:
             raise Killed
 
-    run = GenerationRun.create(ckpt, tmp_path / "b", **opts)
+    run = GenerationRun.create(ckpt, tmp_path / "b", settings, **opts)
     with pytest.raises(Killed):
         run.run(progress=False, on_chunk=kill_after_5)
     state = torch.load(tmp_path / "b" / STATE, weights_only=True)
@@ -111,7 +113,7 @@ def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
     for part in sorted((tmp_path / "b").glob("*.part.wav")):  # valid audio up to the last chunk
         assert len(sf.read(part)[0]) >= saved > 0
     with pytest.raises(FileExistsError, match="--resume"):
-        GenerationRun.create(ckpt, tmp_path / "b", **opts)  # nothing overwritten
+        GenerationRun.create(ckpt, tmp_path / "b", settings, **opts)  # nothing overwritten
     GenerationRun.reopen(tmp_path / "b").run(progress=False)
     for a, b in zip(_final_audio(tmp_path / "a"), _final_audio(tmp_path / "b")):
         assert len(a) == 1200 and np.array_equal(a, b)
@@ -123,8 +125,8 @@ def test_prime_file_starts_the_output_and_level_is_sane(tmp_path, ckpt):
     t = np.arange(800) / 800
     sf.write(tmp_path / "prime.wav", 0.5 * np.sin(2 * np.pi * 110 * t), 800)
     out = tmp_path / "g"
-    GenerationRun.create(ckpt, out, seconds=0.5, seed=1, prime=tmp_path / "prime.wav", backend="eager",
-                         device="cpu", fmt="flac").run(progress=False)
+    settings = GenerationSettings(seconds=0.5, seed=1, prime=tmp_path / "prime.wav", audio_format="flac")
+    GenerationRun.create(ckpt, out, settings, backend="eager", device="cpu").run(progress=False)
     audio = sf.read(out / "seq_000.flac")[0]
     assert len(audio) == 800 + 400
     assert np.abs(audio).max() <= 0.9 + 1e-3  # peak-normalized, never clipped
@@ -143,17 +145,18 @@ def test_prime_seconds_under_one_sample_keeps_nothing_not_everything(tmp_path):
 
 def test_bad_inputs_are_clear_errors(tmp_path, ckpt):
     with pytest.raises(Exception, match="no such checkpoint"):
-        GenerationRun.create(tmp_path / "missing.pt", tmp_path / "o1", seconds=1)
+        GenerationRun.create(tmp_path / "missing.pt", tmp_path / "o1", GenerationSettings(seconds=1))
     (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(Exception, match="foreign.pt.*not a fastsrnn checkpoint"):
-        GenerationRun.create(tmp_path / "foreign.pt", tmp_path / "o2", seconds=1)
+        GenerationRun.create(tmp_path / "foreign.pt", tmp_path / "o2", GenerationSettings(seconds=1))
     with pytest.raises(ValueError, match="--seconds must be > 0"):
-        GenerationRun.create(ckpt, tmp_path / "o3", seconds=0)
+        GenerationRun.create(ckpt, tmp_path / "o3", GenerationSettings(seconds=0))
     with pytest.raises(ValueError, match="at most .* sequences fit"):
-        GenerationRun.create(ckpt, tmp_path / "o4", seconds=1, n_seq=10**12, device="cpu")
+        GenerationRun.create(ckpt, tmp_path / "o4", GenerationSettings(seconds=1, n_seq=10**12), device="cpu")
     (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
     with pytest.raises(Exception, match="bad.wav"):
-        GenerationRun.create(ckpt, tmp_path / "o5", seconds=1, prime=tmp_path / "bad.wav", device="cpu")
+        GenerationRun.create(ckpt, tmp_path / "o5", GenerationSettings(seconds=1, prime=tmp_path / "bad.wav"),
+                             device="cpu")
     for name in ("o1", "o2", "o3", "o4", "o5"):  # nothing half-made left behind
         assert not (tmp_path / name / "generation.json").exists()
 

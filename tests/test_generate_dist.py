@@ -17,6 +17,7 @@ from fastsrnn.cli import main
 from fastsrnn.generation.generator import Generator
 from fastsrnn.generation.longgen import GenerationRun
 from fastsrnn.generation.ranks import RowsGenerator, split_rows
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.outlock import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,7 @@ KILL_AND_RESUME = """
 import sys
 import torch.distributed as dist
 from fastsrnn.generation.longgen import GenerationRun
+from fastsrnn.generation.settings import GenerationSettings
 
 ckpt, out, mode = sys.argv[1:4]
 
@@ -101,8 +103,8 @@ def stop(run):  # the ranks die at different points: each resumes from its own l
 
 if mode == "kill":
     try:
-        GenerationRun.create(ckpt, out, seconds=1.5, n_seq=3, seed=5, backend="eager", device="cpu",
-                             chunk_seconds=0.1, save_every_seconds=0.2).run(progress=False, on_chunk=stop)
+        settings = GenerationSettings(seconds=1.5, n_seq=3, seed=5, chunk_seconds=0.1, save_every=0.2)
+        GenerationRun.create(ckpt, out, settings, backend="eager", device="cpu").run(progress=False, on_chunk=stop)
     except Killed:
         pass
 else:
@@ -112,8 +114,8 @@ dist.destroy_process_group()
 
 
 def test_torchrun_kill_and_resume_gives_the_single_process_files(tmp_path, ckpt):
-    opts = dict(seconds=1.5, n_seq=3, seed=5, backend="eager", device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
-    GenerationRun.create(ckpt, tmp_path / "one", **opts).run(progress=False)
+    settings = GenerationSettings(seconds=1.5, n_seq=3, seed=5, chunk_seconds=0.1, save_every=0.2)
+    GenerationRun.create(ckpt, tmp_path / "one", settings, backend="eager", device="cpu").run(progress=False)
     script = tmp_path / "kill_and_resume.py"
     script.write_text(KILL_AND_RESUME)
     out = tmp_path / "two"

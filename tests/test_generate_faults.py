@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,10 +19,12 @@ from fastsrnn.generation import longgen
 from fastsrnn.generation.generator import Generator, generate
 from fastsrnn.generation.longgen import GenerationRun
 from fastsrnn.generation.rundir import SETTINGS, STATE
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.outlock import LOCK_NAME, OutputLocked, locked_output
 
 SMALL = SampleRNNConfig(frame_size=4, emb_size=8, dim=24, n_rnn=2, q_levels=32, sample_rate=800)
-OPTS = dict(seconds=0.5, n_seq=3, seed=5, backend="eager", device="cpu", chunk_seconds=0.1, save_every_seconds=0.2)
+SET = GenerationSettings(seconds=0.5, n_seq=3, seed=5, chunk_seconds=0.1, save_every=0.2)
+OPTS = dict(backend="eager", device="cpu")
 
 
 class Killed(Exception):
@@ -49,7 +52,7 @@ def _interrupted(ckpt, out, **opts):
         if run.generated >= 160:
             raise Killed
 
-    run = GenerationRun.create(ckpt, out, **{**OPTS, **opts})
+    run = GenerationRun.create(ckpt, out, replace(SET, **opts), **OPTS)
     with pytest.raises(Killed):
         run.run(progress=False, on_chunk=kill)
     return out
@@ -60,12 +63,12 @@ def test_two_generations_into_one_out_are_refused(tmp_path, ckpt):
     empty = tmp_path / "e"
     with locked_output(empty, "fastsrnn generate"):  # a generation starting there (flock: per open file)
         with pytest.raises(OutputLocked, match="in use by pid .*fastsrnn generate"):
-            GenerationRun.create(ckpt, empty, **OPTS)
+            GenerationRun.create(ckpt, empty, SET, **OPTS)
     assert os.listdir(empty) == [LOCK_NAME]  # nothing written by the refused one
     out = tmp_path / "g"
-    first = GenerationRun.create(ckpt, out, **OPTS)  # holds the folder until its run ends
+    first = GenerationRun.create(ckpt, out, SET, **OPTS)  # holds the folder until its run ends
     with pytest.raises(FileExistsError):
-        GenerationRun.create(ckpt, out, **OPTS)
+        GenerationRun.create(ckpt, out, SET, **OPTS)
     with pytest.raises(OutputLocked, match="in use by pid .*fastsrnn generate"):
         GenerationRun.reopen(out)
     assert main(["generate", "--resume", str(out), "--no-progress"]) == 1
@@ -84,7 +87,7 @@ def test_two_generations_into_one_out_are_refused(tmp_path, ckpt):
 @pytest.mark.parametrize("when", ["before_final", "final_written", "part_removed"])
 def test_kill_during_finalize_is_resumable(tmp_path, ckpt, monkeypatch, when):
     whole = tmp_path / "whole"
-    GenerationRun.create(ckpt, whole, **OPTS).run(progress=False)
+    GenerationRun.create(ckpt, whole, SET, **OPTS).run(progress=False)
     real, calls = longgen._copy_with_gain, []
 
     def dying_copy(src, dst, gain, fmt, block=1 << 16):
@@ -100,7 +103,7 @@ def test_kill_during_finalize_is_resumable(tmp_path, ckpt, monkeypatch, when):
     monkeypatch.setattr(longgen, "_copy_with_gain", dying_copy)
     out = tmp_path / "killed"
     with pytest.raises(Killed):
-        GenerationRun.create(ckpt, out, **OPTS).run(progress=False)
+        GenerationRun.create(ckpt, out, SET, **OPTS).run(progress=False)
     assert (out / STATE).exists() and not json.loads((out / SETTINGS).read_text())["complete"]
     monkeypatch.setattr(longgen, "_copy_with_gain", real)
     GenerationRun.reopen(out).run(progress=False)
@@ -147,7 +150,7 @@ def test_a_low_soft_open_file_limit_is_raised(tmp_path, ckpt):
         pytest.skip("hard open-file limit too low to test")
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 40, hard))
     try:
-        files = GenerationRun.create(ckpt, tmp_path / "g", **{**OPTS, "n_seq": 60, "seconds": 0.05}).run(
+        files = GenerationRun.create(ckpt, tmp_path / "g", replace(SET, n_seq=60, seconds=0.05), **OPTS).run(
             progress=False)
         assert len(files) == 60
     finally:
@@ -160,12 +163,12 @@ def test_a_folder_that_is_not_a_generation_is_refused_unless_empty(tmp_path, ckp
     out.mkdir()
     (out / "state.pt").write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="not empty .*state.pt"):
-        GenerationRun.create(ckpt, out, **OPTS)
+        GenerationRun.create(ckpt, out, SET, **OPTS)
     assert (out / "state.pt").read_bytes() == b"precious" and sorted(os.listdir(out)) == ["state.pt"]
     empty = tmp_path / "e"
     empty.mkdir()
     (empty / LOCK_NAME).write_text("pid 1 (old)\n")  # left by an earlier command: not content
-    assert len(GenerationRun.create(ckpt, empty, **OPTS).run(progress=False)) == 3
+    assert len(GenerationRun.create(ckpt, empty, SET, **OPTS).run(progress=False)) == 3
 
 
 # 5 ------------------------------------------------------------------------------------------------
@@ -182,12 +185,12 @@ def test_absurd_lengths_are_refused_before_anything_is_made(tmp_path, ckpt, caps
              (dict(seconds=math.inf), ValueError, "--seconds must be > 0 and finite"),
              (dict(temperature=math.nan), ValueError, "--temperature must be finite"),
              (dict(temperature=[1.0, math.inf, 1.0]), ValueError, "--temperature must be finite"),
-             (dict(save_every_seconds=math.inf), ValueError, "--save-every must be > 0 and finite"),
+             (dict(save_every=math.inf), ValueError, "--save-every must be > 0 and finite"),
              (dict(chunk_seconds=math.nan), ValueError, "--chunk-seconds must be > 0 and finite"),
              (dict(n_seq=2.5), TypeError, "--n-seq must be an integer")]
     for i, (opts, exc, msg) in enumerate(cases):
         with pytest.raises(exc, match=msg):
-            GenerationRun.create(ckpt, tmp_path / f"o{i}", **{**OPTS, **opts})
+            GenerationRun.create(ckpt, tmp_path / f"o{i}", replace(SET, **opts), **OPTS)
         assert not (tmp_path / f"o{i}" / SETTINGS).exists()
     for option, value in [("--seconds", "nan"), ("--temperature", "inf"), ("--save-every", "nan"),
                           ("--seconds", "1e12")]:
@@ -254,7 +257,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, ckpt, model, capsys
     with pytest.raises(ValueError, match="torch has no CUDA device"):
         Generator(model, 1, device="cuda")
     with pytest.raises(ValueError, match="torch has no CUDA device"):
-        GenerationRun.create(ckpt, tmp_path / "g", seconds=1, device="cuda:1")
+        GenerationRun.create(ckpt, tmp_path / "g", GenerationSettings(seconds=1), device="cuda:1")
     with pytest.raises(ValueError, match="'gpu' is not a device"):
         Generator(model, 1, device="gpu")
 

@@ -21,6 +21,7 @@ from fastsrnn.generation.precision import (
     precision_options,
     teacher_forced_nll,
 )
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.model import nll_bits
 from fastsrnn.quantize import quantize, silence_level
 
@@ -181,7 +182,8 @@ def test_cli_generate_precision_bf16_end_to_end(trained, tmp_path, capsys):
         main(["generate", str(ckpt), "--precision", "fp16", "--out", str(tmp_path / "o3")])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
     # A resumed generation keeps its precision: another one is refused.
-    run = GenerationRun.create(ckpt, tmp_path / "part", seconds=0.25, backend="cpu", device="cpu", precision="bf16")
+    settings = GenerationSettings(seconds=0.25, precision="bf16")
+    run = GenerationRun.create(ckpt, tmp_path / "part", settings, backend="cpu", device="cpu")
     run.close()
     with pytest.raises(ValueError, match="started with precision bf16; resuming it with fp32"):
         GenerationRun.reopen(tmp_path / "part", precision="fp32")
@@ -243,8 +245,8 @@ def test_resume_survives_a_moved_precision_dataset(trained, album, tmp_path):
     data = tmp_path / "data"
     fastsrnn.prepare([str(p) for p in album], str(data), chunk_seconds=1.0, progress=False)
     ckpt = save_checkpoint(tmp_path / "model.pt", trained[0])
-    run = GenerationRun.create(ckpt, tmp_path / "gen", seconds=0.25, backend="cpu", device="cpu", precision="bf16",
-                               precision_data=data)
+    run = GenerationRun.create(ckpt, tmp_path / "gen", GenerationSettings(seconds=0.25, precision="bf16",
+                                                                     precision_data=data), backend="cpu", device="cpu")
     run.close()
     assert json.loads((tmp_path / "gen" / "generation.json").read_text())["precision_data"] == str(data)
     shutil.rmtree(data)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -41,28 +42,22 @@ from fastsrnn.data.audio import AudioStreamWriter, require_soundfile
 from fastsrnn.data.manifest import file_sha256
 from fastsrnn.generation import finish
 from fastsrnn.generation.finish import _copy_with_gain
-from fastsrnn.generation.generator import Generator, check_device, check_int, check_temperature, prime_levels
+from fastsrnn.generation.generator import Generator, check_device, prime_levels
 from fastsrnn.generation.memory import check_generation_fits
 from fastsrnn.generation.precision import recorded_dataset
-from fastsrnn.generation.preflight import (
-    _check_disk,
-    _check_float,
-    _check_precision_name,
-    _ensure_open_files,
-    _resume_precision_data,
-)
+from fastsrnn.generation.preflight import _check_disk, _ensure_open_files, _resume_precision_data
 from fastsrnn.generation.ranks import _generator, _raise_if_any_failed, init_ranks, split_rows
 from fastsrnn.generation.rundir import (
-    FORMAT,
     SETTINGS,
     STATE,
     _check_new_output,
-    _check_record,
     _lock,
     _read_settings,
     _read_state,
     _state_path,
+    new_record,
 )
+from fastsrnn.generation.settings import GenerationSettings
 
 
 class GenerationRun:
@@ -96,33 +91,19 @@ class GenerationRun:
 
     # ---- creating and reopening ------------------------------------------------------------
     @classmethod
-    def create(cls, checkpoint, out_dir, *, seconds: float, n_seq: int = 1, temperature=1.0, argmax=False,
-               h0="learned", seed=0, prime=None, prime_seconds=None, backend=None, device=None,
-               fmt="wav", normalize="peak", chunk_seconds=1.0, save_every_seconds=10.0, precision="fp32",
-               check_precision=True, precision_data=None) -> "GenerationRun":
-        """precision: fp32, bf16 or int8 (checked against fp32 first unless ``check_precision`` is
-        False) on ``precision_data`` (None: the dataset the checkpoint's run folder records, else the
-        model's own music); kept in the settings, so a resume uses the same."""
-        out = Path(out_dir)
-        seconds = _check_float("--seconds", seconds)
-        chunk_seconds = _check_float("--chunk-seconds", chunk_seconds)
-        save_every_seconds = _check_float("--save-every", save_every_seconds)
-        if prime_seconds is not None:
-            if prime is None:
-                raise ValueError("--prime-seconds needs --prime (the recording to continue)")
-            prime_seconds = _check_float("--prime-seconds", prime_seconds)
-        n_seq = check_int("--n-seq", n_seq, 1)
-        check_int("--seed", seed)
-        _check_precision_name(precision)
-        check_temperature(temperature, "--temperature", "--argmax")
-        if fmt not in ("wav", "flac"):
-            raise ValueError(f"--format must be 'wav' or 'flac', got {fmt!r}")
-        if normalize not in ("peak", "none"):
-            raise ValueError(f"--normalize must be 'peak' or 'none', got {normalize!r}")
+    def create(cls, checkpoint, out_dir, settings: GenerationSettings, *, backend=None, device=None,
+               check_precision=True) -> "GenerationRun":
+        """settings: what to generate (checked when made); backend, device: where (they may change on
+        a resume). A precision other than fp32 is checked against fp32 first unless ``check_precision``
+        is False, on ``settings.precision_data`` (None: the dataset the checkpoint's run folder
+        records, else the model's own music); the settings are kept, so a resume uses the same."""
+        if not isinstance(settings, GenerationSettings):
+            raise TypeError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
+        out, s = Path(out_dir), settings
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"--out {out} is a file, not a directory")
         world, rank = init_ranks()
-        rows = split_rows(n_seq, world, rank)
+        rows = split_rows(s.n_seq, world, rank)
         if rank == 0:  # the other ranks may already see rank 0's files
             _check_new_output(out)  # again under the lock, below: this one fails before the model is loaded
         check_device(device, "--device")
@@ -130,30 +111,20 @@ class GenerationRun:
         ckpt_path = Path(checkpoint).resolve()
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         sr, F = model.cfg.sample_rate, model.cfg.frame_size
-        n_samples = int(round(seconds * sr))
+        n_samples = int(round(s.seconds * sr))
         if n_samples < F:
-            raise ValueError(f"--seconds {seconds:g} is under one frame: the minimum is {F} samples = {F / sr:g} s "
-                             f"at {sr} Hz")
+            raise ValueError(f"--seconds {s.seconds:g} is under one frame: the minimum is {F} samples = "
+                             f"{F / sr:g} s at {sr} Hz")
         check_generation_fits(model.cfg, len(rows), device)
         _ensure_open_files(len(rows))
-        levels = prime_levels(prime, model.cfg, prime_seconds) if prime is not None else None
+        levels = prime_levels(s.prime, model.cfg, s.prime_seconds) if s.prime is not None else None
         prime_samples = 0 if levels is None else int(levels.numel())
-        _check_disk(out, n_seq, prime_samples + n_samples, prime_samples + n_samples)
-        if precision != "fp32" and precision_data is None:
-            precision_data = recorded_dataset(ckpt_path)
-        gen = _generator(model, n_seq, rows, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
-                         backend=backend, device=device, prime=levels, precision=precision,
-                         check_precision=check_precision, precision_data=precision_data)
-        settings = {"format": FORMAT, "version": 1, "checkpoint": str(ckpt_path),
-                    "checkpoint_sha256": file_sha256(ckpt_path),
-                    "seconds": seconds, "n_samples": n_samples, "sample_rate": sr, "n_seq": n_seq,
-                    "temperature": temperature, "argmax": argmax, "h0": h0, "seed": seed,
-                    "prime": None if prime is None else str(Path(prime).resolve()), "prime_seconds": prime_seconds,
-                    "prime_samples": prime_samples, "audio_format": fmt,
-                    "normalize": normalize, "chunk_samples": int(chunk_seconds * sr),
-                    "save_every_samples": int(save_every_seconds * sr), "backend": gen.backend_name,
-                    "precision": precision, "precision_data": None if precision_data is None else str(precision_data),
-                    "precision_check": _check_record(gen), "complete": False}
+        _check_disk(out, s.n_seq, prime_samples + n_samples, prime_samples + n_samples)
+        if s.precision != "fp32" and s.precision_data is None:
+            s = replace(s, precision_data=recorded_dataset(ckpt_path))
+        gen = _generator(model, s.n_seq, rows, backend=backend, device=device, prime=levels,
+                         check_precision=check_precision, **s.generator_options())
+        settings = new_record(s, ckpt_path, sr, n_samples, prime_samples, gen)
         if world > 1:
             settings["world_size"] = world
         lock, err = None, None
@@ -195,7 +166,7 @@ class GenerationRun:
     def reopen(cls, out_dir, backend=None, device=None, precision=None, check_precision=True) -> "GenerationRun":
         """precision: None (the stored one) or the stored one; another is refused (the audio would change)."""
         out = Path(out_dir)
-        stored = _read_settings(out).get("precision", "fp32")  # read first: a clear error for a non-generation
+        stored = GenerationSettings.from_dict(_read_settings(out)).precision  # first: clear for a non-generation
         if precision is not None and precision != stored:
             raise ValueError(f"{out}: this generation was started with precision {stored}; resuming it with "
                              f"{precision} would change its audio midway. Resume with --precision {stored} (or without "
@@ -252,11 +223,10 @@ class GenerationRun:
                              "cannot resume exactly")
         _ensure_open_files(len(rows))
         model = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
-        gen = _generator(model, settings["n_seq"], rows, temperature=settings["temperature"],
-                         argmax=settings["argmax"], h0=settings["h0"], seed=settings["seed"],
-                         backend=backend or settings["backend"], device=device,
-                         precision=settings.get("precision", "fp32"), check_precision=check_precision,
-                         precision_data=_resume_precision_data(settings.get("precision_data")))
+        options = GenerationSettings.from_dict(settings).generator_options()
+        options["precision_data"] = _resume_precision_data(options["precision_data"])
+        gen = _generator(model, settings["n_seq"], rows, backend=backend or settings["backend"], device=device,
+                         check_precision=check_precision, **options)
         saved = _read_state(state_path, len(rows))
         try:
             gen.load_state_dict(saved["generator"])

@@ -13,15 +13,18 @@ from typing import Optional
 
 import torch
 
+from fastsrnn.data.manifest import file_sha256
 from fastsrnn.generation.generator import Generator
+from fastsrnn.generation.settings import GenerationSettings
 from fastsrnn.outlock import LOCK_NAME, locked_output
 
 SETTINGS, STATE = "generation.json", "state.pt"
 FORMAT = "fastsrnn-generation"
 LOCK_WHAT = "fastsrnn generate"
-SETTINGS_KEYS = ("checkpoint", "checkpoint_sha256", "seconds", "n_samples", "sample_rate", "n_seq", "temperature",
-                 "argmax", "h0", "seed", "prime_samples", "audio_format", "normalize", "chunk_samples",
-                 "save_every_samples", "backend")
+# generation.json: the run's record (these keys, then the precision guard's numbers, completion, files)
+# around its GenerationSettings (settings.py: to_dict / from_dict)
+RECORD_KEYS = ("checkpoint", "checkpoint_sha256", "n_samples", "sample_rate", "prime_samples", "backend")
+SETTINGS_KEYS = RECORD_KEYS + GenerationSettings.v1_keys()  # in every generation.json, the first one included
 
 
 def _read_settings(out: Path) -> dict:
@@ -37,9 +40,20 @@ def _read_settings(out: Path) -> dict:
     missing = [k for k in SETTINGS_KEYS if k not in settings]
     if missing:
         raise ValueError(f"{path}: damaged, missing {', '.join(missing)}; cannot resume this generation")
-    if not isinstance(settings["n_seq"], int) or settings["n_seq"] < 1:
-        raise ValueError(f"{path}: damaged, n_seq is {settings['n_seq']!r}; cannot resume this generation")
+    try:
+        GenerationSettings.from_dict(settings)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{path}: damaged ({e}); cannot resume this generation") from None
     return settings
+
+
+def new_record(settings: GenerationSettings, checkpoint: Path, sample_rate: int, n_samples: int,
+               prime_samples: int, gen: Generator) -> dict:
+    """A new generation's generation.json: its record around its settings."""
+    return {"format": FORMAT, "version": 1, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+            "n_samples": n_samples, "sample_rate": sample_rate, "prime_samples": prime_samples,
+            "backend": gen.backend_name, **settings.to_dict(sample_rate), "precision_check": _check_record(gen),
+            "complete": False}
 
 
 def _read_state(path: Path, n_seq: int) -> dict:
