@@ -1,14 +1,11 @@
 """The C++ build machinery (fastsrnn/ops/build.py): the ISA levels and the cache key, clear and
-cached failures, missing tools, stale locks, and `python -m fastsrnn.ops.build`. The CPU
-extension must build here: a failed build fails these tests (CI installs g++ and ninja)."""
-import os
-import time
-
+cached failures, missing tools, and `python -m fastsrnn.ops.build` (the shared cache and its lock:
+tests/test_build_cache.py). The CPU extension must build here: a failed build fails these tests
+(CI installs g++ and ninja)."""
 import pytest
 
 from fastsrnn.ops.build import (
     BuildError,
-    _clear_stale_lock,
     _key,
     cpu_extension,
     csrc_dir,
@@ -64,14 +61,3 @@ def test_build_cli(capsys):
     with pytest.raises(SystemExit):
         main(["nonsense"])
 
-
-def test_stale_build_lock_is_removed(tmp_path):
-    """A build killed mid-way leaves torch's lock file, on which later builds would wait forever."""
-    lock = tmp_path / "lock"
-    lock.touch()
-    _clear_stale_lock(tmp_path)
-    assert lock.exists()  # a build may be running: a fresh lock stays
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    _clear_stale_lock(tmp_path)
-    assert not lock.exists()

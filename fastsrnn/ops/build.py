@@ -6,15 +6,30 @@ the instruction-set level the flags target: a cache built on an AVX-512 machine 
 loaded on a CPU without AVX-512 (it would die of an illegal instruction). Results and failures
 are cached per process, so a missing compiler costs one attempt and then a clear message.
 
+The cache is location-independent: the sources are copied into the keyed folder and compiled
+there, and a finished build (marked by ``complete.json``) is imported directly, without asking
+ninja, whose build.ninja holds absolute paths (of the sources, of torch's headers) that differ
+between checkouts and virtual environments and would make it rebuild. So every checkout and
+environment with the same sources, flags, torch and Python shares one build. One process builds
+a folder at a time: it holds an OS lock (``flock`` on ``build.lock``), which the kernel drops
+however the process ends, so a killed build never blocks the next one; a process that waits says
+for whom and where.
+
 Ahead of time (e.g. in a Docker image): ``python -m fastsrnn.ops.build`` builds every extension
 this machine can build and reports each one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
+import json
+import os
 import platform
 import shutil
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -124,43 +139,131 @@ def load_extension(name: str, sources: Sequence, extra_cflags: Sequence[str] = (
     return module
 
 
+COMPLETE = "complete.json"  # written last: the folder holds a finished build
+LOCK = "build.lock"  # flock'ed while a process builds into the folder
+
+
 def _build(name, srcs, key, cflags, cuda_cflags, ldflags, cuda, verbose):
+    mod_name = f"fastsrnn_{name}_{key}"  # unique per variant: one process may load several
+    build_dir = env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
+    if _is_complete(build_dir, mod_name):
+        return _import(mod_name, build_dir)
     missing = missing_tools(cuda)
     if missing:
         raise BuildError(f"cannot build the {name} extension: missing {'; '.join(missing)}")
     from torch.utils import cpp_extension
 
-    mod_name = f"fastsrnn_{name}_{key}"  # unique per variant: one process may load several
-    build_dir = env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
     build_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale_lock(build_dir)
-    if not any(build_dir.glob(f"{mod_name}*.so")):
+    with _build_lock(build_dir, name):
+        if _is_complete(build_dir, mod_name):  # another process built it while this one waited
+            return _import(mod_name, build_dir)
+        staged = _stage_sources(srcs, build_dir / "src")
+        # torch's own lock file: with the flock held, one found here was left by a killed build
+        (build_dir / "lock").unlink(missing_ok=True)
         print(f"fastsrnn: compiling the {name} extension into {build_dir} (first use only, about a minute)",
               file=sys.stderr, flush=True)
-    try:
-        return cpp_extension.load(
-            name=mod_name, sources=[str(p) for p in srcs], extra_cflags=list(cflags),
-            extra_cuda_cflags=list(cuda_cflags) if cuda else None, extra_ldflags=list(ldflags),
-            extra_include_paths=sorted({str(p.parent) for p in srcs}), build_directory=str(build_dir),
-            verbose=env.build_verbose() if verbose is None else verbose, with_cuda=cuda or None)
-    except Exception as e:  # compiler errors arrive as RuntimeError/CalledProcessError/ImportError
-        detail = str(e).strip().splitlines()
-        tail = "\n".join(detail[-15:])
-        raise BuildError(f"building the {name} extension in {build_dir} failed "
-                         f"(set FASTSRNN_BUILD_VERBOSE=1 for the compiler's output):\n{tail}") from e
+        try:
+            with _elapsed_line(f"fastsrnn: compiling the {name} extension"):
+                module = cpp_extension.load(
+                    name=mod_name, sources=[str(p) for p in staged], extra_cflags=list(cflags),
+                    extra_cuda_cflags=list(cuda_cflags) if cuda else None, extra_ldflags=list(ldflags),
+                    extra_include_paths=sorted({str(p.parent) for p in staged}), build_directory=str(build_dir),
+                    verbose=env.build_verbose() if verbose is None else verbose, with_cuda=cuda or None)
+        except Exception as e:  # compiler errors arrive as RuntimeError/CalledProcessError/ImportError
+            detail = str(e).strip().splitlines()
+            tail = "\n".join(detail[-15:])
+            raise BuildError(f"building the {name} extension in {build_dir} failed "
+                             f"(set FASTSRNN_BUILD_VERBOSE=1 for the compiler's output):\n{tail}") from e
+        record = {"module": mod_name, "key": key, "torch": torch.__version__, "python": sys.version.split()[0],
+                  "sources": [p.name for p in srcs], "cflags": list(cflags), "cuda_cflags": list(cuda_cflags or []),
+                  "ldflags": list(ldflags), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = build_dir / (COMPLETE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, build_dir / COMPLETE)
+        return module
 
 
-def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
-    """torch waits forever on the lock a killed build left behind: remove one that old."""
-    lock = build_dir / "lock"
+def _is_complete(build_dir: Path, mod_name: str) -> bool:
+    return (build_dir / COMPLETE).is_file() and (build_dir / f"{mod_name}.so").is_file()
+
+
+def _import(mod_name: str, build_dir: Path):
+    """Import a finished build's module from its file (no ninja: nothing is checked or rebuilt)."""
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, build_dir / f"{mod_name}.so")
+    module = importlib.util.module_from_spec(spec)
     try:
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return
-    if age > max_age_s:
-        print(f"fastsrnn: removing a stale build lock {lock} ({age:.0f} s old; a build was interrupted)",
-              file=sys.stderr, flush=True)
-        lock.unlink(missing_ok=True)
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise BuildError(f"the cached build {build_dir} cannot be loaded ({e}); delete that folder "
+                         "to rebuild it") from e
+    sys.modules[mod_name] = module
+    return module
+
+
+def _stage_sources(srcs: Sequence[Path], dest: Path) -> List[Path]:
+    """Copy each source and the headers beside it (what the cache key hashed) into ``dest``,
+    one subfolder per source folder; returns the copied sources, in order."""
+    staged = []
+    for src in srcs:
+        folder = dest / src.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in [src, *sorted(src.parent.glob("*.h")), *sorted(src.parent.glob("*.cuh"))]:
+            shutil.copyfile(f, folder / f.name)
+        staged.append(folder / src.name)
+    return staged
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent first builds are then not serialised
+    fcntl = None
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path, name: str):
+    """Hold the OS lock of ``build_dir``; waiting for another process's build says so, with its pid."""
+    path = build_dir / LOCK
+    with open(path, "a+") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                print(f"fastsrnn: waiting for {holder}, which is compiling the {name} extension into {build_dir} "
+                      f"(lock: {path}); it is used as soon as that build ends", file=sys.stderr, flush=True)
+                with _elapsed_line(f"fastsrnn: waiting for the {name} extension's build"):
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {time.strftime('%H:%M:%S')})\n")
+        f.flush()
+        yield  # closing the file releases the flock
+
+
+@contextlib.contextmanager
+def _elapsed_line(desc: str, delay: float = 3.0):
+    """A progress line with the elapsed time, on a terminal, once the wait passes ``delay`` seconds."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", delay=delay, file=sys.stderr, disable=None, leave=False)
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def tick():
+        while not stop.wait(1.0):
+            if time.monotonic() - t0 >= delay:
+                bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
 
 
 # (builder, arguments) -> the loaded module or the BuildError message: the launchers call the
