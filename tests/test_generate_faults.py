@@ -171,6 +171,22 @@ def test_a_folder_that_is_not_a_generation_is_refused_unless_empty(tmp_path, ckp
     assert len(GenerationRun.create(ckpt, empty, SET, **OPTS).run(progress=False)) == 3
 
 
+def test_resuming_where_nothing_was_started_says_so(tmp_path, capsys):
+    """A run stopped before its settings were written (e.g. during the extension's first build)
+    leaves no folder, or only its lock: --resume says to start it again, not 'not a generation'."""
+    from fastsrnn.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / LOCK_NAME).write_text("pid 1 (old)\n")
+    for out in (tmp_path / "never", locked):
+        assert main(["generate", "--resume", str(out), "--no-progress"]) == 1
+        assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    (locked / "song.wav").write_bytes(b"x")
+    assert main(["generate", "--resume", str(locked), "--no-progress"]) == 1
+    assert "not a fastsrnn generation directory" in capsys.readouterr().err
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_absurd_lengths_are_refused_before_anything_is_made(tmp_path, ckpt, capsys):
     prime = tmp_path / "prime.wav"
@@ -187,13 +203,16 @@ def test_absurd_lengths_are_refused_before_anything_is_made(tmp_path, ckpt, caps
              (dict(temperature=[1.0, math.inf, 1.0]), ValueError, "--temperature must be finite"),
              (dict(save_every=math.inf), ValueError, "--save-every must be > 0 and finite"),
              (dict(chunk_seconds=math.nan), ValueError, "--chunk-seconds must be > 0 and finite"),
-             (dict(n_seq=2.5), TypeError, "--n-seq must be an integer")]
+             (dict(n_seq=2.5), TypeError, "--n-seq must be an integer"),
+             (dict(top_k=-1), ValueError, "--top-k must be >= 0"),
+             (dict(top_p=0.0), ValueError, r"--top-p must be in \(0, 1\]"),
+             (dict(top_p=1.5), ValueError, r"--top-p must be in \(0, 1\]")]
     for i, (opts, exc, msg) in enumerate(cases):
         with pytest.raises(exc, match=msg):
             GenerationRun.create(ckpt, tmp_path / f"o{i}", replace(SET, **opts), **OPTS)
         assert not (tmp_path / f"o{i}" / SETTINGS).exists()
     for option, value in [("--seconds", "nan"), ("--temperature", "inf"), ("--save-every", "nan"),
-                          ("--seconds", "1e12")]:
+                          ("--seconds", "1e12"), ("--top-k", "-2"), ("--top-p", "0"), ("--top-p", "2")]:
         assert main(["generate", str(ckpt), option, value, "--device", "cpu", "--out", str(tmp_path / "c")]) == 1
         assert option in capsys.readouterr().err or value == "1e12"
 
@@ -238,7 +257,8 @@ def test_resume_with_a_checkpoint_or_other_settings_is_refused(tmp_path, ckpt, m
     other = save_checkpoint(tmp_path / "other.pt", model)
     for before, after, named in [([str(other)], [], "other.pt"), ([], ["--seconds", "5"], "--seconds 5"),
                                  ([], ["--n-seq", "2"], "--n-seq 2"), ([], ["--out", str(tmp_path / "x")], "--out"),
-                                 ([], ["--argmax"], "--argmax"), ([], ["--format", "flac"], "--format flac")]:
+                                 ([], ["--argmax"], "--argmax"), ([], ["--format", "flac"], "--format flac"),
+                                 ([], ["--top-k", "5"], "--top-k 5"), ([], ["--top-p", "0.9"], "--top-p 0.9")]:
         assert main(["generate", *before, "--resume", str(out), *after, "--no-progress"]) == 1
         err = capsys.readouterr().err
         assert "disagree" in err and named in err

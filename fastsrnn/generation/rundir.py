@@ -16,7 +16,7 @@ import torch
 from fastsrnn.data.manifest import file_sha256
 from fastsrnn.generation.generator import Generator
 from fastsrnn.generation.settings import GenerationSettings
-from fastsrnn.outlock import LOCK_NAME, locked_output
+from fastsrnn.outlock import LOCK_NAME, is_lock_file, locked_output
 
 SETTINGS, STATE = "generation.json", "state.pt"
 FORMAT = "fastsrnn-generation"
@@ -30,6 +30,10 @@ SETTINGS_KEYS = RECORD_KEYS + GenerationSettings.v1_keys()  # in every generatio
 def _read_settings(out: Path) -> dict:
     path = out / SETTINGS
     if not path.is_file():
+        if not out.is_dir() or all(is_lock_file(p) for p in out.iterdir()):
+            raise FileNotFoundError(f"{out}: nothing to resume, no generation was started there (a run stopped "
+                                    "before its first settings were written, e.g. while the extension compiled, "
+                                    "leaves nothing); run the same command without --resume")
         raise FileNotFoundError(f"{out}: not a fastsrnn generation directory (no {SETTINGS})")
     try:
         settings = json.loads(path.read_text())
