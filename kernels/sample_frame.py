@@ -61,15 +61,46 @@ def scratch_buffer(store: dict, name: str, shape: tuple, device) -> torch.Tensor
 
 
 @triton.jit
-def _draw(logits, mq, u, inv, Q, ARGMAX: tl.constexpr):
+def _cut(lm, e, mq, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.constexpr):
+    """e (R, BQ) with the levels below the cut-offs' threshold zeroed (sampling.cut_threshold):
+    the threshold key is found bit by bit from the top (32 counts for top-k, 32 masked sums for
+    top-p, each tl.sum in one fixed order), keys being the float32 bits in the floats' order."""
+    b = lm.to(tl.int32, bitcast=True).to(tl.int64)
+    key = tl.where(b >= 0, b + 2147483648, 2147483647 - (b & 2147483647))  # (R, BQ) in [0, 2^32)
+    t = tl.zeros_like(tl.max(key, axis=1))  # (R,) int64: 0 keeps every level
+    if TOP_K:
+        bit = tl.full((), 2147483648, tl.int64)
+        for _ in range(32):
+            c = t | bit
+            n = tl.sum(((key >= c[:, None]) & mq[None, :]).to(tl.int32), axis=1)
+            t = tl.where(n >= top_k, c, t)
+            bit = bit >> 1
+    if TOP_P:
+        target = top_p * tl.sum(tl.where(key >= t[:, None], e, 0.0), axis=1)
+        t = tl.zeros_like(t)
+        bit = tl.full((), 2147483648, tl.int64)
+        for _ in range(32):
+            c = t | bit
+            mass = tl.sum(tl.where(key >= c[:, None], e, 0.0), axis=1)
+            t = tl.where(mass >= target, c, t)
+            bit = bit >> 1
+    return tl.where(key >= t[:, None], e, 0.0)
+
+
+@triton.jit
+def _draw(logits, mq, u, inv, top_k, top_p, Q, ARGMAX: tl.constexpr, TOP_K: tl.constexpr,
+          TOP_P: tl.constexpr):
     """Per row of logits (R, BQ) float32 (columns beyond Q masked by mq): the argmax, or the first
-    index whose running sum of exp((l - max) * inv) exceeds u * total (sampling.sample_ref)."""
+    index whose running sum of exp((l - max) * inv) exceeds u * total (sampling.sample_ref),
+    the levels below the top-k / top-p cut (:func:`_cut`) adding 0."""
     lm = tl.where(mq[None, :], logits, float("-inf"))
     if ARGMAX:
         x = tl.argmax(lm, axis=1).to(tl.int64)
     else:
         m = tl.max(lm, axis=1)
         e = tl.where(mq[None, :], tl.exp((lm - m[:, None]) * inv[:, None]), 0.0)
+        if TOP_K or TOP_P:
+            e = _cut(lm, e, mq, top_k, top_p, TOP_K, TOP_P)
         cdf = tl.cumsum(e, axis=1)  # (R, BQ), monotone: its max is the total
         thr = u * tl.max(cdf, axis=1)
         below = (cdf <= thr[:, None]) & mq[None, :]
@@ -78,8 +109,9 @@ def _draw(logits, mq, u, inv, Q, ARGMAX: tl.constexpr):
 
 
 @triton.jit
-def _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
-               ARGMAX: tl.constexpr, HAS_FORCED: tl.constexpr, HAS_LOGITS: tl.constexpr):
+def _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, top_k, top_p, uniforms, forced, logits_out, out,
+               ARGMAX: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, HAS_FORCED: tl.constexpr,
+               HAS_LOGITS: tl.constexpr):
     """The end of sample step j for rows rb (R,) of logits (R, BQ): store the logits if asked,
     take the forced sample or draw one (:func:`_draw`), store it in out[:, j]; returns x (R,) int64."""
     if HAS_LOGITS:
@@ -89,7 +121,7 @@ def _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_
     else:
         u = tl.load(uniforms + rb * F + j, mask=mb, other=0.0)
         inv = tl.load(inv_t + rb, mask=mb, other=1.0)
-        x = _draw(logits, mq, u, inv, Q, ARGMAX)
+        x = _draw(logits, mq, u, inv, top_k, top_p, Q, ARGMAX, TOP_K, TOP_P)
     tl.store(out + rb * F + j, x, mask=mb)
     return x
 
@@ -97,10 +129,11 @@ def _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_
 @triton.jit
 def _sample_frame_kernel(
     table, cond, w3, b3, wo, bo, window, uniforms, inv_t, out, forced, logits_out, a2s,
-    B, Q, H,
+    B, Q, H, top_k, top_p,
     F: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr,
-    ARGMAX: tl.constexpr, HAS_FORCED: tl.constexpr, HAS_LOGITS: tl.constexpr,
+    ARGMAX: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, HAS_FORCED: tl.constexpr,
+    HAS_LOGITS: tl.constexpr,
 ):
     """One frame for BLOCK_B sequences (shapes: the op's contract; a2s: (B, H) float32 scratch)."""
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BB,) sequences of this program
@@ -142,8 +175,8 @@ def _sample_frame_kernel(
             lacc += a3[:, None, :] * v.to(tl.float32)[None, :, :]
         tl.debug_barrier()  # every read of a2 done before the next step overwrites it
         logits = tl.sum(lacc, axis=2) + tl.load(bo + rq, mask=mq, other=0.0)[None, :]  # (BB, BQ)
-        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
-                       ARGMAX, HAS_FORCED, HAS_LOGITS)
+        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, top_k, top_p, uniforms, forced, logits_out, out,
+                       ARGMAX, TOP_K, TOP_P, HAS_FORCED, HAS_LOGITS)
         ring = tl.where(rf[None, :] == j, x[:, None], ring)
     tl.store(window + rb[:, None] * F + rf[None, :], ring, mask=mb[:, None] & (rf[None, :] < F))
 
@@ -184,7 +217,8 @@ _SCRATCH: dict = {}  # the default scratch store (see launch)
 def sampling_args(sampling) -> dict:
     """The kernel arguments of a Sampling (fastsrnn.ops.sampling): its per-sequence tensor and the
     fields the kernels take by value (constexpr flags: an unused rule compiles to nothing)."""
-    return dict(inv_t=sampling.inv_temperature, ARGMAX=bool(sampling.argmax))
+    return dict(inv_t=sampling.inv_temperature, top_k=sampling.top_k, top_p=float(sampling.top_p),
+                ARGMAX=bool(sampling.argmax), TOP_K=sampling.top_k > 0, TOP_P=sampling.top_p < 1.0)
 
 
 def launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,

@@ -116,10 +116,11 @@ def _stage_a_kernel(
 @triton.jit(do_not_specialize=["j"])
 def _stage_b_kernel(
     table, cond, bo, window, uniforms, inv_t, out, forced, logits_out, a2, part,
-    B, Q, H, NS, j,
+    B, Q, H, NS, j, top_k, top_p,
     F: tl.constexpr, ROWS: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexpr,
-    PROLOGUE: tl.constexpr, ARGMAX: tl.constexpr, HAS_FORCED: tl.constexpr, HAS_LOGITS: tl.constexpr,
+    PROLOGUE: tl.constexpr, ARGMAX: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
+    HAS_FORCED: tl.constexpr, HAS_LOGITS: tl.constexpr,
 ):
     """Step j's logits, draw and next a2 for ROWS sequences (PROLOGUE: only step 0's a2, j = -1).
 
@@ -141,8 +142,8 @@ def _stage_b_kernel(
                         mask=mb[:, None, None] & (ss < NS)[None, :, None] & mq[None, None, :], other=0.0)
             logits += tl.sum(p, axis=1)  # (R, BQ)
         logits += tl.load(bo + rq, mask=mq, other=0.0)[None, :]
-        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, uniforms, forced, logits_out, out,
-                       ARGMAX, HAS_FORCED, HAS_LOGITS)
+        x = _emit_step(logits, rb, mb, rq, mq, j, F, Q, inv_t, top_k, top_p, uniforms, forced, logits_out, out,
+                       ARGMAX, TOP_K, TOP_P, HAS_FORCED, HAS_LOGITS)
     # Slots of step j + 1: slot k holds stream sample k + j + 1, from the window, out, or x.
     idx = rf + (j + 1)  # (BF,)
     in_win = idx < F

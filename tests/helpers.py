@@ -268,15 +268,16 @@ def expect_bad_input(fn: Callable, case: str) -> None:
 # Backend tests
 
 
-def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, atol: float = 1e-4):
-    """The same generation (same window, uniforms, temperatures) on several backends on the
-    model's device, compared frame by frame with the first's (:func:`compare`); returns their
+def generate_and_compare(backends, model, B: int, n_frames: int, seed: int = 0, atol: float = 1e-4,
+                         top_k: int = 0, top_p: float = 1.0):
+    """The same generation (same window, uniforms, temperatures, cut-offs) on several backends on
+    the model's device, compared frame by frame with the first's (:func:`compare`); returns their
     DecodeStates. A near-tie mismatch would make the states differ: the seeds avoid one."""
     F, Q, dev = model.cfg.frame_size, model.cfg.q_levels, next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     window = torch.randint(0, Q, (B, F), generator=g).to(dev)
     states = [DecodeState.begin(model.cfg, model.initial_state(B), window.clone()) for _ in backends]
-    sampling = Sampling(torch.linspace(0.8, 1.25, B))
+    sampling = Sampling(torch.linspace(0.8, 1.25, B), top_k=top_k, top_p=top_p)
     for _ in range(n_frames):
         u = torch.rand(B, F, generator=g)
         runs = []

@@ -209,6 +209,23 @@ def test_error_at_most_twice_plain_pytorch(be, dtype, B, preset):
 
 
 # ---------------------------------------------------------------------------------------------
+# (id, preset, config overrides, B, top_k, top_p): top-k and top-p on a whole generation
+_CUT_CASES = [("odd-k3", "tiny", dict(ODD), 3, 3, 1.0), ("odd-k4-p0.7", "tiny", dict(ODD), 3, 4, 0.7),
+              ("tiny-p0.9", "tiny", {}, 2, 0, 0.9), ("tiny-k20-p0.95", "tiny", {}, 2, 20, 0.95),
+              ("small-k8-p0.8-B16", "tiny", SMALL_CFG, 16, 8, 0.8)]
+
+
+@pytest.mark.parametrize("be,preset,over,B,top_k,top_p", _params(BACKENDS[1:], _CUT_CASES))
+def test_cut_offs_match_eager(be, preset, over, B, top_k, top_p):
+    """top-k and top-p through each backend (graphs included on a GPU): eager's integers, frame by
+    frame, and the same state at the end."""
+    model = random_model(SampleRNNConfig.from_name(preset, **over)).to(be.device)
+    eager = make_backend("eager", model, be.device)
+    n = 2 if be.name == "triton" and be.device == "cpu" else 4
+    states = generate_and_compare([eager, _make(be, model)], model, B, n, top_k=top_k, top_p=top_p)
+    assert torch.equal(states[0].window, states[1].window)
+
+
 # CUDA graphs
 
 
@@ -222,6 +239,9 @@ def test_graphs_on_and_off_agree(be, preset):
     assert on.graphs and not off.graphs
     for B in (1, 3):
         states = generate_and_compare([off, on], model, B, 9, seed=B)
+        assert torch.equal(states[0].window, states[1].window) and states[0].phase == states[1].phase
+        # a Sampling with cut-offs is another capture (its fields are kernel arguments by value)
+        states = generate_and_compare([off, on], model, B, 9, seed=B, top_k=5, top_p=0.9)
         assert torch.equal(states[0].window, states[1].window) and states[0].phase == states[1].phase
         assert_same_tiers(states[1].rnn, states[0].rnn, rtol=1e-6, atol=1e-6)
     assert on.graphs, "capture failed and fell back to plain launches"

@@ -278,6 +278,73 @@ def test_sample_frame_temperature_is_per_sequence(impl):
     assert not torch.equal(got.samples[1], got.logits[1].argmax(-1))
 
 
+# top-k / top-p (docs/DESIGN.md §4): (id, top_k, top_p)
+CUTS = [("k3", 3, 1.0), ("p0.8", 0, 0.8), ("k5-p0.6", 5, 0.6)]
+
+
+def _cut_cases():
+    """Every implementation on odd sizes at B = 3; the compiled ones also on the tiny preset (Q 256)
+    and B = 16 (the Triton split path); the Triton kernels' split path at B = 3 too."""
+    for impl in SF_IMPLS:
+        cases = [("odd", 3, {})]
+        if not impl.variant:
+            cases += [("small", 16, {})] + ([] if _interpreted(impl) else [("tiny", 3, {})])
+        if "triton" in impl.name:
+            cases += [("odd", 3, dict(path="split"))]
+        for shape, B, opts in cases:
+            for name, k, p in CUTS:
+                tag = "".join(f"-{v}" for v in opts.values())
+                yield pytest.param(impl, shape, B, opts, k, p, id=f"{impl.name}-{shape}-B{B}{tag}-{name}",
+                                   marks=impl.marks)
+
+
+@pytest.mark.parametrize("impl,shape,B,opts,k,p", list(_cut_cases()))
+def test_sample_frame_cut_offs(impl, shape, B, opts, k, p):
+    """top-k and top-p draw the reference's integers (a mismatch only at a near-tie of the CDF or
+    of a cut, cdf_margin), and the cut changes some draw (so a kernel that ignored it would fail)."""
+    _prepare(impl)
+    F, Q, H = SHAPES[shape]
+    w = make_weights(F, Q, H, seed=6)
+    s = Sampling(torch.linspace(0.5, 2.0, B), top_k=k, top_p=p)
+    n = _frames(impl, shape)
+    got = run_frames(on_device(impl.fn, impl.device), w, B, n, s, **impl.opts, **opts)
+    want = run_frames(sample_frame_ref, w, B, n, s)
+    compare(got, want, atol=_atol(impl))
+    rows = Sampling(s.inv_temperature.repeat_interleave(F * n))  # (B * T,): the same draws, uncut
+    uncut = sample_ref(want.logits.flatten(0, 1), want.uniforms.flatten(), rows).view(B, -1)
+    assert (uncut != want.samples).any(), "the cut changed no draw: the case tests nothing"
+
+
+# Logits = bo exactly when Wo = 0 (a3 Wo^T sums zeros): ties that every kernel sees bit for bit.
+TIED_BO = [1.0, 2.5, 2.5, 0.5, 2.0, 2.0, -1.0]
+# (top_k, top_p, the levels kept at every inverse temperature of the test)
+TIED_CUTS = [(1, 1.0, {1, 2}), (3, 1.0, {1, 2, 4, 5}), (0, 0.5, None), (2, 0.9, {1, 2})]
+
+
+@pytest.mark.parametrize("k,p,kept", TIED_CUTS, ids=[f"k{k}-p{p}" for k, p, _ in TIED_CUTS])
+@pytest.mark.parametrize("impl", _impl_params(SF_IMPLS, lambda impl: not impl.variant))
+def test_sample_frame_cut_keeps_ties(impl, k, p, kept):
+    """Exactly tied logits at the cut: every level tied with the k-th highest is kept, and top-p
+    takes a tie whole; every implementation draws the reference's integers, bit for bit."""
+    _prepare(impl)
+    F, Q, H = SHAPES["odd"]
+    w = make_weights(F, Q, H, seed=7)
+    w["wo"], w["bo"] = torch.zeros(Q, H), torch.tensor(TIED_BO)
+    inv_t = torch.tensor([0.5, 1.0, 2.0])
+    s = Sampling(inv_t, top_k=k, top_p=p)
+    for b in range(3):  # top_p far from every upper set's mass fraction: no near-tie by design
+        e = torch.exp((torch.tensor(TIED_BO, dtype=torch.float64) - 2.5) * float(inv_t[b]))
+        fracs = torch.tensor([e[e >= e[i]].sum() / e.sum() for i in range(Q)])
+        assert p == 1.0 or (fracs - p).abs().min() > 1e-3, "pick a top_p away from the mass fractions"
+    got = run_frames(on_device(impl.fn, impl.device), w, 3, 2, s, **impl.opts)
+    want = run_frames(sample_frame_ref, w, 3, 2, s)
+    assert torch.equal(got.logits, want.logits), "Wo = 0 must give logits = bo exactly"
+    assert torch.equal(got.samples, want.samples) and torch.equal(got.window, want.window)
+    assert set(got.samples.flatten().tolist()) <= (kept or set(range(Q)))
+    if kept is None:  # top-p 0.5: the two 2.5 at inverse temperature 2, more levels when warmer
+        assert set(got.samples[2].tolist()) <= {1, 2} and not set(got.samples[0].tolist()) <= {1, 2}
+
+
 @pytest.mark.parametrize("block_b", [1, 2, 8], ids=lambda b: f"block{b}")
 @pytest.mark.parametrize("impl", _impl_params(SF_IMPLS, lambda impl: "triton" in impl.name))
 def test_sample_frame_triton_block_sizes(impl, block_b):

@@ -27,14 +27,16 @@ def _ptr(dtype: str) -> str:
     return "*bf16" if dtype == "bf16" else "*fp32"
 
 
-def _small(B: int, wdt: str):
-    """(kernel, signature, constexprs, num_warps, num_stages) of the one-launch kernel at n_seq B."""
+def _small(B: int, wdt: str, cut: bool = False):
+    """(kernel, signature, constexprs, num_warps, num_stages) of the one-launch kernel at n_seq B
+    (cut: with top-k and top-p on)."""
     cfg = small.launch_config(B, F, Q, H)
     warps = cfg.pop("num_warps")
     w = _ptr(wdt)
     sig = dict(table=w, cond="*fp32", w3=w, b3="*fp32", wo=w, bo="*fp32", window="*i64", uniforms="*fp32",
-               inv_t="*fp32", out="*i64", forced="*i64", logits_out="*fp32", a2s="*fp32", B="i32", Q="i32", H="i32")
-    const = dict(F=F, ARGMAX=False, HAS_FORCED=False, HAS_LOGITS=True, **cfg)
+               inv_t="*fp32", out="*i64", forced="*i64", logits_out="*fp32", a2s="*fp32", B="i32", Q="i32", H="i32",
+               top_k="i32", top_p="fp32")
+    const = dict(F=F, ARGMAX=False, TOP_K=cut, TOP_P=cut, HAS_FORCED=False, HAS_LOGITS=True, **cfg)
     return small._sample_frame_kernel, sig, const, warps, 3
 
 
@@ -46,13 +48,14 @@ def _stage_a(B: int, wdt: str):
     return split._stage_a_kernel, sig, dict(W_BF16=wdt == "bf16", WIDEN=False, **ca), warps, stages
 
 
-def _stage_b(B: int, wdt: str, prologue: bool = False):
+def _stage_b(B: int, wdt: str, prologue: bool = False, cut: bool = False):
     cb = dict(split.launch_config(B, F, Q, H)["stage_b"])
     warps, stages = cb.pop("num_warps"), cb.pop("num_stages")
     sig = dict(table=_ptr(wdt), cond="*fp32", bo="*fp32", window="*i64", uniforms="*fp32", inv_t="*fp32",
                out="*i64", forced="*i64", logits_out="*fp32", a2="*fp32", part="*fp32", B="i32", Q="i32",
-               H="i32", NS="i32", j="i32")
-    const = dict(F=F, PROLOGUE=prologue, ARGMAX=False, HAS_FORCED=False, HAS_LOGITS=True, **cb)
+               H="i32", NS="i32", j="i32", top_k="i32", top_p="fp32")
+    const = dict(F=F, PROLOGUE=prologue, ARGMAX=False, TOP_K=cut, TOP_P=cut, HAS_FORCED=False, HAS_LOGITS=True,
+                 **cb)
     return split._stage_b_kernel, sig, const, warps, stages
 
 
@@ -74,6 +77,9 @@ def _cases():
     yield pytest.param(_stage_b, 1, "fp32", id="split-b-B1")
     yield pytest.param(_small, 8, "bf16", id="small-B8-bf16")
     yield pytest.param(lambda B, wdt: _stage_b(B, wdt, prologue=True), 16, "bf16", id="split-b-prologue-B16-bf16")
+    # top-k and top-p on (the draw's bisections): the small kernel's 4 rows and stage B's one
+    yield pytest.param(lambda B, wdt: _small(B, wdt, cut=True), 4, "fp32", id="small-B4-fp32-cut")
+    yield pytest.param(lambda B, wdt: _stage_b(B, wdt, cut=True), 16, "fp32", id="split-b-B16-cut")
 
 
 @pytest.mark.parametrize("make,B,wdt", list(_cases()))

@@ -65,7 +65,48 @@ inline void gather_a2(const Problem<T>& p, const int32_t* hist, const float* con
 // whose sum exceeds u * total, clamped to Q - 1. argmax: the first maximum. The running sum is
 // walked in blocks of 16 (vectorised double sums), then element by element inside the block
 // that crosses: double rounding makes the block order invisible in fp32 but at 1e-16 ties.
-inline int64_t draw(const float* logits, int64_t Q, float u, const SamplingParams& s, int64_t b, float* e) {
+// The float32 bits as an unsigned key in the floats' order (-0 just below +0): sampling.order_key.
+inline uint32_t order_key(float x) {
+  uint32_t v;
+  std::memcpy(&v, &x, sizeof v);
+  return (v >> 31) ? ~v : (v | 0x80000000u);
+}
+
+// The largest t with pred(t), bit by bit from the top (pred true at 0 and monotone).
+template <typename Pred>
+inline uint32_t largest(Pred pred) {
+  uint32_t t = 0;
+  for (int bit = 31; bit >= 0; --bit)
+    if (pred(t | (1u << bit))) t |= 1u << bit;
+  return t;
+}
+
+// sampling.cut_threshold: zero e[i] for the levels below the top-k / top-p threshold. Counts
+// and sums (double, index order) over the keys; key: Q of scratch.
+inline void cut(const float* logits, int64_t Q, const SamplingParams& s, float* e, uint32_t* key) {
+  for (int64_t i = 0; i < Q; ++i) key[i] = order_key(logits[i]);
+  uint32_t t = 0;
+  if (s.top_k > 0)
+    t = largest([&](uint32_t c) {
+      int64_t n = 0;
+      for (int64_t i = 0; i < Q; ++i) n += key[i] >= c;
+      return n >= s.top_k;
+    });
+  if (s.top_p < 1.0f) {
+    auto mass = [&](uint32_t c) {
+      double m = 0.0;
+      for (int64_t i = 0; i < Q; ++i) m += key[i] >= c ? static_cast<double>(e[i]) : 0.0;
+      return m;
+    };
+    const double target = static_cast<double>(s.top_p) * mass(t);
+    t = largest([&](uint32_t c) { return mass(c) >= target; });
+  }
+  for (int64_t i = 0; i < Q; ++i)
+    if (key[i] < t) e[i] = 0.0f;
+}
+
+inline int64_t draw(const float* logits, int64_t Q, float u, const SamplingParams& s, int64_t b, float* e,
+                    uint32_t* key) {
   float m = logits[0];
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < Q; ++i) m = std::max(m, logits[i]);
@@ -77,6 +118,7 @@ inline int64_t draw(const float* logits, int64_t Q, float u, const SamplingParam
   const float inv_t = s.inv_temperature[b];
 #pragma omp simd
   for (int64_t i = 0; i < Q; ++i) e[i] = exp_nonpos((logits[i] - m) * inv_t);
+  if (s.top_k > 0 || s.top_p < 1.0f) cut(logits, Q, s, e, key);
   double total = 0.0;
 #pragma omp simd reduction(+ : total)
   for (int64_t i = 0; i < Q; ++i) total += e[i];
@@ -102,6 +144,7 @@ struct Scratch {
   std::vector<float> a3;  // (B, H) shared
   std::vector<float> logits;  // (B, Q) shared
   std::vector<float> cdf;  // per thread (Q,)
+  std::vector<uint32_t> keys;  // per thread (Q,): the cut-offs' keys
 };
 
 // The body every thread of the team runs. `redundant`: every thread gathers and draws for all
@@ -118,6 +161,7 @@ void frame_body(const Problem<T>& p, Scratch& sc, bool redundant, int tid, int n
   int32_t* hist = sc.hist.data() + copy * B * 2 * F;
   float* a2 = sc.a2.data() + copy * B * H;
   float* cdf = sc.cdf.data() + tid * Q;
+  uint32_t* keys = sc.keys.data() + tid * Q;
   const bool writer = !redundant || tid == 0;
   for (int64_t j = 0; j < F; ++j) {
     for (int64_t b = s0; b < s1; ++b) gather_a2(p, hist + b * 2 * F + j, p.cond + (b * F + j) * H, a2 + b * H);
@@ -131,7 +175,7 @@ void frame_body(const Problem<T>& p, Scratch& sc, bool redundant, int tid, int n
     for (int64_t b = s0; b < s1; ++b) {
       const float* lg = sc.logits.data() + b * Q;
       const int64_t x = p.forced ? p.forced[b * F + j]
-                                 : draw(lg, Q, p.uniforms[b * F + j], p.sampling, b, cdf);
+                                 : draw(lg, Q, p.uniforms[b * F + j], p.sampling, b, cdf, keys);
       hist[b * 2 * F + F + j] = static_cast<int32_t>(x);
       if (!writer) continue;
       p.out[b * F + j] = x;
@@ -164,6 +208,7 @@ void run(const Problem<T>& p, int64_t num_threads) {
   sc.a3.resize(B * H);
   sc.logits.resize(B * Q);
   sc.cdf.resize(nt * Q);
+  if (p.sampling.top_k > 0 || p.sampling.top_p < 1.0f) sc.keys.resize(nt * Q);
   for (int c = 0; c < copies; ++c)
     for (int64_t i = 0; i < B * F; ++i)
       sc.hist[(c * B + i / F) * 2 * F + i % F] = static_cast<int32_t>(p.window[i]);

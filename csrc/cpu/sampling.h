@@ -12,6 +12,8 @@ namespace fastsrnn {
 struct SamplingParams {
   const float* inv_temperature;  // (B,) 1 / temperature per sequence
   bool argmax;                   // the first maximum instead of a draw
+  int64_t top_k;                 // keep the k highest logits (ties kept); 0 = off
+  float top_p;                   // then the fewest highest levels with >= top_p of the mass; 1 = off
 };
 
 // The fields of a fastsrnn.ops.sampling.Sampling (its tensor checked in Python: (B,) float32,
@@ -21,6 +23,8 @@ inline SamplingParams sampling_params(const py::handle& s, at::Tensor& keep) {
   SamplingParams p{};
   p.inv_temperature = keep.data_ptr<float>();
   p.argmax = s.attr("argmax").cast<bool>();
+  p.top_k = s.attr("top_k").cast<int64_t>();
+  p.top_p = s.attr("top_p").cast<float>();
   return p;
 }
 

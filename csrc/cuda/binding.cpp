@@ -42,6 +42,8 @@ fastsrnn::SamplingParams sampling_params(const py::handle& s, at::Tensor& keep) 
   fastsrnn::SamplingParams p{};
   p.inv_temperature = keep.data_ptr<float>();
   p.argmax = s.attr("argmax").cast<bool>();
+  p.top_k = s.attr("top_k").cast<int>();
+  p.top_p = s.attr("top_p").cast<float>();
   return p;
 }
 

@@ -265,10 +265,56 @@ __device__ void compute_p(const SampleFrameParams& p, int F, int jp, const int* 
   }
 }
 
+// The float32 bits as an unsigned key in the floats' order (-0 just below +0): sampling.order_key.
+__device__ __forceinline__ unsigned order_key(float x) {
+  const unsigned v = __float_as_uint(x);
+  return (v >> 31) ? ~v : (v | 0x80000000u);
+}
+
+// The warp's sum of e over the levels whose key is >= c (lane runs in order, then a butterfly,
+// which leaves the same value in every lane: each step adds the same two numbers).
+__device__ __forceinline__ float warp_mass(const float* st, const unsigned* key, int q0, int q1, unsigned c) {
+  float m = 0.f;
+  for (int q = q0; q < q1; ++q) m += key[q + (q >> 5)] >= c ? st[q + (q >> 5)] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(kFull, m, o);
+  return m;
+}
+
+// sampling.cut_threshold: the top-k / top-p threshold key, bit by bit from the top (every lane
+// the same), then e zeroed below it in the lane's run [q0, q1); returns the run's new sum.
+__device__ float warp_cut(const SamplingParams& s, float* st, const unsigned* key, int q0, int q1) {
+  unsigned t = 0;
+  if (s.top_k > 0) {
+    for (int bit = 31; bit >= 0; --bit) {
+      const unsigned c = t | (1u << bit);
+      int n = 0;
+      for (int q = q0; q < q1; ++q) n += key[q + (q >> 5)] >= c ? 1 : 0;
+      if (warp_sum_int(n) >= s.top_k) t = c;
+    }
+  }
+  if (s.top_p < 1.f) {
+    const float target = s.top_p * warp_mass(st, key, q0, q1, t);
+    t = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+      const unsigned c = t | (1u << bit);
+      if (warp_mass(st, key, q0, q1, c) >= target) t = c;
+    }
+  }
+  float sum = 0.f;
+  for (int q = q0; q < q1; ++q) {
+    const float e = key[q + (q >> 5)] >= t ? st[q + (q >> 5)] : 0.f;
+    st[q + (q >> 5)] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 // The sample of sequence b at step jj from its logits (Q,) in global memory (written by other
-// blocks), computed by one whole warp; every lane returns it. st: the warp's staging row.
-// Element q is staged at q + q / 32, which makes both access patterns below conflict-free.
-__device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, float* st, int b, int jj) {
+// blocks), computed by one whole warp; every lane returns it. st: the warp's staging row (the
+// logits, then the cut-offs' keys at st + half). Element q is staged at q + q / 32, which makes
+// both access patterns below conflict-free.
+__device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, float* st, int half, int b,
+                          int jj) {
   const int lane = threadIdx.x & 31, Q = p.Q;
   const size_t bj = static_cast<size_t>(b) * F + jj;
   if (p.forced) {  // clamped: the sample indexes the table
@@ -281,7 +327,7 @@ __device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, flo
   for (int q = lane; q < Q; q += 32) m = fmaxf(m, st[q + (q >> 5)]);
   m = warp_max(m);
   int x;
-  if (p.sampling.argmax) {  // the first maximum, as torch.argmax
+  if (p.sampling.argmax) {  // the first maximum, as torch.argmax (never cut)
     int first = Q;
     for (int q = lane; q < Q; q += 32)
       if (st[q + (q >> 5)] == m) {
@@ -295,11 +341,18 @@ __device__ int warp_draw(const SampleFrameParams& p, int F, const float* lg, flo
     // computed by the same operations (so u < 1 puts the threshold at or below it).
     const float inv_t = __ldg(p.sampling.inv_temperature + b);
     const int E = (Q + 31) >> 5, q0 = min(lane * E, Q), q1 = min(q0 + E, Q);
+    const bool cut = p.sampling.top_k > 0 || p.sampling.top_p < 1.f;  // warp-uniform
+    unsigned* key = reinterpret_cast<unsigned*>(st + half);
     float sum = 0.f;
     for (int q = q0; q < q1; ++q) {
-      const float e = expf((st[q + (q >> 5)] - m) * inv_t);
+      const float l = st[q + (q >> 5)], e = expf((l - m) * inv_t);
+      if (cut) key[q + (q >> 5)] = order_key(l);
       st[q + (q >> 5)] = e;
       sum += e;
+    }
+    if (cut) {
+      __syncwarp();  // every lane's keys and e are in st before the counts read them all
+      sum = warp_cut(p.sampling, st, key, q0, q1);
     }
     float incl = sum;
     for (int o = 1; o < 32; o <<= 1) {
@@ -329,7 +382,7 @@ __device__ void draw_all(const SampleFrameParams& p, int F, int jj, const float*
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float* st = stage + warp * stage_floats;
   for (int b = warp; b < p.B; b += kSfWarps) {
-    const int x = warp_draw(p, F, logits + static_cast<size_t>(b) * qp, st, b, jj);
+    const int x = warp_draw(p, F, logits + static_cast<size_t>(b) * qp, st, stage_floats / 2, b, jj);
     if (lane == 0) {
       ring[static_cast<size_t>(b) * F + jj % F] = x;
       if (b % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x)) p.out[static_cast<size_t>(b) * F + jj] = x;

@@ -28,6 +28,8 @@ constexpr size_t kSfWorkspaceHeader = 128;     // bytes before the activations: 
 struct SamplingParams {
   const float* inv_temperature;   // (B,) 1 / temperature per sequence
   bool argmax;                    // the first maximum instead of a draw
+  int top_k;                      // keep the k highest logits (ties kept); 0 = off
+  float top_p;                    // then the fewest highest levels with >= top_p of the mass; 1 = off
 };
 
 struct SampleFrameParams {
@@ -81,7 +83,7 @@ struct SampleFrameShape {
   int splito;       // warps per Wo row
   int tile;         // sequences per pass (<= kSfTile)
   int hp, qp;       // H rounded up to 8, Q rounded up to 4 (row strides of smem and workspace)
-  int stage;        // floats per warp for staging one sequence's logits (Q + Q/32 + 1, padded)
+  int stage;        // floats per warp for one sequence's draw: its logits (Q + Q/32 + 1, padded), then keys
   unsigned off_wo, off_act, off_stage, off_ring, off_red;  // byte offsets into dynamic smem
 };
 
@@ -127,7 +129,7 @@ inline SampleFrameLaunchPlan sample_frame_launch_plan(int B, int F, int Q, int H
   s.splito = sf_split(s.rowso);
   s.hp = (H + 7) / 8 * 8;
   s.qp = (Q + 3) / 4 * 4;
-  s.stage = (Q + Q / 32 + 1 + 3) / 4 * 4;
+  s.stage = 2 * ((Q + Q / 32 + 1 + 3) / 4 * 4);  // the logits' row, then the cut-offs' keys
   s.tile = B < kSfTile ? B : kSfTile;
   for (;; --s.tile) {
     size_t off = sf_align16(static_cast<size_t>(s.rows3) * s.hp * wsize);
