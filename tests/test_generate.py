@@ -49,6 +49,27 @@ def test_per_sequence_temperature_and_argmax():
         Generator(m, 2, temperature=[1.0, 1.0, 1.0], backend="eager", device="cpu")
 
 
+def test_top_k_and_top_p():
+    """top_k=1 (no ties in a random model) and a tiny top_p keep only the highest level: argmax;
+    the cut-offs draw the same integers on the eager and cpu backends; bad values name the argument."""
+    m = _model()
+    greedy = Generator(m, 2, argmax=True, seed=3, backend="eager", device="cpu").frames(6)
+    for cut in (dict(top_k=1), dict(top_p=1e-6)):
+        assert torch.equal(Generator(m, 2, seed=3, backend="eager", device="cpu", **cut).frames(6), greedy)
+    kw = dict(temperature=[0.9, 1.2], top_k=9, top_p=0.8, seed=4, device="cpu")
+    eager = Generator(m, 2, backend="eager", **kw).frames(8)
+    assert torch.equal(Generator(m, 2, backend="cpu", **kw).frames(8), eager)
+    assert not torch.equal(Generator(m, 2, backend="eager", **dict(kw, top_k=0, top_p=1.0)).frames(8), eager)
+    gen = Generator(m, 2, backend="eager", **kw)
+    assert (gen.state_dict()["top_k"], gen.state_dict()["top_p"]) == (9, 0.8)
+    for bad, exc, msg in [(dict(top_k=-1), ValueError, "top_k must be >= 0"),
+                          (dict(top_k=2.5), TypeError, "top_k must be an integer"),
+                          (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
+                          (dict(top_p=float("nan")), ValueError, r"top_p must be in \(0, 1\]")]:
+        with pytest.raises(exc, match=msg):
+            Generator(m, 1, backend="eager", device="cpu", **bad)
+
+
 def test_prime_warms_the_frame_tier_like_the_training_forward():
     m = _model()
     F = SMALL.frame_size
@@ -89,10 +110,13 @@ def test_chunked_stream_equals_one_shot(cfg, backend):
         assert torch.equal(one, Generator(m, 3, seed=7, backend="eager", device="cpu").frames(40))
 
 
-@pytest.mark.parametrize("cfg,backend", [(SMALL, "eager"), (SMALL3, "folded")], ids=["2tier", "3tier"])
-def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
+@pytest.mark.parametrize("cfg,backend,cut", [(SMALL, "eager", {}), (SMALL3, "folded", {}),
+                                             (SMALL, "cpu", dict(top_k=5, top_p=0.9))],
+                         ids=["2tier", "3tier", "2tier-top-k-top-p"])
+def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend, cut):
+    """(top-k, top-p: stored in generation.json, kept by the resume.)"""
     ckpt = save_checkpoint(tmp_path / "model.pt", _model(cfg))
-    settings = GenerationSettings(seconds=1.5, n_seq=2, seed=5, chunk_seconds=0.1, save_every=0.2)
+    settings = GenerationSettings(seconds=1.5, n_seq=2, seed=5, chunk_seconds=0.1, save_every=0.2, **cut)
     opts = dict(backend=backend, device="cpu")
     whole = GenerationRun.create(ckpt, tmp_path / "a", settings, **opts).run(progress=False)
     assert len(whole) == 2
@@ -114,6 +138,8 @@ def test_kill_and_resume_gives_the_uninterrupted_audio(tmp_path, cfg, backend):
         assert len(sf.read(part)[0]) >= saved > 0
     with pytest.raises(FileExistsError, match="--resume"):
         GenerationRun.create(ckpt, tmp_path / "b", settings, **opts)  # nothing overwritten
+    stored = json.loads((tmp_path / "b" / "generation.json").read_text())
+    assert (stored["top_k"], stored["top_p"]) == (cut.get("top_k", 0), cut.get("top_p", 1.0))
     GenerationRun.reopen(tmp_path / "b").run(progress=False)
     for a, b in zip(_final_audio(tmp_path / "a"), _final_audio(tmp_path / "b")):
         assert len(a) == 1200 and np.array_equal(a, b)

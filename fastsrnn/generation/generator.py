@@ -19,7 +19,7 @@ from fastsrnn import env
 from fastsrnn.backends import DecodeState, make_backend, resolve_backend
 from fastsrnn.generation.precision import guard_precision, merge_options
 from fastsrnn.model import RNNState, SampleRNN
-from fastsrnn.ops.sampling import Sampling
+from fastsrnn.ops.sampling import Sampling, check_top_k, check_top_p
 from fastsrnn.quantize import dequantize, quantize, silence_level
 
 H0_MODES = ("learned", "random", "zeros")
@@ -102,7 +102,9 @@ class Generator:
     """n_seq sequences generated in parallel from one model.
 
     model: a SampleRNN (moved to ``device``); temperature: scalar or one per sequence;
-    prime: None, or a (T,) int64 tensor of quantized samples to continue (all sequences).
+    top_k: draw only among the k highest logits (ties with the k-th kept; 0 = off); top_p: then
+    among the fewest highest levels holding a fraction top_p of their mass (nucleus; 1.0 = off),
+    docs/DESIGN.md §4; prime: None, or a (T,) int64 tensor of quantized samples to continue (all sequences).
     precision: fp32 (default), bf16 or int8 weights (fastsrnn/generation/precision.py), merged with
     ``backend_options``; bf16 and int8 must first pass the NLL guard (its result:
     ``precision_check``; :class:`PrecisionRefused` if it fails) on ``precision_data`` (a prepared
@@ -110,13 +112,14 @@ class Generator:
     """
 
     def __init__(self, model: SampleRNN, n_seq: int = 1, *, temperature: Union[float, list] = 1.0,
-                 argmax: bool = False, h0: str = "learned", seed: int = 0, backend: str = None,
-                 device=None, prime: Optional[torch.Tensor] = None, precision: str = "fp32",
+                 argmax: bool = False, top_k: int = 0, top_p: float = 1.0, h0: str = "learned", seed: int = 0,
+                 backend: str = None, device=None, prime: Optional[torch.Tensor] = None, precision: str = "fp32",
                  check_precision: bool = True, precision_data=None, **backend_options):
         _check_model(model)
         n_seq = check_int("n_seq", n_seq, 1)
         seed = check_int("seed", seed)
         check_temperature(temperature)
+        top_k, top_p = check_top_k(top_k), check_top_p(top_p)
         if h0 not in H0_MODES:
             raise ValueError(f"h0 must be one of {H0_MODES}, got {h0!r}")
         if prime is not None:
@@ -126,7 +129,7 @@ class Generator:
         self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.n_seq, self.seed = n_seq, seed
-        self.sampling = Sampling.make(temperature, n_seq, self.device, argmax=argmax)
+        self.sampling = Sampling.make(temperature, n_seq, self.device, argmax, top_k, top_p)
         name = resolve_backend(backend or env.default_backend(), self.device, n_seq, options.get("dtype"))
         if precision == "int8" and name in ("triton", "cuda"):  # their frame kernels take fp32 and bf16
             raise ValueError(f"precision='int8' runs on the cpu and folded backends, not on {name!r}; "
@@ -225,7 +228,8 @@ class Generator:
         s = self.state
         d = {**s.rnn.map(torch.Tensor.cpu).to_dict(), "window": s.window.cpu(),
              "rng": self.rng.get_state(), "frames_done": self.frames_done, "n_seq": self.n_seq,
-             "seed": self.seed, "argmax": self.argmax, "inv_temperature": self.inv_temperature.cpu()}
+             "seed": self.seed, "argmax": self.argmax, "inv_temperature": self.inv_temperature.cpu(),
+             "top_k": self.sampling.top_k, "top_p": self.sampling.top_p}
         if s.history is not None:
             d.update(history=s.history.cpu(), conds=[c.cpu() for c in s.conds], phase=s.phase)
         return d
@@ -284,14 +288,15 @@ def prime_levels(path, cfg, seconds: Optional[float] = None) -> torch.Tensor:
 
 
 def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.0, argmax: bool = False,
-             h0: str = "learned", seed: int = 0, backend: str = None, device=None, prime=None,
-             progress: bool = False, precision: str = "fp32", check_precision: bool = True,
+             top_k: int = 0, top_p: float = 1.0, h0: str = "learned", seed: int = 0, backend: str = None,
+             device=None, prime=None, progress: bool = False, precision: str = "fp32", check_precision: bool = True,
              precision_data=None) -> np.ndarray:
     """Generate ``n_samples`` samples for each of ``n_seq`` sequences: (n_seq, n_samples) float32.
 
-    prime: None, (T,) int64 quantized samples (see :func:`prime_levels`), or the path of a recording
-    (read whole with :func:`prime_levels`). precision, check_precision, precision_data: see
-    :class:`Generator` (bf16 and int8 are measured against fp32 first, once per model and data).
+    top_k, top_p: the cut-offs (see :class:`Generator`). prime: None, (T,) int64 quantized samples
+    (see :func:`prime_levels`), or the path of a recording (read whole with :func:`prime_levels`).
+    precision, check_precision, precision_data: see :class:`Generator` (bf16 and int8 are measured
+    against fp32 first, once per model and data).
     """
     from tqdm.auto import tqdm
 
@@ -299,7 +304,7 @@ def generate(model: SampleRNN, n_samples: int, *, n_seq: int = 1, temperature=1.
     n_samples = check_int("n_samples", n_samples, 1)
     if isinstance(prime, (str, os.PathLike)):
         prime = prime_levels(prime, model.cfg)
-    gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, h0=h0, seed=seed,
+    gen = Generator(model, n_seq, temperature=temperature, argmax=argmax, top_k=top_k, top_p=top_p, h0=h0, seed=seed,
                     backend=backend, device=device, prime=prime, precision=precision,
                     check_precision=check_precision, precision_data=precision_data)
     if progress and gen.precision_check is not None:

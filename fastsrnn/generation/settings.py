@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from fastsrnn.generation.generator import check_int, check_temperature
 from fastsrnn.generation.precision import MAX_NLL_DELTA_BITS, PRECISIONS
 from fastsrnn.generation.preflight import _check_float, _check_precision_name
+from fastsrnn.ops.sampling import check_top_k, check_top_p
 
 H0S = ("learned", "random", "zeros")
 AUDIO_FORMATS = ("wav", "flac")
@@ -66,6 +67,10 @@ class GenerationSettings:
     temperature: Union[float, Tuple[float, ...]] = _opt(
         1.0, "sampling temperature, or one per sequence: 0.9,1.0,1.1", type=parse_temperature)
     argmax: bool = _opt(False, "take the most likely sample instead of sampling", action="store_true")
+    top_k: int = _opt(0, "sample only among the K most likely levels (every level tied with the K-th kept; "
+                      "0: all)", since_v1=False, type=int, metavar="K")
+    top_p: float = _opt(1.0, "then only among the fewest most likely levels that hold a fraction P of their "
+                        "probability (nucleus sampling; 1: all)", since_v1=False, type=float, metavar="P")
     h0: str = _opt("learned", "initial RNN state: the learned one, or random U[-0.5, 0.5] (more varied music)",
                    choices=H0S)
     seed: int = _opt(0, "random seed: same seed, same audio", type=int)
@@ -106,6 +111,8 @@ class GenerationSettings:
             put("temperature", tuple(float(t) for t in self.temperature))
         if not isinstance(self.argmax, bool):
             raise TypeError(f"--argmax must be true or false, got {self.argmax!r}")
+        put("top_k", check_top_k(self.top_k, "--top-k"))
+        put("top_p", check_top_p(self.top_p, "--top-p"))
         _check_precision_name(self.precision)
         for f in fields(self):
             choices = f.metadata["argparse"].get("choices")
@@ -118,8 +125,8 @@ class GenerationSettings:
     def generator_options(self) -> Dict[str, Any]:
         """The Generator's keyword arguments these settings fix."""
         t = list(self.temperature) if isinstance(self.temperature, tuple) else self.temperature
-        return dict(temperature=t, argmax=self.argmax, h0=self.h0, seed=self.seed, precision=self.precision,
-                    precision_data=self.precision_data)
+        return dict(temperature=t, argmax=self.argmax, top_k=self.top_k, top_p=self.top_p, h0=self.h0,
+                    seed=self.seed, precision=self.precision, precision_data=self.precision_data)
 
     def to_dict(self, sample_rate: int) -> Dict[str, Any]:
         """The settings as generation.json stores them: lengths in samples at ``sample_rate``, paths resolved."""
