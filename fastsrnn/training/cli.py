@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from fastsrnn import env
@@ -22,35 +22,26 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return x
 
-# option -> TrainConfig field; None defaults mean "the run's saved value, else TrainConfig's default"
-_OPTIONS = {
-    "batch_size": (int, "chunks per batch (the paper: 128; capped at the number of train chunks)"),
-    "tbptt": (int, "frames per truncated-BPTT sub-sequence (64 frames = 1,024 samples at F=16)"),
-    "lr": (finite_float, "Adam learning rate"),
-    "grad_clip": (finite_float, "clip each gradient element to [-x, x] (0 = off)"),
-    "max_steps": (int, "stop after this many optimizer steps in all (one step per sub-sequence)"),
-    "checkpoint_every": (int, "steps between checkpoints (last.pt) and generated clips"),
-    "valid_every": (int, "steps between validations (0 = at every checkpoint)"),
-    "n_clips": (int, "clips generated at each checkpoint (the paper: 10; 0 = none)"),
-    "clip_seconds": (finite_float, "seconds per clip (the paper: 30)"),
-    "clip_temperature": (finite_float, "sampling temperature of clips"),
-    "clip_h0": (str, "initial RNN state of clips: random, learned or zeros"),
-    "clip_backend": (str, "generation backend for clips (see 'fastsrnn backends')"),
-    "seed": (int, "seed of the weights and of the chunk order"),
-    "device": (str, "auto (cuda if available), cpu, cuda, cuda:N"),
-    "num_threads": (int, "torch CPU threads (0 = FASTSRNN_NUM_THREADS or torch's choice)"),
-    "amp": (str, "mixed precision: off (fp32), or bf16 (torch.autocast bf16 around the forward and loss; "
-                 "fp32 master weights and Adam; fastest on GPUs with bf16 tensor cores, allowed on the CPU)"),
-}
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its help from the field's metadata (train_config.py); default
+    None = the run's saved value when resuming, else TrainConfig's default."""
+    from fastsrnn.training.train_config import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if isinstance(f.default, bool):  # a switch, and its --no- twin to turn it off in a run that had it
+            p.add_argument(flag, dest=f.name, action="store_true", default=None,
+                           help=f"{help_text} (default {'on' if f.default else 'off'})")
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=f.metadata["off_help"])
+        else:
+            typ = finite_float if isinstance(f.default, float) else type(f.default)
+            p.add_argument(flag, type=typ, default=None, choices=f.metadata.get("choices"),
+                           help=f"{help_text} (default {f.default})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fastsrnn.training.train_config import AMP_MODES, CLIP_BACKENDS, TrainConfig
-
-    choices = {"clip_h0": ("random", "learned", "zeros"), "clip_backend": CLIP_BACKENDS, "amp": AMP_MODES}
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # defaults are spelled out below
-    defaults = TrainConfig()
     p.description = ("Train a SampleRNN on a dataset made by 'fastsrnn prepare'.\n"
                      "Checkpoints go to RUN/checkpoints (last.pt, best.pt), metrics to RUN/metrics.jsonl,\n"
                      "clips to RUN/samples/<step>/. Run the same command again to resume an interrupted\n"
@@ -68,14 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tier above the steps of the tier below it spans (samplernn-pytorch's --frame_sizes): "
                         "'16' is 2 tiers, '16 4' 3 tiers (a tier every 64 samples); --tbptt must then be "
                         "whole frames of the top tier (default: the preset's)")
-    for name, (typ, help_text) in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),
-                       help=f"{help_text} (default {getattr(defaults, name)})")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None,
-                   help="torch.compile the model's forward (the first step compiles, which takes a while; "
-                        "a failure is a warning and training goes on eagerly) (default off)")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="train without torch.compile (turns it off in a run that had it)")
+    _add_config_flags(p)
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from RUN/checkpoints/last.pt when it exists (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
@@ -91,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     saved = _read_run_config(Path(args.out))
     base = TrainConfig.from_dict(saved["train"]) if saved else TrainConfig()
-    overrides = {k: getattr(args, k) for k in (*_OPTIONS, "compile") if getattr(args, k, None) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     model = args.preset
     if args.frame_sizes is not None:  # the preset (else the run's own model, else the default) with these tiers
         cfg = (SampleRNNConfig.from_name(args.preset) if args.preset else

@@ -1,12 +1,13 @@
 """TrainConfig: the training options, their defaults and their validation.
 
-Separate from the loop so that the CLI can list the choices (AMP_MODES, CLIP_BACKENDS) and the
-run folder can check a resumed run's options without building a trainer.
+Each field carries its help (and its choices), from which training/cli.py builds the
+`fastsrnn train` flags. Separate from the loop so that the CLI and the run folder's resume checks
+need no trainer.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict
 
 from fastsrnn.backends import ALIASES, BACKENDS
@@ -17,27 +18,41 @@ RUN_DEFINING = ("batch_size", "tbptt", "seed")
 CLIP_BACKENDS = ("auto",) + BACKENDS + tuple(ALIASES)
 FLOAT_OPTIONS = ("lr", "grad_clip", "clip_seconds", "clip_temperature")
 AMP_MODES = ("off", "bf16")
+CLIP_H0S = ("random", "learned", "zeros")
+
+
+def _opt(default, help: str, **cli):
+    """A TrainConfig field: its default and its help, which is also its `fastsrnn train` flag's
+    (--name-with-dashes, built by training/cli.py); cli: the flag's ``choices`` (checked here too)
+    and, for a switch, ``off_help`` (the help of its --no- flag)."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 128  # B: chunks per batch (the paper's 128), global over DDP ranks
-    tbptt: int = 64  # frames per truncated-BPTT sub-sequence (64 x F=16 = 1,024 samples)
-    lr: float = 1e-3  # Adam learning rate
-    grad_clip: float = 1.0  # gradients clipped element-wise to [-grad_clip, grad_clip]; 0 = off
-    max_steps: int = 100_000  # optimizer steps in all (one per sub-sequence)
-    checkpoint_every: int = 1000  # steps between last.pt writes (and clips)
-    valid_every: int = 0  # steps between validations; 0 = at every checkpoint
-    n_clips: int = 10  # clips generated at each checkpoint (the paper: 10); 0 = none
-    clip_seconds: float = 30.0  # length of each clip (the paper: 30 s)
-    clip_h0: str = "random"  # initial RNN state of clips: random (more varied, the paper), learned, zeros
-    clip_temperature: float = 1.0  # sampling temperature of clips
-    clip_backend: str = "auto"  # generation backend for clips (see 'fastsrnn backends')
-    seed: int = 0  # weights init and chunk order
-    device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
-    num_threads: int = 0  # torch CPU threads; 0 = FASTSRNN_NUM_THREADS or torch's default
-    amp: str = "off"  # 'bf16': autocast bf16 forward and loss, fp32 master weights and Adam; 'off': fp32
-    compile: bool = False  # torch.compile the forward (falls back to eager with a warning if compiling fails)
+    batch_size: int = _opt(128, "chunks per batch (the paper: 128; capped at the number of train chunks), global "
+                                "over the torchrun ranks")
+    tbptt: int = _opt(64, "frames per truncated-BPTT sub-sequence (64 frames = 1,024 samples at F=16)")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    grad_clip: float = _opt(1.0, "clip each gradient element to [-x, x] (0 = off)")
+    max_steps: int = _opt(100_000, "stop after this many optimizer steps in all (one step per sub-sequence)")
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (last.pt) and generated clips")
+    valid_every: int = _opt(0, "steps between validations (0 = at every checkpoint)")
+    n_clips: int = _opt(10, "clips generated at each checkpoint (the paper: 10; 0 = none)")
+    clip_seconds: float = _opt(30.0, "seconds per clip (the paper: 30)")
+    clip_h0: str = _opt("random", "initial RNN state of clips: random (more varied, the paper), learned or zeros",
+                        choices=CLIP_H0S)
+    clip_temperature: float = _opt(1.0, "sampling temperature of clips")
+    clip_backend: str = _opt("auto", "generation backend for clips (see 'fastsrnn backends')", choices=CLIP_BACKENDS)
+    seed: int = _opt(0, "seed of the weights and of the chunk order")
+    device: str = _opt("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    num_threads: int = _opt(0, "torch CPU threads (0 = FASTSRNN_NUM_THREADS or torch's choice)")
+    amp: str = _opt("off", "mixed precision: off (fp32), or bf16 (torch.autocast bf16 around the forward and loss; "
+                           "fp32 master weights and Adam; fastest on GPUs with bf16 tensor cores, allowed on the CPU)",
+                    choices=AMP_MODES)
+    compile: bool = _opt(False, "torch.compile the model's forward (the first step compiles, which takes a while; "
+                                "a failure is a warning and training goes on eagerly)",
+                         off_help="train without torch.compile (turns it off in a run that had it)")
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -54,11 +69,10 @@ class TrainConfig:
         need(self.valid_every >= 0 and self.n_clips >= 0 and self.num_threads >= 0,
              "valid_every, n_clips and num_threads must be >= 0")
         need(self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}")
-        need(self.clip_h0 in ("random", "learned", "zeros"),
-             f"clip_h0 must be random, learned or zeros, got {self.clip_h0!r}")
-        need(self.clip_backend in CLIP_BACKENDS,
-             f"clip_backend must be one of {', '.join(CLIP_BACKENDS)}, got {self.clip_backend!r}")
-        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for f in fields(self):
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            need(choices is None or value in choices, f"{f.name} must be one of {', '.join(choices or ())}, "
+                                                      f"got {value!r}")
         need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
 
     @property
