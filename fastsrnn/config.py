@@ -14,6 +14,11 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, Tuple
 
+# Cell types -> gate blocks per layer (LSTM i, f, g, o; GRU r, z, n). The tests run every frame
+# step and backend over these: a new cell type fails them until it is complete (docs/DESIGN.md §9).
+GATES = {"lstm": 4, "gru": 3}
+RNN_TYPES = tuple(GATES)
+
 
 @dataclass(frozen=True)
 class SampleRNNConfig:
@@ -48,7 +53,7 @@ class SampleRNNConfig:
         need(self.emb_size >= 1, f"emb_size must be >= 1, got {self.emb_size}")
         need(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         need(self.n_rnn >= 1, f"n_rnn must be >= 1, got {self.n_rnn}")
-        need(self.rnn_type in ("lstm", "gru"), f"rnn_type must be 'lstm' or 'gru', got {self.rnn_type!r}")
+        need(self.rnn_type in RNN_TYPES, f"rnn_type must be one of {RNN_TYPES}, got {self.rnn_type!r}")
 
     @property
     def frame_size(self) -> int:
@@ -73,7 +78,7 @@ class SampleRNNConfig:
     @property
     def gates(self) -> int:
         """Gate blocks per RNN layer: 4 for LSTM (i, f, g, o), 3 for GRU (r, z, n)."""
-        return 4 if self.rnn_type == "lstm" else 3
+        return GATES[self.rnn_type]
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON types (frame_sizes a list), as config.json and checkpoints store it."""

@@ -34,6 +34,7 @@ import fastsrnn.backends
 from fastsrnn import SampleRNN, SampleRNNConfig
 from fastsrnn.backends import _AUTO_ORDER, backend_status, make_backend, resolve_backend
 from fastsrnn.backends.folded import FoldedBackend
+from fastsrnn.config import RNN_TYPES
 from fastsrnn.ops.sampling import Sampling
 
 
@@ -86,9 +87,9 @@ def test_every_backend_is_tested():
 
 def _tf_cases(be):
     two = [(f"{rnn}-{'skip' if skip else 'noskip'}-B{B}", rnn, skip, B, (3,))
-           for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+           for rnn in RNN_TYPES for skip in (True, False) for B in (1, 3)]
     three = [(f"3tier-{rnn}-{'skip' if skip else 'noskip'}-B3", rnn, skip, 3, (3, 2))
-             for rnn in ("lstm", "gru") for skip in (True, False)]
+             for rnn in RNN_TYPES for skip in (True, False)]
     return two + three + [("4tier-lstm-skip-B2", "lstm", True, 2, (2, 3, 2))]
 
 
@@ -127,9 +128,9 @@ SMALL_CFG = dict(frame_size=4, q_levels=32, dim=64, emb_size=8, n_rnn=2)  # B = 
 def _gen_cases(be):
     interp = be.device == "cpu" and be.name == "triton"
     cases = [(f"odd-{rnn}-B{B}", "tiny", dict(ODD), rnn, B, 3 if interp else 4)
-             for rnn in ("lstm", "gru") for B in (1, 3)]
+             for rnn in RNN_TYPES for B in (1, 3)]
     cases += [(f"odd-{rnn}-noskip-B3", "tiny", dict(ODD, skip=False), rnn, 3, 3 if interp else 4)
-              for rnn in ("lstm", "gru")]
+              for rnn in RNN_TYPES]
     cases += [("tiny-lstm-B3", "tiny", {}, "lstm", 3, 2 if interp else 4),
               ("small-gru-B16", "tiny", SMALL_CFG, "gru", 16, 2 if interp else 4),
               ("odd-3tier-gru-B3", "tiny-3tier", dict(ODD, frame_sizes=(3, 2)), "gru", 3, 5 if interp else 7),

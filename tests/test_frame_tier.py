@@ -17,6 +17,7 @@ from helpers import close_rel, compile_problems, frame_step_kernels, random_mode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsrnn import SampleRNNConfig
+from fastsrnn.config import RNN_TYPES
 from fastsrnn.model import RNNState
 from fastsrnn.ops.export import InferenceWeights, export_inference
 from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_step_triton
@@ -38,7 +39,7 @@ def _windows(cfg, B: int, n: int, seed: int = 1):
 
 
 def _cases():
-    for rnn in ("lstm", "gru"):
+    for rnn in RNN_TYPES:
         for skip in (True, False):
             for B in (1, 3, 16):
                 for L in (1, 3):

@@ -21,6 +21,7 @@ from helpers import close_rel, generate_and_compare, random_model, tier_of
 import fastsrnn.backends.cpu as cpu_mod
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
+from fastsrnn.config import RNN_TYPES
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, torch_linear
 
@@ -66,7 +67,7 @@ def _steps_close(model, w, k: int, B: int, n: int = 3, seed: int = 1, num_thread
 
 def _cases():
     for tiers in TIERS:
-        for rnn in ("lstm", "gru"):
+        for rnn in RNN_TYPES:
             for skip in (True, False):
                 for dt in DTYPES:
                     yield pytest.param(tiers, rnn, skip, dt, id=f"{tiers}-{rnn}-{'skip' if skip else 'noskip'}-{dt}")

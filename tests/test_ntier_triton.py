@@ -25,6 +25,7 @@ import torch
 from helpers import close_rel, compile_problems, frame_step_kernels, random_model, record_launches, tier_of
 
 from fastsrnn import SampleRNNConfig
+from fastsrnn.config import RNN_TYPES
 from fastsrnn.model import RNNState
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import FusedFrameWeights, frame_step_ref, frame_step_triton
@@ -94,7 +95,7 @@ def _bf16_within_twice(w32, states, inputs, device, what: str):
 
 
 def _cases():
-    for rnn in ("lstm", "gru"):
+    for rnn in RNN_TYPES:
         for skip in (True, False):
             for k in TIERS:
                 for B in (1, 16):

@@ -44,6 +44,7 @@ from helpers import (
 
 import fastsrnn.ops
 from fastsrnn import SampleRNNConfig
+from fastsrnn.config import RNN_TYPES
 from fastsrnn.model import RNNState
 from fastsrnn.ops.build import cpu_extension, isa_level
 from fastsrnn.ops.export import export_inference
@@ -422,7 +423,7 @@ def test_sample_frame_cpu_rejects_negative_threads():
 
 def _fs_cases():
     cfgs = [(f"odd-{rnn}-{'skip' if skip else 'noskip'}", dict(ODD, rnn_type=rnn, skip=skip), B)
-            for rnn in ("lstm", "gru") for skip in (True, False) for B in (1, 3)]
+            for rnn in RNN_TYPES for skip in (True, False) for B in (1, 3)]
     cfgs += [("tiny-lstm", dict(rnn_type="lstm"), 16), ("tiny-gru", dict(rnn_type="gru"), 32)]
     for impl in FS_IMPLS:
         for name, over, B in (cfgs[2:6] + cfgs[-1:] if impl.variant else cfgs):

@@ -2,7 +2,9 @@
 top-p cut-offs against a brute-force definition written from the words of the rule, the near-tie
 margin, and the checks of a Sampling's fields. The kernels are held to sample_ref in test_ops.py.
 """
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -136,3 +138,25 @@ def test_key_is_what_a_kernel_takes_by_value():
     assert s.key() == (False, 4, 0.5) and s.cut
     assert s.rows([1]).inv_temperature.shape == (1,) and s.rows([1]).key() == s.key()
     assert not Sampling(torch.ones(3)).cut
+
+
+def test_every_field_reaches_every_kernel():
+    """A new Sampling field (a new rule, docs/DESIGN.md §9) fails here until the C++ and CUDA
+    SamplingParams readers read it and the Triton kernels are passed it; the rule itself is then
+    held to sample_ref by test_ops.py and test_backends.py."""
+    from fastsrnn.kernels.sample_frame import sampling_args
+    from fastsrnn.ops.build import csrc_dir
+
+    names = [f.name for f in dataclasses.fields(Sampling)]
+    readers = {"csrc/cpu/sampling.h": (csrc_dir() / "cpu" / "sampling.h").read_text(),
+               "csrc/cuda/binding.cpp": (csrc_dir() / "cuda" / "binding.cpp").read_text()}
+    cuh = (csrc_dir() / "cuda" / "sample_frame.cuh").read_text()
+    struct = cuh[cuh.index("struct SamplingParams {"):cuh.index("};", cuh.index("struct SamplingParams {"))]
+    triton = sampling_args(Sampling(torch.ones(1), top_k=2, top_p=0.5))
+    for name in names:
+        for path, text in readers.items():
+            assert f'attr("{name}")' in text, f"{path} does not read Sampling.{name}"
+        assert re.search(rf"\b{name}\b", struct), f"csrc/cuda/sample_frame.cuh: SamplingParams has no {name}"
+        arg = "inv_t" if name == "inv_temperature" else name
+        assert arg in triton or arg.upper() in triton, \
+            f"kernels/sample_frame.py: sampling_args does not pass Sampling.{name}"
