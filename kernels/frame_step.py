@@ -32,8 +32,9 @@ a frame wider than the x_in tile (BLOCK_F, at most the product's BLOCK_K: 16 for
 kernels (F <= 16 in every preset) are those of before.
 
 Two forms of the products, chosen by the batch (constexpr DOT):
-- small batch (B <= 8: HBM-bound): multiply and tl.sum in registers on CUDA cores, a few rows per
-  program and many programs (hundreds at H = 1024) so that every SM streams weights;
+- small batch (B <= TRITON_FRAME_SMALL_MAX_B of fastsrnn/ops/thresholds.py; HBM-bound): multiply
+  and tl.sum in registers on CUDA cores, a few rows per program and many programs (hundreds at
+  H = 1024) so that every SM streams weights;
 - larger batch: tl.dot on (BLOCK_B, BLOCK_K) x (BLOCK_K, rows) tiles: bf16 weights on tensor cores
   (activations rounded to bf16, as the reference's torch.mm does, fp32 accumulation), fp32
   weights with input_precision="ieee" (no tf32).
@@ -47,9 +48,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-INTERPRETED = type(tl.sum).__name__ == "InterpretedFunction"  # Triton's interpreter runs the kernels (CPU)
-_INTERPRETED = tl.constexpr(INTERPRETED)  # the same, readable inside the kernels
-SMALL_B = 8  # at most this many sequences: the register (multiply + sum) form
+from fastsrnn.kernels.mode import INTERPRETED, mode_mismatch
+from fastsrnn.ops.thresholds import TRITON_FRAME_SMALL_MAX_B
+
+_INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's interpreter runs the kernels, readable inside them
 TARGET_PROGRAMS = 256  # about two programs per SM of a 132-SM H100
 _TILE_ELEMS = 4096  # elements of the (BLOCK_B, rows, BLOCK_K) product tile of the register form
 
@@ -246,13 +248,7 @@ def _linear_kernel(
                 tl.store(dst + u * shh, tl.load(src + u, mask=mu, other=0.0), mask=mu)
 
 
-def _mode(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-MODE_MISMATCH = None if _mode(_layer_kernel) == INTERPRETED else (
-    "TRITON_INTERPRET changed between the import of triton and of fastsrnn.kernels.frame_step; "
-    "set TRITON_INTERPRET before anything imports triton")
+MODE_MISMATCH = mode_mismatch(_layer_kernel, __name__)
 KERNELS = (_layer_kernel, _linear_kernel)
 
 
@@ -269,11 +265,11 @@ def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
     F: the tier's frame (the window's width). BLOCK_F: F's tile, at least 16, at most BLOCK_K (the
     product's tile: a wider tile cost an fp32 tl.dot a stack frame on sm_90); XIN_LOOP: F > BLOCK_F.
 
-    B <= SMALL_B: BLOCK_B = B rounded up to a power of two, 2 hidden units (8 gate rows) per
+    B <= TRITON_FRAME_SMALL_MAX_B: BLOCK_B = B rounded up to a power of two, 2 hidden units (8 gate rows) per
     program (H / 2 programs: 512 at H = 1024), BLOCK_K so the product tile is ~4 K values.
     Larger B: tl.dot tiles of BLOCK_B = 16..64 sequences by 4 BLOCK_H rows (16, 32 or 64), BLOCK_H
     the largest that still gives TARGET_PROGRAMS programs."""
-    if B <= SMALL_B:
+    if B <= TRITON_FRAME_SMALL_MAX_B:
         bb, bh = _pow2(B), 2
         bk = max(16, min(512, _TILE_ELEMS // (bb * 4 * bh)))
         cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, DOT=False, BF16=bool(bf16),
@@ -293,11 +289,11 @@ def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
 def linear_config(B: int, N: int, K: int, bf16: bool) -> dict:
     """Constexprs, num_warps, num_stages and grid of a product launch (out (B, N), K inputs).
 
-    B <= SMALL_B: BLOCK_N rows per program (at most 16, fewer while there are fewer than
+    B <= TRITON_FRAME_SMALL_MAX_B: BLOCK_N rows per program (at most 16, fewer while there are fewer than
     TARGET_PROGRAMS programs), BLOCK_K so the product tile is ~4 K values. Larger B: tl.dot tiles
     of 16..64 sequences by BLOCK_N = 64, 32 or 16 rows (the largest giving TARGET_PROGRAMS); 8 warps
     for a 64 x 64 tile. BLOCK_K 64 (bf16, tensor cores) or 16 (fp32 FMA: its operands sit in registers)."""
-    if B <= SMALL_B:
+    if B <= TRITON_FRAME_SMALL_MAX_B:
         bb = _pow2(B)
         bn = next((b for b in (16, 8, 4) if triton.cdiv(N, b) >= TARGET_PROGRAMS), 2)
         bk = max(16, min(1024, _pow2(K), _TILE_ELEMS // (bb * bn)))

@@ -3,7 +3,8 @@
 The eager twin and specification is fastsrnn.ops.sample_frame.sample_frame_ref. Per step j:
 a2 = relu(cond_j + sum_k table[k, window_k]); a3 = relu(W3 a2 + b3); logits = Wo a3 + bo;
 x = inverse-CDF sample (fastsrnn.ops.sampling.sample_ref) or forced[:, j]; window slides by x.
-This is the path for n_seq below SPLIT_MIN_B and H below SPLIT_MIN_H; kernels/sample_frame_split.py spreads each step
+This is the path for n_seq below TRITON_SAMPLE_SPLIT_MIN_B and H below TRITON_SAMPLE_SPLIT_MIN_H
+(fastsrnn/ops/thresholds.py); kernels/sample_frame_split.py spreads each step
 over the whole GPU (tensor cores) for more sequences.
 
 Layout of one program (BLOCK_B sequences, grid cdiv(B, BLOCK_B), one launch per frame):
@@ -37,12 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-# n_seq from which sample_frame_triton takes the split, tensor-core path (kernels/sample_frame_split.py).
-SPLIT_MIN_B = 16
-# ... and H from which it takes the split path at any n_seq: this kernel streams all of W3 and Wo
-# through one SM per step, which the performance model (tools/perf_model.py) puts at ~7x slower
-# than the split path on dadabots-2tier (H 1024) at n_seq 1 on an H100. Not yet measured.
-SPLIT_MIN_H = 512
+from fastsrnn.kernels.mode import mode_mismatch
+
 _MAX_BLOCK_B = 4
 # Elements of the per-thread-block accumulators: (BLOCK_B, BLOCK_N, BLOCK_K) and (BLOCK_B, BLOCK_Q, BLOCK_N).
 _ACC_ELEMS = 4096
@@ -181,16 +178,7 @@ def _sample_frame_kernel(
     tl.store(window + rb[:, None] * F + rf[None, :], ring, mask=mb[:, None] & (rf[None, :] < F))
 
 
-def _mode(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-# True when Triton's interpreter runs the kernel (on CPU tensors); fixed at import.
-INTERPRETED = _mode(tl.sum)
-_MODE_MISMATCH = None if _mode(_sample_frame_kernel) == INTERPRETED else (
-    "TRITON_INTERPRET changed between the import of triton and of fastsrnn.kernels.sample_frame "
-    f"(triton's library is {'interpreted' if INTERPRETED else 'compiled'}, this kernel is not); "
-    "set TRITON_INTERPRET before anything imports triton")
+MODE_MISMATCH = mode_mismatch(_sample_frame_kernel, __name__)
 
 
 def _pow2_floor(n: int) -> int:
@@ -230,8 +218,8 @@ def launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
     scratch: a dict the caller owns caching the a2 (B, H) float32 buffer (default: this module's,
     shared in the process: give concurrent streams their own, and keep it alive as long as any
     CUDA graph that captured a launch)."""
-    if _MODE_MISMATCH:
-        raise RuntimeError(_MODE_MISMATCH)
+    if MODE_MISMATCH:
+        raise RuntimeError(MODE_MISMATCH)
     F, Q, H = table.shape
     B = cond.shape[0]
     cfg = launch_config(B, F, Q, H, block_b)

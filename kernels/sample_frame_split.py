@@ -48,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastsrnn.kernels.mode import INTERPRETED, mode_mismatch
 from fastsrnn.kernels.sample_frame import _emit_step, sampling_args, scratch_buffer
 
 
@@ -167,14 +168,7 @@ def _stage_b_kernel(
             tl.store(a2 + rb[:, None] * H + hh[None, :], tl.maximum(c + acc, 0.0), mask=m)
 
 
-def _mode(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-INTERPRETED = _mode(tl.sum)
-_MODE_MISMATCH = None if _mode(_stage_a_kernel) == INTERPRETED else (
-    "TRITON_INTERPRET changed between the import of triton and of fastsrnn.kernels.sample_frame_split; "
-    "set TRITON_INTERPRET before anything imports triton")
+MODE_MISMATCH = mode_mismatch(_stage_a_kernel, __name__)
 
 # Programs stage A aims for: about one per SM of an H100 (132), so every SM streams a weight slice.
 _TARGET_PROGRAMS = 128
@@ -191,7 +185,7 @@ def launch_config(B: int, F: int, Q: int, H: int, block_b: Optional[int] = None,
     Stage B: ROWS = 1 sequence per program (one softmax row; grid B)."""
     bb = block_b or (16 if B <= 32 else 32 if B < 256 else 64)
     if bb < 16 or bb & (bb - 1):
-        raise ValueError(f"block_b of the split path (n_seq >= SPLIT_MIN_B) must be a power of two >= 16 "
+        raise ValueError(f"block_b of the split path (n_seq >= TRITON_SAMPLE_SPLIT_MIN_B) must be a power of two >= 16 "
                          f"(tl.dot tiles), got {block_b}; path='small' takes smaller blocks")
     tiles = triton.cdiv(B, bb)
     bn = 16
@@ -218,8 +212,8 @@ def launch(table, cond, w3, b3, wo, bo, window, uniforms, sampling, out,
     scratch: a dict the caller owns where the a2/part buffers are cached by shape (default: this
     module's, shared by every caller in the process: give concurrent streams their own, and keep
     it alive as long as any CUDA graph that captured a launch)."""
-    if _MODE_MISMATCH:
-        raise RuntimeError(_MODE_MISMATCH)
+    if MODE_MISMATCH:
+        raise RuntimeError(MODE_MISMATCH)
     F, Q, H = table.shape
     B = cond.shape[0]
     w_bf16 = table.dtype == torch.bfloat16

@@ -117,9 +117,10 @@ def need_triton():
     if not INTERPRET:
         pytest.importorskip("triton")
     from fastsrnn.kernels import sample_frame as kmod
+    from fastsrnn.kernels.mode import INTERPRETED
 
-    assert kmod._MODE_MISMATCH is None, kmod._MODE_MISMATCH
-    assert kmod.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
+    assert kmod.MODE_MISMATCH is None, kmod.MODE_MISMATCH
+    assert INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
     return kmod
 
 
@@ -312,9 +313,10 @@ def frame_step_kernels():
     if not INTERPRET:
         pytest.importorskip("triton")
     from fastsrnn.kernels import frame_step as k
+    from fastsrnn.kernels.mode import INTERPRETED
 
     assert k.MODE_MISMATCH is None, k.MODE_MISMATCH
-    assert k.INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
+    assert INTERPRETED == INTERPRET, "triton's mode is not what TRITON_INTERPRET asked for"
     return k
 
 

@@ -23,6 +23,7 @@ from fastsrnn.backends.base import DecodeState
 from fastsrnn.ops.build import cpu_extension, isa_level
 from fastsrnn.ops.export import clear_export_cache, export_inference, export_inference_cached, quantize_rows
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, int8_scales, linear_cpu, torch_linear
+from fastsrnn.ops.thresholds import CPU_STREAM_MAX_B
 
 I8 = torch.int8
 
@@ -194,7 +195,7 @@ def test_cpu_int8_large_batch_takes_the_torch_product(monkeypatch):
     """Above the stream threshold the cpu backend runs frame_step_ref with its products (the C++
     one up to the threshold, torch_linear's dequantizing one above): the same frames as folded."""
     model = _model("lstm", True)
-    monkeypatch.setitem(cpu_mod._STREAM_MAX_B, I8, 2)
+    monkeypatch.setitem(CPU_STREAM_MAX_B, "int8", 2)
     calls = []
     real = cpu_mod.torch_linear
     monkeypatch.setattr(cpu_mod, "torch_linear", lambda *a, **k: (calls.append(1), real(*a, **k))[1])

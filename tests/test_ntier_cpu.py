@@ -24,6 +24,7 @@ from fastsrnn.backends import make_backend
 from fastsrnn.config import RNN_TYPES
 from fastsrnn.ops.export import export_inference
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, torch_linear
+from fastsrnn.ops.thresholds import CPU_STREAM_MAX_B
 
 # Odd sizes: nothing a power of two or a multiple of a vector width.
 SHAPE = dict(dim=37, q_levels=7, emb_size=5, n_rnn=3)
@@ -185,7 +186,7 @@ def test_cpu_backend_runs_every_tier_in_cpp(monkeypatch, tiers, frame_dtype):
 def test_cpu_backend_large_batch_takes_the_reference(monkeypatch):
     """Above the streaming batch the tiers take frame_step_ref with the op's products, cond included."""
     model = _model(TIERS["3tier"], "gru", False, seed=6)
-    monkeypatch.setitem(cpu_mod._STREAM_MAX_B, torch.float32, 1)
+    monkeypatch.setitem(CPU_STREAM_MAX_B, "fp32", 1)
     cpu = make_backend("cpu", model, num_threads=2)
     calls = []
     real_cpu = cpu_mod.frame_step_cpu

@@ -17,6 +17,7 @@ triton = pytest.importorskip("triton")
 
 from fastsrnn.kernels import sample_frame as small  # noqa: E402
 from fastsrnn.kernels import sample_frame_split as split  # noqa: E402
+from fastsrnn.ops.thresholds import TRITON_SAMPLE_SPLIT_MIN_B  # noqa: E402
 from fastsrnn.tools.gpu_compile import triton_resources  # noqa: E402
 
 F, Q, H = 16, 256, 1024  # dadabots-2tier
@@ -60,17 +61,17 @@ def _stage_b(B: int, wdt: str, prologue: bool = False, cut: bool = False):
 
 
 def _cases():
-    """The kernels each launch path runs: small below SPLIT_MIN_B, split (stage A, stage B) from it."""
+    """The kernels each launch path runs: small below TRITON_SAMPLE_SPLIT_MIN_B, split (stage A, B) from it."""
     for B in (1, 16, 128):
         for wdt in ("fp32", "bf16"):
-            if B < small.SPLIT_MIN_B:
+            if B < TRITON_SAMPLE_SPLIT_MIN_B:
                 yield pytest.param(_small, B, wdt, id=f"small-B{B}-{wdt}")
             else:
                 yield pytest.param(_stage_a, B, wdt, id=f"split-a-B{B}-{wdt}")
             # Stage B does not depend on the weights' dtype beyond the table gather: one per n_seq.
-            if B >= small.SPLIT_MIN_B and wdt == "fp32":
+            if B >= TRITON_SAMPLE_SPLIT_MIN_B and wdt == "fp32":
                 yield pytest.param(_stage_b, B, wdt, id=f"split-b-B{B}")
-    # The split path at n_seq 1 (the default at H >= SPLIT_MIN_H, as dadabots-2tier's 1024), the
+    # The split path at n_seq 1 (the default at H >= TRITON_SAMPLE_SPLIT_MIN_H, as dadabots-2tier's 1024), the
     # small kernel at n_seq 8 (its largest default tile), and stage B's prologue variant.
     yield pytest.param(_stage_a, 1, "bf16", id="split-a-B1-bf16")
     yield pytest.param(_stage_a, 1, "fp32", id="split-a-B1-fp32")

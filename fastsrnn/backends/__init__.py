@@ -11,24 +11,21 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from fastsrnn.backends.base import Backend, BackendUnavailable, DecodeState
+from fastsrnn.ops.thresholds import AUTO_TRITON_MIN_SEQ
 
 BACKENDS = ("eager", "folded", "cpu", "triton", "cuda")
 # Old names that still work, with a warning: old -> new.
 ALIASES = {"ref": "folded"}
-# Fastest first, per device type; on a GPU from AUTO_MANY_SEQ[weights] sequences the Triton split
-# sample tier (tensor cores over all SMs) beats the persistent CUDA kernel, whose time grows with
-# every sequence. Measured on an H100 (BENCHMARKS.md, `python -m benchmarks.gpu_profile`): fp32
-# cuda 2.83 vs triton 2.92 ms/frame at 64 sequences, 5.06 vs 3.89 at 128; bf16 0.96 vs 1.02 at
-# 32, 1.73 vs 1.00 at 64.
+# Fastest first, per device type; on a GPU from AUTO_TRITON_MIN_SEQ[weights] sequences
+# (fastsrnn/ops/thresholds.py, with the measurements behind it) the many-sequence order.
 _AUTO_ORDER = {"cpu": ("cpu", "eager"), "cuda": ("cuda", "triton", "eager")}
 _AUTO_ORDER_MANY_SEQ = {"cpu": ("cpu", "eager"), "cuda": ("triton", "cuda", "eager")}
-AUTO_MANY_SEQ = {"fp32": 65, "bf16": 33}
 
 
 def auto_many_seq(dtype: Optional[torch.dtype] = None) -> int:
     """From how many sequences 'auto' prefers the Triton backend on a GPU, for sample-tier weights
     of ``dtype`` (None: float32)."""
-    return AUTO_MANY_SEQ["bf16" if dtype == torch.bfloat16 else "fp32"]
+    return AUTO_TRITON_MIN_SEQ["bf16" if dtype == torch.bfloat16 else "fp32"]
 
 
 def backend_class(name: str) -> type:

@@ -21,13 +21,7 @@ from fastsrnn.model import RNNState
 from fastsrnn.ops.build import BuildError, cpu_extension
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, linear_cpu, torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu
-
-# Largest batch at which the op's linear beats torch's for the frame step (see frame_mm). int8:
-# torch must widen the whole matrix to fp32 per call, then multiply; (4096, 1024) on the 2-core
-# EPYC, 2 threads: B 8 0.17 vs 1.09 ms, 128 2.45 vs 5.72, 256 5.5 vs 10.7 (largest measured).
-_FP32_STREAM_MAX_B, _BF16_STREAM_MAX_B, _INT8_STREAM_MAX_B = 128, 4, 256
-_STREAM_MAX_B = {torch.float32: _FP32_STREAM_MAX_B, torch.bfloat16: _BF16_STREAM_MAX_B,
-                 torch.int8: _INT8_STREAM_MAX_B}
+from fastsrnn.ops.thresholds import CPU_STREAM_MAX_B, dtype_key
 
 
 class CpuBackend(FoldedBackend):
@@ -50,7 +44,7 @@ class CpuBackend(FoldedBackend):
         frame tier is DRAM-bound; bf16 up to B = 4; int8 up to 256 at least, 2x torch's, which
         must widen the whole matrix first), else frame_step's torch product. int8 w: with its
         row ``scale``."""
-        if x.shape[0] <= _STREAM_MAX_B.get(w.dtype, 0):
+        if x.shape[0] <= CPU_STREAM_MAX_B.get(dtype_key(w.dtype), 0):  # ops/thresholds.py
             return linear_cpu(x, w, b, self.num_threads, scale=scale)
         return torch_linear(x, w, b, scale=scale)
 
@@ -58,7 +52,7 @@ class CpuBackend(FoldedBackend):
         """Any frame tier's step (the bottom one or one above, conditioned or not): the op's fused
         C++ step where it is faster (see frame_mm), else ops/frame_step.py with the op's
         products. Updates rnn in place; returns its output (B, n_out, H)."""
-        if window.shape[0] > _STREAM_MAX_B.get(w.up_w.dtype, 0):
+        if window.shape[0] > CPU_STREAM_MAX_B.get(dtype_key(w.up_w.dtype), 0):
             return frame_step_ref(w, window, rnn, mm=self.frame_mm, cond=cond)
         h, c = dense(rnn.h), dense(rnn.c)
         out = frame_step_cpu(w, window, RNNState(h, c), self.num_threads, cond=cond)

@@ -63,8 +63,10 @@ class TritonBackend(GraphedBackend):
                 from fastsrnn.kernels import sample_frame_split as smod
             except Exception as e:
                 return False, f"the Triton kernel failed to import: {e}"
-            if not kmod.INTERPRETED or kmod._MODE_MISMATCH or smod._MODE_MISMATCH:
-                return False, (kmod._MODE_MISMATCH or smod._MODE_MISMATCH or "TRITON_INTERPRET=1 was set after "
+            from fastsrnn.kernels.mode import INTERPRETED
+
+            if not INTERPRETED or kmod.MODE_MISMATCH or smod.MODE_MISMATCH:
+                return False, (kmod.MODE_MISMATCH or smod.MODE_MISMATCH or "TRITON_INTERPRET=1 was set after "
                                "triton was imported (compiled mode); set it before anything imports triton")
             return True, "Triton interpreter on the CPU (TRITON_INTERPRET=1; slow, for tests)"
         if device.type != "cuda":

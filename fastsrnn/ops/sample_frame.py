@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 from fastsrnn.ops.sampling import Sampling, sample_ref
+from fastsrnn.ops.thresholds import TRITON_SAMPLE_SPLIT_MIN_B, TRITON_SAMPLE_SPLIT_MIN_H
 
 
 def sample_frame_ref(
@@ -128,7 +129,8 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, sampling:
                         scratch: Optional[dict] = None, check: bool = True) -> None:
     """The Triton kernels (compiled on a GPU; TRITON_INTERPRET=1 on the CPU). Two paths:
 
-    - "split" (default from n_seq kernels.sample_frame.SPLIT_MIN_B, or H SPLIT_MIN_H): each step split over
+    - "split" (default from n_seq TRITON_SAMPLE_SPLIT_MIN_B, or H TRITON_SAMPLE_SPLIT_MIN_H: both in
+      fastsrnn/ops/thresholds.py): each step split over
       sequence tiles x row slices of W3, tensor cores, 2F + 1 launches per frame
       (kernels/sample_frame_split.py);
     - "small" (default below it): one launch per frame, one program per block_b sequences
@@ -142,7 +144,7 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, sampling:
         check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms,
                                 sampling, out, forced, logits_out)
     if path is None:
-        big = cond.shape[0] >= small.SPLIT_MIN_B or table.shape[2] >= small.SPLIT_MIN_H
+        big = cond.shape[0] >= TRITON_SAMPLE_SPLIT_MIN_B or table.shape[2] >= TRITON_SAMPLE_SPLIT_MIN_H
         path = "split" if big else "small"
     if path == "split":
         from fastsrnn.kernels.sample_frame_split import launch

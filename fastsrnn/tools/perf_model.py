@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 
 from fastsrnn.backends.graphs import FRAMES_PER_GRAPH
 from fastsrnn.config import SampleRNNConfig
+from fastsrnn.ops.thresholds import TRITON_SAMPLE_SPLIT_MIN_B, TRITON_SAMPLE_SPLIT_MIN_H
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,6 @@ H100_SXM = GPU("H100-SXM", hbm_bytes_per_s=3.35e12, l2_bytes=50e6, l2_bytes_per_
                bf16_flops=990e12, tf32_flops=495e12, fp32_flops=67e12)
 GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM, "H200": replace(H100_SXM, name="H200", hbm_bytes_per_s=4.8e12)}
 BACKENDS = ("triton", "cuda")
-# kernels/sample_frame.SPLIT_MIN_B / SPLIT_MIN_H: from here sample_frame_triton takes the split path
-SPLIT_MIN_B, SPLIT_MIN_H = 16, 512
 # The frame tier each backend runs: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
 # elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, what
 # FoldedBackend.frame_step runs on a CUDA device, so the triton and cuda backends).
@@ -296,9 +295,9 @@ def _sample_triton_split(cfg, B, wd, gpu, terms, acc) -> str:
 
 
 def _sample_triton_today(cfg, B, wd, gpu, terms, acc) -> str:
-    """ops/sample_frame.sample_frame_triton: the small path below SPLIT_MIN_B sequences and SPLIT_MIN_H
-    hidden units, else the split one."""
-    if B >= SPLIT_MIN_B or cfg.dim >= SPLIT_MIN_H:
+    """ops/sample_frame.sample_frame_triton: the small path below TRITON_SAMPLE_SPLIT_MIN_B sequences
+    and TRITON_SAMPLE_SPLIT_MIN_H hidden units (ops/thresholds.py), else the split one."""
+    if B >= TRITON_SAMPLE_SPLIT_MIN_B or cfg.dim >= TRITON_SAMPLE_SPLIT_MIN_H:
         return _sample_triton_split(cfg, B, wd, gpu, terms, acc)
     _sample_triton_small(cfg, B, wd, gpu, terms, acc)
     return "small path: one launch per frame"
