@@ -20,6 +20,7 @@ import fastsrnn.backends.cpu as cpu_mod
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.backends.base import DecodeState
+from fastsrnn.generation.precision import precision_options
 from fastsrnn.ops.build import cpu_extension, isa_level
 from fastsrnn.ops.export import clear_export_cache, export_inference, export_inference_cached, quantize_rows
 from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, int8_scales, linear_cpu, torch_linear
@@ -211,22 +212,27 @@ def test_cpu_int8_large_batch_takes_the_torch_product(monkeypatch):
 def test_bench_int8_variants_and_gate():
     from fastsrnn.tools.bench_measure import INT8_LOGITS_LIMIT, check_backend, checked_backends, parse_variant
 
-    assert parse_variant("cpu:int8") == ("cpu", {"frame_dtype": I8})
-    assert parse_variant("folded:int8,bf16") == ("folded", {"dtype": torch.bfloat16, "frame_dtype": I8})
+    assert parse_variant("cpu:int8frame") == ("cpu", {"frame_dtype": I8})
+    # a precision name means what --precision means: int8 is an int8 frame tier and a bf16 sample tier
+    assert parse_variant("folded:int8") == ("folded", precision_options("int8"))
+    assert parse_variant("cpu:bf16") == ("cpu", precision_options("bf16"))
+    with pytest.raises(ValueError, match="one precision"):
+        parse_variant("cpu:bf16,int8")
     model = random_model(SampleRNNConfig.from_name("tiny", frame_size=4, dim=32, q_levels=32, emb_size=8))
-    backends, checks = checked_backends(model, 2, ["eager", "cpu:int8", "folded:int8"], "cpu")
-    assert checks["cpu:int8"].startswith("int8: logits rel. err") and "vs folded:int8" in checks["cpu:int8"]
-    assert checks["folded:int8"].startswith("int8: logits rel. err")
-    err = float(re.search(r"err ([0-9.e+-]+)", checks["cpu:int8"]).group(1))
+    backends, checks = checked_backends(model, 2, ["eager", "cpu:int8frame", "folded:int8frame"], "cpu")
+    assert checks["cpu:int8frame"].startswith("int8: logits rel. err")
+    assert "vs folded:int8frame" in checks["cpu:int8frame"]
+    assert checks["folded:int8frame"].startswith("int8: logits rel. err")
+    err = float(re.search(r"err ([0-9.e+-]+)", checks["cpu:int8frame"]).group(1))
     assert 0 < err < INT8_LOGITS_LIMIT / 3
     bad = make_backend("cpu", model, frame_dtype=I8)
     bad.w = export_inference(model, I8)
     bad.w.up_w_scale = bad.w.up_w_scale * 1.01  # one scale vector 1% off: the draws may all agree
-    with pytest.raises(RuntimeError, match=re.escape("(int8, vs folded:int8): logits relative error")):
-        check_backend(model, bad, backends["eager"], "cpu:int8", 4, "cpu")
+    with pytest.raises(RuntimeError, match=re.escape("(int8, vs folded:int8frame): logits relative error")):
+        check_backend(model, bad, backends["eager"], "cpu:int8frame", 4, "cpu")
     bad.w.up_w_scale = bad.w.up_w_scale * 1.5  # far from fp32 eager: the first check refuses it
     with pytest.raises(RuntimeError, match=re.escape("(int8): logits relative error")):
-        check_backend(model, bad, backends["eager"], "cpu:int8", 4, "cpu")
+        check_backend(model, bad, backends["eager"], "cpu:int8frame", 4, "cpu")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ correctness gate, and this machine's floor. ``fastsrnn bench`` (fastsrnn/tools/b
 pytest-benchmark suite (benchmarks/test_generation_bench.py) and the long-generation memory check
 (benchmarks/long_memory.py) all call these; none has its own timer or memory probe.
 
-- :func:`parse_variant` reads a backend variant (``cpu:bf16``, ``cpu:int8``, ``cuda:nograph``;
+- :func:`parse_variant` reads a backend variant (``cpu:bf16``, ``cpu:int8``, ``cpu:int8frame``, ``cuda:nograph``;
   ``ref`` is the old name of ``folded``); :func:`fresh_state` makes a reproducible decode state.
 - :func:`measured` is the timing and peak-memory method: wall seconds of a block, synchronised
   on CUDA, and the peak memory inside it (CUDA: torch's allocations; CPU: the process's RSS).
@@ -28,10 +28,14 @@ import torch
 
 from fastsrnn.backends import DecodeState, canonical_name, make_backend
 from fastsrnn.config import SampleRNNConfig
+from fastsrnn.generation.precision import precision_options
 from fastsrnn.ops.sampling import Sampling, cdf_margin
 
 NEAR_TIE = 1e-4  # a CDF margin below this explains a differing draw (fp32 summation order)
-VARIANT_OPTIONS = ("bf16", "int8", "nograph")
+# A variant's options: a precision of `fastsrnn generate --precision` (bf16, int8: the same backend
+# options, generation/precision.py), int8frame (the frame tier in int8, the sample tier kept fp32),
+# nograph (no CUDA graphs).
+VARIANT_OPTIONS = ("bf16", "int8", "int8frame", "nograph")
 # int8 frame weights (per-row scales, fp32 sample tier): the largest teacher-forced logits error
 # against fp32 eager (||diff|| / ||ref||) the gate accepts. Measured (bench_measure's own check,
 # the folded twin): 1.5e-3 on dadabots-2tier at its initial weights (bf16 frame weights alone:
@@ -47,23 +51,24 @@ INT8_TWIN_LIMIT = 1e-5
 
 
 def parse_variant(variant: str) -> Tuple[str, dict]:
-    """'cpu:bf16' -> ('cpu', {dtype: bf16, frame_dtype: bf16}); 'cpu:int8' -> ('cpu', {frame_dtype:
-    int8}) (the sample tier fp32, or bf16 with 'cpu:bf16,int8'); 'cuda:nograph' -> ('cuda', {graphs:
-    False}). The backend name is canonical ('ref' -> 'folded', with a DeprecationWarning)."""
+    """'cpu:bf16' and 'cpu:int8' -> the cpu backend with the options of ``--precision bf16`` / ``int8``
+    (int8: frame tier int8, sample tier bf16); 'cpu:int8frame' -> ('cpu', {frame_dtype: int8}), the
+    sample tier fp32; 'cuda:nograph' -> ('cuda', {graphs: False}). At most one precision option.
+    The backend name is canonical ('ref' -> 'folded', with a DeprecationWarning)."""
     name, _, opts = variant.partition(":")
-    kw = {}
-    int8 = False
+    kw, precision = {}, None
     for opt in filter(None, opts.split(",")):
-        if opt == "bf16":
-            kw.update(dtype=torch.bfloat16, frame_dtype=torch.bfloat16)
-        elif opt == "int8":
-            int8 = True
+        if opt in ("bf16", "int8", "int8frame"):
+            if precision is not None:
+                raise ValueError(f"backend variant {variant!r}: one precision ({opt!r} after {precision!r}); "
+                                 "int8 is --precision int8 (int8 frame tier, bf16 sample tier), int8frame keeps "
+                                 "an fp32 sample tier")
+            precision = opt
+            kw.update(precision_options(opt) if opt != "int8frame" else {"frame_dtype": torch.int8})
         elif opt == "nograph":
             kw["graphs"] = False
         else:
             raise ValueError(f"backend variant {variant!r}: unknown option {opt!r} ({', '.join(VARIANT_OPTIONS)})")
-    if int8:  # whatever the order of the options
-        kw["frame_dtype"] = torch.int8
     return canonical_name(name), kw
 
 
