@@ -15,6 +15,11 @@
 - the cuda backend says why it is unavailable.
 Skipped only where nvcc (or g++) is absent; CI has both. The kernel's numerics are checked on
 a GPU by tests/test_gpu.py (scripts/gpu_check.sh).
+
+nvcc is the cost here (seconds per compile): each .cu is compiled once per session and
+architecture (``nvcc_builds``, the two architectures at once), the sm_90 compile with
+``-Xptxas -v`` so that its log is also ptxas's report, and the host programs (the error-reporting
+driver and the launch plan) are one program linked against that sm_90 object.
 """
 import re
 import shutil
@@ -52,23 +57,50 @@ def test_sources_exist_and_use_no_torch():
         assert not torchy, f"{src.name} includes {torchy}: kernel sources must build with plain nvcc"
 
 
-@needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_90", "default"])
-@pytest.mark.parametrize("src", SOURCES, ids=[p.name for p in SOURCES])
-def test_nvcc_compiles(src, arch, tmp_path):
-    cmd = [NVCC, "-c", "-std=c++17", "-O3", "-Werror", "all-warnings", "-Xcompiler", "-Wall",
-           str(src), "-o", str(tmp_path / "k.o")]
+ARCHS = ["sm_90", "default"]
+
+
+def _nvcc_compile_cmd(src: Path, arch: str, obj: Path) -> list:
+    """nvcc -c with warnings as errors; for sm_90 also -Xptxas -v (ptxas's per-kernel report)."""
+    cmd = [NVCC, "-c", "-std=c++17", "-O3", "-Werror", "all-warnings", "-Xcompiler", "-Wall", str(src), "-o", str(obj)]
     if arch != "default":
-        cmd[2:2] = [f"-arch={arch}"]
-    rc, log = _run(cmd, tmp_path)
+        cmd[2:2] = [f"-arch={arch}", "-Xptxas", "-v"]
+    return cmd
+
+
+@pytest.fixture(scope="session")
+def nvcc_builds(tmp_path_factory):
+    """{(source name, arch): (return code, log, object)}: every csrc/cuda/*.cu compiled once per
+    session for each of ARCHS, the compiles running side by side."""
+    if NVCC is None:
+        pytest.skip("nvcc is not installed (CI has it)")
+    d = tmp_path_factory.mktemp("nvcc")
+    procs = {}
+    for src in SOURCES:
+        for arch in ARCHS:
+            obj = d / f"{src.stem}-{arch}.o"
+            procs[(src.name, arch)] = (subprocess.Popen(_nvcc_compile_cmd(src, arch, obj), cwd=d, text=True,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT), obj)
+    builds = {}
+    for key, (proc, obj) in procs.items():
+        log, _ = proc.communicate(timeout=300)
+        builds[key] = (proc.returncode, log, obj)
+    return builds
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("src", SOURCES, ids=[p.name for p in SOURCES])
+def test_nvcc_compiles(nvcc_builds, src, arch):
+    rc, log, obj = nvcc_builds[(src.name, arch)]
     assert rc == 0, f"nvcc failed on {src.name} ({arch}):\n{log[-4000:]}"
-    assert (tmp_path / "k.o").stat().st_size > 0
+    assert obj.stat().st_size > 0
 
 
+# The host program's two modes: no argument, the error-reporting driver; "plan B F Q H bf16 regs smem ...",
+# the launch plan of each 7-number case. Built once (``host_program``), linked against sample_frame.cu.
 DRIVER = r"""
-#include <cstdio>
-#include "sample_frame.cuh"
-int main() {
+static int driver() {
   fastsrnn::SampleFrameParams p{};
   p.B = 0; p.F = 16; p.Q = 256; p.H = 1024;
   const char* bad = fastsrnn::sample_frame_launch(p, nullptr, 0);
@@ -85,14 +117,12 @@ int main() {
 
 
 @needs_nvcc
-def test_launcher_links_and_reports_errors(tmp_path):
+def test_launcher_links_and_reports_errors(host_program):
     """Linked into a host program: bad sizes are refused before any CUDA call, and on a machine
     without a GPU the first CUDA call's error comes back as a message naming it."""
-    (tmp_path / "main.cu").write_text(DRIVER)
-    rc, log = _run([NVCC, "-std=c++17", "-arch=sm_90", f"-I{CUDA_DIR}", "main.cu", str(CUDA_DIR / "sample_frame.cu"),
-                    "-o", "driver"], tmp_path)
-    assert rc == 0, f"linking a host program against the launcher failed:\n{log[-4000:]}"
-    rc, log = _run([str(tmp_path / "driver")], tmp_path)
+    exe, log = host_program
+    assert exe is not None, f"linking a host program against the launcher failed:\n{log[-4000:]}"
+    rc, log = _run([str(exe)], exe.parent)
     assert rc == 0, log
     assert "bad-sizes: sample_frame (CUDA): need B, F, H >= 1 and Q >= 2" in log
     assert "workspace: 2720" in log  # 128 + 4 * 3 * (2 * 104 + 8): barrier header, P, a3 (H padded to 8), logits
@@ -103,16 +133,13 @@ def test_launcher_links_and_reports_errors(tmp_path):
         assert re.match(r"sample_frame \(CUDA\): cuda\w+\(.*\) failed: \S", launch), launch
 
 
-@pytest.fixture(scope="module")
-def ptxas_sm90(tmp_path_factory):
-    """{kernel entry (mangled): parse_ptxas numbers} of sample_frame.cu compiled for sm_90."""
-    if NVCC is None:
-        pytest.skip("nvcc is not installed (CI has it)")
-    d = tmp_path_factory.mktemp("ptxas")
+@pytest.fixture(scope="session")
+def ptxas_sm90(nvcc_builds):
+    """{kernel entry (mangled): parse_ptxas numbers} of sample_frame.cu compiled for sm_90 (the
+    -Xptxas -v report of nvcc_builds' sm_90 compile)."""
     entries = {}
     for src in SOURCES:
-        rc, log = _run([NVCC, "-c", "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", str(src), "-o",
-                        str(d / "k.o")], d)
+        rc, log, _ = nvcc_builds[(src.name, "sm_90")]
         assert rc == 0, f"nvcc -Xptxas -v failed on {src.name}:\n{log[-4000:]}"
         for part in log.split("Compiling entry function '")[1:]:
             name = part.split("'", 1)[0]
@@ -143,10 +170,7 @@ def test_ptxas_no_spills_or_stack(ptxas_sm90):
 
 
 PLAN = r"""
-#include <cstdio>
-#include <cstdlib>
-#include "sample_frame.cuh"
-int main(int argc, char** argv) {
+static int plan(int argc, char** argv) {
   // An H100 SXM (sm_90): 132 SMs, 227 KB opt-in shared memory per block, 228 KB per SM.
   const fastsrnn::SampleFrameDevice h100{132, 232448, 233472, 1024, 65536, 2048, 32};
   for (int i = 1; i + 7 < argc + 1; i += 7) {
@@ -161,17 +185,39 @@ int main(int argc, char** argv) {
   return 0;
 }
 """
+HOST_MAIN = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include "sample_frame.cuh"
+""" + DRIVER + PLAN + r"""
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "plan") == 0) return plan(argc - 1, argv + 1);
+  return driver();
+}
+"""
 H100_SMS = 132
 
 
+@pytest.fixture(scope="session")
+def host_program(nvcc_builds, tmp_path_factory):
+    """The host program (HOST_MAIN) linked against sample_frame.cu's sm_90 object: (path, or None
+    with nvcc's log)."""
+    rc, log, obj = nvcc_builds[("sample_frame.cu", "sm_90")]
+    assert rc == 0, f"sample_frame.cu does not compile:\n{log[-4000:]}"
+    d = tmp_path_factory.mktemp("host")
+    (d / "main.cu").write_text(HOST_MAIN)
+    rc, log = _run([NVCC, "-std=c++17", "-arch=sm_90", f"-I{CUDA_DIR}", "main.cu", str(obj), "-o", "host"], d)
+    return (d / "host" if rc == 0 else None), log
+
+
 @needs_nvcc
-def test_launch_plan_fits_h100(ptxas_sm90, tmp_path):
+def test_launch_plan_fits_h100(ptxas_sm90, host_program):
     """At the dadabots-2tier shapes (F16 Q256 H1024; 1, 4, 8 sequences; fp32 and bf16 weights) the
     plan asks for shared memory within sm_90's 227 KB and a grid that is co-resident at the
     registers ptxas reports; odd shapes plan too, and weights that cannot fit say why."""
-    (tmp_path / "plan.cu").write_text(PLAN)
-    rc, log = _run([NVCC, "-std=c++17", f"-I{CUDA_DIR}", "plan.cu", "-o", "plan"], tmp_path)
-    assert rc == 0, f"the plan program does not build:\n{log[-4000:]}"
+    exe, log = host_program
+    assert exe is not None, f"the plan program does not build:\n{log[-4000:]}"
     cases = []
     for dtype in ("fp32", "bf16"):
         r = _variant(ptxas_sm90, dtype, "16")
@@ -181,7 +227,7 @@ def test_launch_plan_fits_h100(ptxas_sm90, tmp_path):
                   (1, 16, 256, 8192, dtype, r)]
     args = [str(a) for B, F, Q, H, dtype, r in cases for a in (B, F, Q, H, int(dtype == "bf16"), r["registers"],
                                                                r["smem"])]
-    rc, log = _run([str(tmp_path / "plan"), *args], tmp_path)
+    rc, log = _run([str(exe), "plan", *args], exe.parent)
     assert rc == 0, log
     lines = [line for line in log.splitlines() if line.startswith("plan ")]
     plans = [dict(kv.split("=", 1) for kv in line.split(" error=")[0].split()[1:]) | {"error": line.split(" error=")[1]}
