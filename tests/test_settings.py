@@ -67,6 +67,9 @@ def test_generation_settings_round_trip_through_generation_json():
     assert d["chunk_samples"] == 80 and d["save_every_samples"] == 160 and d["audio_format"] == "flac"
     assert GenerationSettings.from_dict(json.loads(json.dumps({**d, "sample_rate": 800}))) == s
     assert GenerationSettings.from_dict({"sample_rate": 800, "seconds": 2}) == GenerationSettings(seconds=2.0)
+    for sr, n in [(800, 131062), (16000, 3), (44100, 12345)]:  # samples / rate * rate is not always n in floats
+        d = {**GenerationSettings().to_dict(sr), "sample_rate": sr, "chunk_samples": n, "save_every_samples": n}
+        assert GenerationSettings.from_dict(d).to_dict(sr)["chunk_samples"] == n
 
 
 @pytest.mark.parametrize("change,message", [

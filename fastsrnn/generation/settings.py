@@ -178,12 +178,21 @@ def _stored(f, value, sample_rate: int):
     if value is None:
         return None
     if f.metadata["in_samples"]:
-        return int(value * sample_rate)
+        return _samples(value, sample_rate)
     if f.metadata["path"]:
         return str(Path(value).resolve())
     if isinstance(value, (list, tuple)):
         return [float(v) for v in value]
     return value
+
+
+def _samples(seconds: float, sample_rate: int) -> int:
+    """Whole samples in ``seconds`` (rounded down, as before GenerationSettings), except that a
+    product within float noise of a whole count is that count: from_dict's samples / rate read back
+    (e.g. 131062 / 800 * 800 = 131061.99999999999) stores the same number again."""
+    x = seconds * sample_rate
+    n = round(x)
+    return n if abs(x - n) <= 1e-9 * max(1.0, abs(x)) else int(x)
 
 
 _FIELDS = {f.name: f for f in fields(GenerationSettings)}
