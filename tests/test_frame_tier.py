@@ -17,6 +17,7 @@ from helpers import close_rel, compile_problems, frame_step_kernels, random_mode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsrnn import SampleRNNConfig
+from fastsrnn.backends.fused_frame import FusedFrameBackend
 from fastsrnn.config import RNN_TYPES
 from fastsrnn.model import RNNState
 from fastsrnn.ops.export import InferenceWeights, export_inference
@@ -135,13 +136,12 @@ def test_folded_backend_on_cpu_is_the_reference():
 def test_int8_frame_weights_take_the_reference_step():
     """int8 frame weights have no Triton kernel: FusedFrameWeights refuses them, and the folded
     backend (on any device) runs frame_step_ref, which dequantizes them."""
-    from fastsrnn.backends import make_backend
     from fastsrnn.backends.base import DecodeState
 
     cfg, w, st = _setup("gru", True, 3, 3)
     with pytest.raises(TypeError, match="all float32 or all bfloat16"):
         FusedFrameWeights.from_inference(w.to(frame_dtype=torch.int8))
-    backend = make_backend("folded", random_model(cfg), frame_dtype=torch.int8)
+    backend = FusedFrameBackend(random_model(cfg), "cpu", frame_dtype=torch.int8)
     window = _windows(cfg, 3, 1)[0]
     a, b = st.clone(), st.clone()
     got = backend.frame_step(DecodeState(a, window.clone()))
@@ -154,15 +154,15 @@ def test_int8_frame_weights_take_the_reference_step():
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 @pytest.mark.parametrize("B", [1, 3, 16, 128])
 @pytest.mark.parametrize("frame_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_folded_backend_on_gpu_uses_the_kernels(rnn, B, frame_dtype):
-    """On a CUDA device FoldedBackend.frame_step runs the fused kernels (fp32: ~1e-5 of the
-    reference; bf16: within twice the reference's bf16 error against fp32)."""
-    from fastsrnn.backends import make_backend
+def test_fused_frame_backend_on_gpu_uses_the_kernels(rnn, B, frame_dtype):
+    """On a CUDA device FusedFrameBackend.frame_step (the triton and cuda backends') runs the
+    fused kernels (fp32: ~1e-5 of the reference; bf16: within twice the reference's bf16 error
+    against fp32)."""
     from fastsrnn.backends.base import DecodeState
 
     cfg = SampleRNNConfig(rnn_type=rnn, dim=256, n_rnn=3)
     model = random_model(cfg).cuda()
-    backend = make_backend("folded", model, device="cuda", frame_dtype=frame_dtype)
+    backend = FusedFrameBackend(model, "cuda", frame_dtype=frame_dtype)
     exact = export_inference(model).to("cuda")
     st = model.frame_rnn.initial_state(B, "random", torch.Generator().manual_seed(2))
     st = RNNState(st.h.cuda(), None if st.c is None else st.c.cuda())

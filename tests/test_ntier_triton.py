@@ -25,6 +25,7 @@ import torch
 from helpers import close_rel, compile_problems, frame_step_kernels, random_model, record_launches, tier_of
 
 from fastsrnn import SampleRNNConfig
+from fastsrnn.backends.fused_frame import FusedFrameBackend
 from fastsrnn.config import RNN_TYPES
 from fastsrnn.model import RNNState
 from fastsrnn.ops.export import export_inference
@@ -244,16 +245,16 @@ def _backends_close(got, want, rtol: float = 1e-4):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
-def test_folded_backend_steps_every_tier_with_the_kernels(rnn):
-    """FoldedBackend.tier_step on the fused path (forced on the CPU: the interpreter runs the
+def test_fused_frame_backend_steps_every_tier_with_the_kernels(rnn):
+    """FusedFrameBackend.tier_step on the fused path (forced on the CPU: the interpreter runs the
     kernels) steps every tier of a 3-tier model through frame_step_triton, one FusedFrameWeights
     per tier: 6 frames (3 top steps) of logits, states and upper outputs as the eager backend's."""
     from fastsrnn.backends import make_backend
 
     kmod = frame_step_kernels()
     cfg, model = _model(rnn, True, 2, frame_sizes=(3, 2))
-    fused, plain = make_backend("folded", model), make_backend("folded", model)
-    fused._fused_frame = {}  # the decision a CUDA device with Triton takes (backends/folded.py)
+    fused, plain = FusedFrameBackend(model, "cpu"), make_backend("folded", model)
+    fused._fused_frame = {}  # the decision a CUDA device with Triton takes (backends/fused_frame.py)
     calls, restore = record_launches(kmod)
     try:
         got = _backend_run(fused, model, 3, 6)
@@ -422,8 +423,8 @@ def test_every_tier_on_gpu(rnn, skip, B, wdt):
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 @pytest.mark.parametrize("B", [1, 16, 128])
 @pytest.mark.parametrize("frame_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_folded_backend_on_gpu_steps_every_tier_with_the_kernels(rnn, B, frame_dtype):
-    """The folded backend on CUDA (3-tier model, H 256) runs every tier through the fused kernels
+def test_fused_frame_backend_on_gpu_steps_every_tier_with_the_kernels(rnn, B, frame_dtype):
+    """The fused frame tier on CUDA (3-tier model, H 256) runs every tier through the fused kernels
     (one FusedFrameWeights per tier); 8 teacher-forced frames (2 top steps) against the same
     backend held on the eager frame_step_ref: fp32 ~1e-4 relative (errors compound over frames);
     bf16: every tensor's error against an fp32 run at most twice the eager bf16 run's."""
@@ -432,15 +433,13 @@ def test_folded_backend_on_gpu_steps_every_tier_with_the_kernels(rnn, B, frame_d
     frame_step_kernels()
     cfg, model = _model(rnn, True, 3, frame_sizes=(16, 4), dim=256)
     model = model.cuda()
-    fused = make_backend("folded", model, device="cuda", frame_dtype=frame_dtype)
-    plain = make_backend("folded", model, device="cuda", frame_dtype=frame_dtype)
-    plain._fused_frame = None  # the decision for a device without the kernels
+    fused = FusedFrameBackend(model, "cuda", frame_dtype=frame_dtype)
+    plain = make_backend("folded", model, device="cuda", frame_dtype=frame_dtype)  # the torch twins, on a GPU too
     got, want = _backend_run(fused, model, B, 8), _backend_run(plain, model, B, 8)
     if frame_dtype == torch.float32:
         _backends_close(got, want, 1e-4)
     else:
         exact_be = make_backend("folded", model, device="cuda")
-        exact_be._fused_frame = None
         exact = _backend_run(exact_be, model, B, 8)
         for n, (a, b, e) in enumerate(zip(got, want, exact)):
             for i, (g, r, x) in enumerate(zip(a, b, e)):
@@ -449,17 +448,17 @@ def test_folded_backend_on_gpu_steps_every_tier_with_the_kernels(rnn, B, frame_d
                                                    f"kernel error {err_k:.3g} > 2 x reference's {err_r:.3g}")
     tiers = [fused.w, *fused.w.upper]
     assert isinstance(fused._fused_frame, dict) and len(fused._fused_frame) == len(tiers)
+    assert plain.__dict__.get("_fused_frame") is None, "folded ran the kernels: it is the torch twins"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_int8_ntier_on_gpu_takes_the_reference_step():
     """int8 frame weights on CUDA: no tier takes the kernels; every tier is frame_step_ref's."""
-    from fastsrnn.backends import make_backend
 
     cfg, model = _model("gru", True, 2, frame_sizes=(16, 4), dim=64)
     model = model.cuda()
-    be = make_backend("folded", model, device="cuda", frame_dtype=torch.int8)
+    be = FusedFrameBackend(model, "cuda", frame_dtype=torch.int8)
     frames = _backend_run(be, model, 3, 4)
     assert be.w.int8 and be.__dict__.get("_fused_frame") is None
     assert all(torch.isfinite(t).all() for f in frames for t in f)

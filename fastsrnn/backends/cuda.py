@@ -1,6 +1,6 @@
 """The ``cuda`` backend: the persistent CUDA sample-frame kernel (csrc/cuda/sample_frame.cu).
 
-The frame step is the fused Triton frame tier (ops/frame_step.py, FoldedBackend.frame_step);
+The frame step is the fused Triton frame tier (ops/frame_step.py, backends/fused_frame.py);
 all F sample steps of a frame run in one cooperative launch in which every block keeps its
 slice of W3 and Wo in shared memory and the blocks exchange only activations, with two
 grid-wide barriers per sample (nv-wavenet's persistent kernel). The launch is cooperative

@@ -2,9 +2,10 @@
 the frame step, and a sample-frame op.
 
 FoldedBackend runs both ops' torch twins (ops/frame_step.py, ops/sample_frame.py) on the folded
-weights of ops/export.py: it is how tests and the bench tell the folds' error from a kernel's.
-Subclasses (cpu, triton, cuda) override :meth:`FoldedBackend.sample_frame` (and the cpu one
-:meth:`frame_step`). The name ``ref`` is an old alias of ``folded``.
+weights of ops/export.py, on every device: it is how tests and the bench tell the folds' error
+from a kernel's. Subclasses override :meth:`FoldedBackend.tier_step` (cpu: the C++ step;
+backends/fused_frame.py: the Triton frame tier on CUDA, under triton and cuda) and
+:meth:`FoldedBackend.sample_frame`. The name ``ref`` is an old alias of ``folded``.
 """
 from __future__ import annotations
 
@@ -46,36 +47,8 @@ class FoldedBackend(Backend):
     def tier_step(self, w, window: torch.Tensor, rnn, cond: Optional[torch.Tensor]) -> torch.Tensor:
         """One step of the frame tier whose weights are ``w`` (self.w: the bottom tier; a
         TierWeights: one above), its state ``rnn`` updated in place; cond: from the tier above.
-
-        On a CUDA device with Triton, every tier: the fused kernels (ops.frame_step.frame_step_triton,
-        L + 2 launches; each tier's weights prepared on its first call, its output a buffer reused
-        per batch size); elsewhere, and for int8 frame weights, the eager frame_step_ref."""
-        fused = self._fused_tier(w)
-        if fused is None:
-            return frame_step_ref(w, window, rnn, cond=cond)
-        from fastsrnn.ops.frame_step import frame_step_triton
-
-        return frame_step_triton(fused, window, rnn, cond)
-
-    def _fused_tier(self, w):
-        """The FusedFrameWeights of tier weights ``w`` (built once per weights object, kept in
-        ``_fused_frame``: id(w) -> (w, fused)), or None where the Triton frame step does not run
-        (decided once: a CUDA device, kernels that import, no int8 frame weights)."""
-        fused = self.__dict__.get("_fused_frame", False)
-        if fused is False:
-            from fastsrnn.ops.frame_step import triton_frame_step_available
-
-            # int8 frame weights have no Triton kernel: frame_step_ref dequantizes them
-            ok = self.device.type == "cuda" and not self.w.int8 and triton_frame_step_available()[0]
-            fused = self._fused_frame = {} if ok else None
-        if fused is None:
-            return None
-        hit = fused.get(id(w))
-        if hit is None or hit[0] is not w:
-            from fastsrnn.ops.frame_step import FusedFrameWeights
-
-            hit = fused[id(w)] = (w, FusedFrameWeights.from_inference(w))
-        return hit[1]
+        Here the torch twin frame_step_ref on every device; the kernel backends override it."""
+        return frame_step_ref(w, window, rnn, cond=cond)
 
     def sample_frame(self, cond, window, uniforms, sampling, out, forced=None, logits_out=None):
         self.call_dense(sample_frame_ref, cond, window, uniforms, sampling, out, forced, logits_out)

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import torch
 
 from fastsrnn.backends.base import DecodeState
-from fastsrnn.backends.folded import FoldedBackend
+from fastsrnn.backends.fused_frame import FusedFrameBackend
 from fastsrnn.ops.sampling import Sampling
 
 # Captures kept at once (each holds a private memory pool): sampling, a chunk, teacher forcing.
@@ -180,8 +180,8 @@ def graphs_usable(device: torch.device) -> tuple:
     return True, "CUDA graphs"
 
 
-class GraphedBackend(FoldedBackend):
-    """A FoldedBackend whose ``step_frame``/``step_frames`` may replay CUDA graphs (``graphs``:
+class GraphedBackend(FusedFrameBackend):
+    """A FusedFrameBackend whose ``step_frame``/``step_frames`` may replay CUDA graphs (``graphs``:
     None = on where possible, True = required, False = off). A capture that fails falls back to
     plain launches with a warning, so that generation never stops on it."""
 

@@ -1,11 +1,12 @@
-"""The ``triton`` backend: the frame step in torch (cuBLAS), the F sample steps of a frame in
-Triton (fastsrnn.ops.sample_frame.sample_frame_triton): one launch per frame for few sequences
-(kernels/sample_frame.py), 2F + 1 launches spreading each step over the GPU with tensor cores
-from kernels.sample_frame.SPLIT_MIN_B sequences (kernels/sample_frame_split.py); on CUDA the
-whole frame is replayed as one CUDA graph, which makes the split path's launches cheap.
+"""The ``triton`` backend: the fused Triton frame tier (backends/fused_frame.py, on CUDA), then
+the F sample steps of a frame in Triton (fastsrnn.ops.sample_frame.sample_frame_triton): one
+launch per frame for few sequences (kernels/sample_frame.py), 2F + 1 launches spreading each
+step over the GPU with tensor cores from TRITON_SAMPLE_SPLIT_MIN_B sequences or
+TRITON_SAMPLE_SPLIT_MIN_H hidden units (fastsrnn/ops/thresholds.py; kernels/sample_frame_split.py);
+on CUDA the whole frame is replayed as one CUDA graph, which makes the split path's launches cheap.
 
 On a CUDA device it runs compiled; on the CPU it runs only under TRITON_INTERPRET=1 (Triton's
-interpreter, for tests: slow, but the same kernel code).
+interpreter, for tests: slow, but the same kernel code; the frame step is then frame_step_ref).
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """The frame-step op: one frame-tier step on exported weights. One home for it:
 
-- :func:`frame_step_ref`, in torch ops (BLAS on the CPU, cuBLAS on a GPU): the specification and
-  the frame step of the ``folded``, ``triton`` and ``cuda`` backends;
+- :func:`frame_step_ref`, in torch ops (BLAS on the CPU, cuBLAS on a GPU): the specification, the
+  frame step of the ``folded`` backend on every device, of the ``cpu`` backend above its streaming
+  threshold and with int8 weights on a GPU;
 - :func:`frame_step_cpu`, the fused C++ step (csrc/cpu/frame_step.h), and :func:`linear_cpu`,
   its weight-streaming product, which the ``cpu`` backend uses at small batch;
 - :func:`frame_step_triton`, the fused Triton kernels (kernels/frame_step.py): one launch per
   layer (product on [x; h] and the gate maths), one for the skip sum, one for the upsampling;
-  on :class:`FusedFrameWeights`, built once from the exported weights.
+  on :class:`FusedFrameWeights`, built once from the exported weights: the frame step of the
+  ``triton`` and ``cuda`` backends on CUDA (backends/fused_frame.py).
 
 Contract: window (B, F) int64 (the frame just finished); rnn h, c (L, B, H) float32, updated in
 place; returns cond (B, F, H) float32 = W2 c_j + b2 for the F positions of the next frame.

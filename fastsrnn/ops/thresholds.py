@@ -11,8 +11,8 @@ from __future__ import annotations
 # (kernels/sample_frame.py).
 TRITON_SAMPLE_SPLIT_MIN_B = 16
 # ... and from this hidden width at any n_seq: the one-program kernel streams all of W3 and Wo
-# through one SM per step, which the performance model puts at ~7x slower than the split path on
-# dadabots-2tier (H 1024) at n_seq 1 on an H100 (a prediction; not yet measured).
+# through one SM per step. Measured on an H100 (BENCHMARKS.md, `python -m benchmarks.gpu_profile
+# --paths`): the small path 2.2-6.6x slower than the split one at H 1024, at every n_seq.
 TRITON_SAMPLE_SPLIT_MIN_H = 512
 
 # kernels/frame_step.py: up to this many sequences the register form (multiply + tl.sum, HBM-bound),

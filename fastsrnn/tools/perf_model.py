@@ -73,7 +73,7 @@ GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM, "H200": replace(H100_SXM, name="H2
 BACKENDS = ("triton", "cuda")
 # The frame tier each backend runs: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
 # elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, what
-# FoldedBackend.frame_step runs on a CUDA device, so the triton and cuda backends).
+# the triton and cuda backends run on a CUDA device: backends/fused_frame.py).
 FRAME_TIER = {"triton": "fused", "cuda": "fused"}
 
 
