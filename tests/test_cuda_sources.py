@@ -14,7 +14,7 @@
 - binding.cpp compiles against torch's headers (syntax only: a CPU-only torch cannot link it);
 - the cuda backend says why it is unavailable.
 Skipped only where nvcc (or g++) is absent; CI has both. The kernel's numerics are checked on
-a GPU by tests/test_gpu.py (scripts/gpu_check.sh).
+a GPU by the tests marked `gpu` (scripts/gpu_check.sh runs them).
 
 nvcc is the cost here (seconds per compile): each .cu is compiled once per session and
 architecture (``nvcc_builds``, the two architectures at once), the sm_90 compile with

@@ -1,6 +1,7 @@
 """The documents hold together: every ``docs/DESIGN.md §N`` citation in the sources names a section
-of docs/DESIGN.md, no citation uses the old "DESIGN.md section N" form, the LICENSE is there, and
-the version is written once (fastsrnn.__version__, which pyproject reads)."""
+of docs/DESIGN.md, no citation uses the old "DESIGN.md section N" form, every repository path a
+comment, docstring or document names exists, the LICENSE is there, and the version is written once
+(fastsrnn.__version__, which pyproject reads)."""
 from __future__ import annotations
 
 import os
@@ -61,6 +62,52 @@ def test_no_old_section_citations():
     old = [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}"
            for rel, text in _sources() for m in OLD_FORM.finditer(text)]
     assert not old, "cite sections as docs/DESIGN.md §N:\n" + "\n".join(old)
+
+
+# A repository path: a top folder of the repository, or a subpackage of fastsrnn/ (``ops/export.py``)
+# or of csrc/ (``cpu/simd.h``), then more of the path. A path with no file suffix under a subpackage
+# name is a user's folder in an example (``data/album``), and one with a data suffix a user's file
+# (``data/album/album_stats.json``): not checked.
+TOPS = ("fastsrnn", "kernels", "csrc", "tests", "benchmarks", "docs", "scripts", ".ci")
+SUBS = ("ops", "backends", "generation", "training", "tools", "data", "quality", "cpu", "cuda")
+DATA_SUFFIXES = {".json", ".jsonl", ".wav", ".flac", ".mp3", ".pt", ".png", ".html", ".txt", ".csv"}
+PATH = re.compile(r"(?<![\w./:-])((?:\.ci|[A-Za-z_][\w-]*)/[\w./-]*\w)(?![\w{*-])")
+
+
+def _resolves(path: str, rel: Path) -> bool:
+    """``path`` names a file or folder here: from the root, fastsrnn/, csrc/ or the naming file's
+    folder; ``ops/frame_step.frame_step_ref`` (a module and a name in it) counts when the module
+    file defines the name."""
+    bases = (ROOT, ROOT / "fastsrnn", ROOT / "csrc", ROOT / rel.parent)
+    if any((b / path).exists() for b in bases):
+        return True
+    module, _, name = path.rpartition("/")[2].partition(".")
+    if not name or "." in name:
+        return False
+    stem = path.rpartition("/")[0] + "/" + module
+    for b in bases:
+        for suffix in (".py", ".cpp", ".h", ".cu", ".cuh"):
+            f = b / (stem + suffix)
+            defines = rf"^\s*(def|class)\s+{name}\b|^{name}\s*[:=]|\b{name}\s*\("
+            if f.is_file() and re.search(defines, f.read_text(), re.M):
+                return True
+    return False
+
+
+def test_every_repository_path_named_exists():
+    bad, found = [], 0
+    for rel, text in _sources():
+        for m in PATH.finditer(text):
+            path = m.group(1).rstrip(".")
+            head, last = path.split("/")[0], path.rsplit("/", 1)[-1]
+            if head not in TOPS + SUBS or (head not in TOPS and ("." not in last
+                                                                 or Path(last).suffix in DATA_SUFFIXES)):
+                continue
+            found += 1
+            if not _resolves(path, rel):
+                bad.append(f"{rel}:{text.count(chr(10), 0, m.start()) + 1}: {path}")
+    assert found > 100, f"only {found} paths found: is the pattern still right?"
+    assert not bad, "paths named in comments and documents that do not exist:\n" + "\n".join(bad)
 
 
 def test_license_is_mit():
