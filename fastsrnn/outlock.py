@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 LOCK_NAME = ".fastsrnn.lock"
 
@@ -40,21 +40,41 @@ def locked_output(folder: Union[str, os.PathLike], what: str = "fastsrnn") -> It
     path = folder / LOCK_NAME
     f = open(path, "a+")
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise OutputLocked(f"{folder} is in use by {holder}; wait for it to finish, or choose another "
-                                   "output folder") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} ({what}: {' '.join(sys.argv[:1] + sys.argv[1:4])})\n")
-        f.flush()
+        holder = try_flock(f)
+        if holder is not None:
+            raise OutputLocked(f"{folder} is in use by {holder}; wait for it to finish, or choose another "
+                               "output folder")
+        write_holder(f, f"pid {os.getpid()} ({what}: {' '.join(sys.argv[:1] + sys.argv[1:4])})")
         yield folder
     finally:
         f.close()  # closing releases the flock
+
+
+def try_flock(f) -> Optional[str]:
+    """Take the exclusive flock of the open file ``f`` without waiting: None when taken (or where
+    there is no flock), else the holder's line written in the file."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        f.seek(0)
+        return f.read().strip() or "another process"
+
+
+def wait_flock(f) -> None:
+    """Wait for the exclusive flock of the open file ``f`` (no-op where there is no flock)."""
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
+def write_holder(f, line: str) -> None:
+    """Replace the lock file's text by ``line``: who holds it, for whoever finds it held."""
+    f.seek(0)
+    f.truncate()
+    f.write(line + "\n")
+    f.flush()
 
 
 def is_lock_file(path: Union[str, os.PathLike]) -> bool:

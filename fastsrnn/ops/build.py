@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from fastsrnn import env
+from fastsrnn.outlock import try_flock, wait_flock, write_holder
 
 _LOADED: Dict[str, object] = {}
 _FAILED: Dict[str, str] = {}
@@ -215,31 +216,18 @@ def _stage_sources(srcs: Sequence[Path], dest: Path) -> List[Path]:
     return staged
 
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent first builds are then not serialised
-    fcntl = None
-
-
 @contextlib.contextmanager
 def _build_lock(build_dir: Path, name: str):
     """Hold the OS lock of ``build_dir``; waiting for another process's build says so, with its pid."""
     path = build_dir / LOCK
-    with open(path, "a+") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                print(f"fastsrnn: waiting for {holder}, which is compiling the {name} extension into {build_dir} "
-                      f"(lock: {path}); it is used as soon as that build ends", file=sys.stderr, flush=True)
-                with _elapsed_line(f"fastsrnn: waiting for the {name} extension's build"):
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {time.strftime('%H:%M:%S')})\n")
-        f.flush()
+    with open(path, "a+") as f:  # (Windows: no flock; concurrent first builds are not serialised)
+        holder = try_flock(f)
+        if holder is not None:
+            print(f"fastsrnn: waiting for {holder}, which is compiling the {name} extension into {build_dir} "
+                  f"(lock: {path}); it is used as soon as that build ends", file=sys.stderr, flush=True)
+            with _elapsed_line(f"fastsrnn: waiting for the {name} extension's build"):
+                wait_flock(f)
+        write_holder(f, f"pid {os.getpid()} on {socket.gethostname()} (since {time.strftime('%H:%M:%S')})")
         yield  # closing the file releases the flock
 
 
