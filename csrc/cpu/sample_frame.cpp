@@ -3,7 +3,7 @@
 // Same contract as fastsrnn/ops/sample_frame.py::sample_frame_ref (the spec). Step j:
 //   a2 = relu(cond[:, j] + sum_k table[k, window_k])   F row gathers from the (F, Q, H) table
 //   a3 = relu(W3 a2 + b3); logits = Wo a3 + bo         the only matrix products left
-//   x  = forced[:, j] or the inverse-CDF draw of fastsrnn/sampling.py::sample_ref
+//   x  = forced[:, j] or the inverse-CDF draw of fastsrnn/ops/sampling.py::sample_ref
 //   out[:, j] = x; window slides; logits_out[:, j] = logits when given.
 //
 // Threads: one OpenMP team per call (torch's own libgomp, so no second thread pool), kept for
@@ -208,7 +208,7 @@ void run(const Problem<T>& p, int64_t num_threads) {
   sc.a3.resize(B * H);
   sc.logits.resize(B * Q);
   sc.cdf.resize(nt * Q);
-  if (p.sampling.top_k > 0 || p.sampling.top_p < 1.0f) sc.keys.resize(nt * Q);
+  sc.keys.resize(nt * Q);
   for (int c = 0; c < copies; ++c)
     for (int64_t i = 0; i < B * F; ++i)
       sc.hist[(c * B + i / F) * 2 * F + i % F] = static_cast<int32_t>(p.window[i]);
