@@ -142,21 +142,24 @@ def test_key_is_what_a_kernel_takes_by_value():
 
 def test_every_field_reaches_every_kernel():
     """A new Sampling field (a new rule, docs/DESIGN.md §9) fails here until the C++ and CUDA
-    SamplingParams readers read it and the Triton kernels are passed it; the rule itself is then
-    held to sample_ref by test_ops.py and test_backends.py."""
+    SamplingParams declare and read it and the Triton kernels are passed it; the rule itself is
+    then held to sample_ref by test_ops.py and test_backends.py."""
     from fastsrnn.kernels.sample_frame import sampling_args
     from fastsrnn.ops.build import csrc_dir
 
-    names = [f.name for f in dataclasses.fields(Sampling)]
-    readers = {"csrc/cpu/sampling.h": (csrc_dir() / "cpu" / "sampling.h").read_text(),
-               "csrc/cuda/binding.cpp": (csrc_dir() / "cuda" / "binding.cpp").read_text()}
+    def struct(text: str) -> str:
+        start = text.index("struct SamplingParams {")
+        return text[start:text.index("};", start)]
+
+    cpu = (csrc_dir() / "cpu" / "sampling.h").read_text()
     cuh = (csrc_dir() / "cuda" / "sample_frame.cuh").read_text()
-    struct = cuh[cuh.index("struct SamplingParams {"):cuh.index("};", cuh.index("struct SamplingParams {"))]
     triton = sampling_args(Sampling(torch.ones(1), top_k=2, top_p=0.5))
-    for name in names:
-        for path, text in readers.items():
-            assert f'attr("{name}")' in text, f"{path} does not read Sampling.{name}"
-        assert re.search(rf"\b{name}\b", struct), f"csrc/cuda/sample_frame.cuh: SamplingParams has no {name}"
+    for name in [f.name for f in dataclasses.fields(Sampling)]:
+        for path, text in (("csrc/cpu/sampling.h", cpu), ("csrc/cuda/sample_frame.cuh", cuh)):
+            assert re.search(rf"\b{name}\b", struct(text)), f"{path}: SamplingParams has no {name}"
+        assert f'attr("{name}")' in cpu, f"csrc/cpu/sampling.h: sampling_params does not read {name}"
+        assert name == "inv_temperature" or f'get("{name}"' in cuh, \
+            f"csrc/cuda/sample_frame.cuh: read_sampling does not read {name}"
         arg = "inv_t" if name == "inv_temperature" else name
         assert arg in triton or arg.upper() in triton, \
             f"kernels/sample_frame.py: sampling_args does not pass Sampling.{name}"

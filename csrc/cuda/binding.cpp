@@ -36,15 +36,13 @@ at::Tensor cached_workspace(const at::Device& dev, int64_t B, int64_t H, int64_t
 }
 
 // The fields of a fastsrnn.ops.sampling.Sampling (its tensor checked in Python: (B,) float32, dense,
-// on the table's device); `keep` holds the tensor while the launch is enqueued.
+// on the table's device; the rest read by read_sampling); `keep` holds the tensor while the launch
+// is enqueued.
 fastsrnn::SamplingParams sampling_params(const py::handle& s, at::Tensor& keep) {
   keep = s.attr("inv_temperature").cast<at::Tensor>();
-  fastsrnn::SamplingParams p{};
-  p.inv_temperature = keep.data_ptr<float>();
-  p.argmax = s.attr("argmax").cast<bool>();
-  p.top_k = s.attr("top_k").cast<int>();
-  p.top_p = s.attr("top_p").cast<float>();
-  return p;
+  return fastsrnn::read_sampling(keep.data_ptr<float>(), [&](const char* name, auto& field) {
+    field = s.attr(name).cast<std::remove_reference_t<decltype(field)>>();
+  });
 }
 
 // Same contract as fastsrnn/ops/sample_frame.py:sample_frame_ref. Arguments (dtypes, shapes,

@@ -24,13 +24,26 @@ constexpr int kSfRowsPerBlock = 8;             // W3 rows per block the grid is 
 constexpr size_t kSfWorkspaceHeader = 128;     // bytes before the activations: the grid barrier's word
 
 // How a sample is drawn: the CUDA mirror of fastsrnn/ops/sampling.py::Sampling (the C++ one is
-// csrc/cpu/sampling.h); binding.cpp fills it from the Python object, warp_draw reads it.
+// csrc/cpu/sampling.h); read_sampling fills it, warp_draw reads it.
 struct SamplingParams {
   const float* inv_temperature;   // (B,) 1 / temperature per sequence
   bool argmax;                    // the first maximum instead of a draw
   int top_k;                      // keep the k highest logits (ties kept); 0 = off
   float top_p;                    // then the fewest highest levels with >= top_p of the mass; 1 = off
 };
+
+// A SamplingParams from a fastsrnn.ops.sampling.Sampling: inv_temperature is its tensor's device
+// pointer, get(name, field) reads the object's attribute `name` into `field` (binding.cpp passes
+// pybind11's). A new field is read here, beside its declaration.
+template <typename Get>
+inline SamplingParams read_sampling(const float* inv_temperature, Get&& get) {
+  SamplingParams p{};
+  p.inv_temperature = inv_temperature;
+  get("argmax", p.argmax);
+  get("top_k", p.top_k);
+  get("top_p", p.top_p);
+  return p;
+}
 
 struct SampleFrameParams {
   const void* table;              // (F, Q, H) float32, or bfloat16 bits when bf16
