@@ -2,7 +2,9 @@
 
 :class:`Sampling` is the one value that says how a sample is drawn: every backend, CUDA graph,
 launcher and kernel takes it whole (the C++ and CUDA kernels read it as their ``SamplingParams``
-struct), so a new sampling rule changes this module, the three draw functions and that struct.
+struct, the Triton kernels as ``kernels.sample_frame.sampling_args``), so a new sampling rule
+changes this module, the three draw functions, the struct (its C++ and CUDA mirrors) and the
+Triton kernels' arguments (docs/DESIGN.md §9).
 :func:`sample_ref` is the reference every fused backend reproduces: with the same uniform ``u``
 they draw the same integer, except at near-ties (see :func:`cdf_margin`). The cut-offs (top-k,
 top-p) keep the levels whose logit is at or above a threshold (:func:`cut_mask`), found by
