@@ -30,8 +30,7 @@ BUDGET="${GPU_CHECK_BUDGET:-570}"
 PY="$(command -v python || command -v python3)"
 # The test files with GPU cases (the `gpu` mark) and the GPU compile checks; missing ones are skipped.
 GPU_TESTS="tests/test_backends.py tests/test_ops.py tests/test_graph_chunks.py
-    tests/test_frame_tier.py tests/test_golden.py tests/test_cuda_sources.py tests/test_triton_compile.py
-    tests/test_ntier_triton.py"
+    tests/test_frame_step.py tests/test_golden.py tests/test_cuda_sources.py tests/test_triton_compile.py"
 SUMMARY=()
 FAILED=0
 

@@ -124,6 +124,36 @@ def need_triton():
     return kmod
 
 
+ISA_ORDER = ("generic", "avx2", "avx512")
+_ISA_PREBUILT: list = []
+
+
+def isa_extension(isa: str):
+    """The C++ CPU extension built for ``isa`` ('generic', 'avx2'; narrower than this CPU's: the
+    fallback builds), skipping where the CPU lacks it; a failed build fails the test. The first
+    call builds every narrower variant at once, each in its own process (one compiler each, so
+    they share the cores instead of following one another); the on-disk build cache
+    (fastsrnn/ops/build.py) then hands them to this process and every later one without compiling."""
+    from fastsrnn.ops.build import cpu_extension, isa_level
+
+    native = isa_level()[0]
+    if ISA_ORDER.index(isa) > ISA_ORDER.index(native):
+        pytest.skip(f"this CPU has no {isa}")  # only on a non-x86 or pre-2013 CPU
+    if not _ISA_PREBUILT:
+        import subprocess
+        import sys
+
+        _ISA_PREBUILT.append(True)
+        code = "import sys\nfrom fastsrnn.ops.build import cpu_extension\ncpu_extension(sys.argv[1])"
+        procs = [subprocess.Popen([sys.executable, "-c", code, v], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for v in ISA_ORDER[:ISA_ORDER.index(native)]]
+        for proc in procs:  # a failure shows below, in this process's own build
+            proc.wait()
+    mod = cpu_extension(isa)
+    assert mod.isa == isa
+    return mod
+
+
 # ---------------------------------------------------------------------------------------------
 # Op tests: sample_frame's contract is in fastsrnn/ops/sample_frame.py
 

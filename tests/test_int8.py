@@ -2,9 +2,10 @@
 
 - the quantization: per-row scale max|row| / 127, |w - scale q| <= scale / 2, zero rows exact;
 - the export and its cache produce the int8 weights and scales, bit for bit each time;
-- the C++ frame step (every ISA build) and its product on int8 weights against the torch twin
-  (frame_step_ref / torch_linear on the same int8 weights) at fp32 tolerance: both widen the
-  same integers exactly and sum in fp32, so only the summation order differs;
+- the C++ product (every ISA build) on int8 weights against the torch twin (torch_linear on the
+  same int8 weights) at fp32 tolerance: both widen the same integers exactly and sum in fp32, so
+  only the summation order differs (the frame step on int8 weights, every ISA build:
+  tests/test_frame_step.py);
 - whole generations: ``cpu`` int8 draws what ``folded`` int8 draws (CDF near-ties aside);
 - the bench's int8 variants and their gate; bad arguments give clear errors.
 """
@@ -14,16 +15,16 @@ import re
 
 import pytest
 import torch
-from helpers import ODD, close_rel, generate_and_compare, random_model
+from helpers import ODD, close_rel, generate_and_compare, isa_extension, random_model
 
 import fastsrnn.backends.cpu as cpu_mod
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.backends.base import DecodeState
 from fastsrnn.generation.precision import precision_options
-from fastsrnn.ops.build import cpu_extension, isa_level
+from fastsrnn.ops.build import cpu_extension
 from fastsrnn.ops.export import clear_export_cache, export_inference, export_inference_cached, quantize_rows
-from fastsrnn.ops.frame_step import frame_step_cpu, frame_step_ref, int8_scales, linear_cpu, torch_linear
+from fastsrnn.ops.frame_step import frame_step_ref, int8_scales, linear_cpu, torch_linear
 from fastsrnn.ops.thresholds import CPU_STREAM_MAX_B
 
 I8 = torch.int8
@@ -109,56 +110,12 @@ def test_export_cache_int8():
 # The kernels against the torch twin
 
 
-def _framesclose_rel(model, w8, step, B: int, n: int = 2, seed: int = 0):
-    """n frames of ``step(w8, window, state)`` against frame_step_ref on the same int8 weights."""
-    g = torch.Generator().manual_seed(seed)
-    ref = model.frame_rnn.initial_state(B, "random", g)
-    got = ref.clone()
-    for t in range(n):
-        window = torch.randint(0, model.cfg.q_levels, (B, model.cfg.frame_size), generator=g)
-        want = frame_step_ref(w8, window, ref)
-        cond = step(w8, window, got)
-        close_rel(cond, want, f"cond, frame {t}")
-        close_rel(got.h, ref.h, f"h, frame {t}")
-        if ref.c is not None:
-            close_rel(got.c, ref.c, f"c, frame {t}")
-
-
-@pytest.mark.parametrize("rnn", ["lstm", "gru"])
-@pytest.mark.parametrize("skip", [True, False], ids=["skip", "noskip"])
-@pytest.mark.parametrize("B", [1, 3, 8])
-def test_frame_step_cpu_matches_twin(rnn, skip, B):
-    model = _model(rnn, skip)
-    _framesclose_rel(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 2), B)
-
-
-def test_frame_step_cpu_one_thread_and_one_layer():
-    model = _model("lstm", True, L=1, dim=64)
-    _framesclose_rel(model, export_inference(model, I8), lambda w, x, s: frame_step_cpu(w, x, s, 1), 3)
-
-
-def _isa_step(isa: str):
-    order = ("generic", "avx2", "avx512")
-    if order.index(isa) > order.index(isa_level()[0]):
-        pytest.skip(f"this CPU has no {isa}")
-    mod = cpu_extension(isa)  # a failed build fails the test
-    assert mod.isa == isa
-
-    def step(w, window, rnn):
-        return mod.frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b, window, rnn.h,
-                              rnn.c, w.cfg.q_levels, 2, **int8_scales(w))
-    return mod, step
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
-def test_isa_variants(isa):
-    """Every ISA build: the frame step (both cell types, B 1 and 3) and the product (K tails,
-    the prefetching path) on int8 weights."""
-    mod, step = _isa_step(isa)
-    for rnn, B in (("lstm", 1), ("gru", 3)):
-        model = _model(rnn, True)
-        _framesclose_rel(model, export_inference(model, I8), step, B)
+def test_linear_isa_variants(isa):
+    """Every ISA build's product (K tails, the prefetching path) on int8 weights. Their frame step
+    on int8 weights: tests/test_frame_step.py (cpu-avx2, cpu-generic)."""
+    mod = isa_extension(isa)
     _linearclose_rel(lambda x, q, b, s: mod.linear(x, q, b, 1, scale=s))
 
 

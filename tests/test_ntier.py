@@ -4,7 +4,7 @@ generation (priming, the resumable state), training (resume, TBPTT rules, the CL
 Elsewhere, beside their 2-tier twins: the backends' teacher-forcing and generation tests for 3
 and 4 tiers (tests/test_backends.py), chunking and kill-and-resume of a long generation
 (tests/test_generate.py), torchrun (tests/test_distributed.py), the demo (tests/test_demo.py);
-the fused frame steps' own tests in tests/test_ntier_cpu.py and tests/test_ntier_triton.py.
+the fused frame steps' own tests on every tier in tests/test_frame_step.py.
 """
 import hashlib
 import json

@@ -1,7 +1,7 @@
 """Every implementation of each op against the op's torch reference, over shapes.
 
-Implementations are found, not listed: every ``sample_frame_<impl>`` and ``frame_step_<impl>``
-function in a module of fastsrnn/ops/ (a new one is tested the day it appears). Where each runs:
+Implementations are found, not listed: every ``sample_frame_<impl>`` function in a module of
+fastsrnn/ops/ (a new one is tested the day it appears). Where each runs:
 ``ref`` and ``cpu`` (and its variants: one thread, the AVX2 and portable builds) on the CPU; a
 Triton one on the CPU interpreter (marked ``interpret``: run by
 ``TRITON_INTERPRET=1 python -m pytest -m interpret``) and compiled on a GPU (``<impl>-gpu``);
@@ -12,12 +12,10 @@ margin reported), logits within fp32 tolerance, the same updated window, outputs
 every call. bf16: along the implementation's own draws, its logits error against the fp32
 reference at most twice plain PyTorch's in bf16 (flash-attention's rule), and every draw the
 inverse-CDF sample of its own logits. Bad inputs: every launcher raises the same exception with
-its own name as prefix. frame_step: cond and the updated h, c against frame_step_ref (bf16: the
-2x rule).
+its own name as prefix. The frame step's implementations: tests/test_frame_step.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -30,25 +28,19 @@ from helpers import (
     BAD_INPUTS,
     INTERPRETED,
     MARGIN,
-    ODD,
     ON_GPU,
     assert_written,
     compare,
     expect_bad_input,
+    isa_extension,
     make_weights,
     need_triton,
     on_device,
-    random_model,
     run_frames,
 )
 
 import fastsrnn.ops
-from fastsrnn import SampleRNNConfig
-from fastsrnn.config import RNN_TYPES
-from fastsrnn.model import RNNState
-from fastsrnn.ops.build import cpu_extension, isa_level
-from fastsrnn.ops.export import export_inference
-from fastsrnn.ops.frame_step import frame_step_ref, linear_cpu, torch_linear
+from fastsrnn.ops.frame_step import torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu, sample_frame_ref
 from fastsrnn.ops.sampling import Sampling, cdf_margin, sample_ref
 
@@ -74,7 +66,6 @@ def _find(op: str):
 
 
 SAMPLE_FRAME, _BROKEN = _find("sample_frame")
-FRAME_STEP, _BROKEN_FS = _find("frame_step")
 
 
 class Impl(NamedTuple):
@@ -86,28 +77,11 @@ class Impl(NamedTuple):
     variant: bool = False  # of another implementation (threads, ISA): fewer shapes
 
 
-def _isa_build(isa: str):
-    """The CPU extension built for a narrower ISA than this CPU's (skips when the CPU lacks it)."""
-    order = ("generic", "avx2", "avx512")
-    if order.index(isa) > order.index(isa_level()[0]):
-        pytest.skip(f"this CPU has no {isa}")  # only on a non-x86 or pre-2013 CPU
-    mod = cpu_extension(isa)  # a failed build fails the test
-    assert mod.isa == isa
-    return mod
-
-
 def _isa_sample_frame(isa: str) -> Callable:
     def run(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced=None, logits_out=None,
             num_threads=2):
-        _isa_build(isa).sample_frame(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced,
-                                     logits_out, num_threads)
-    return run
-
-
-def _isa_frame_step(isa: str) -> Callable:
-    def run(w, window, rnn, num_threads=2):
-        return _isa_build(isa).frame_step(w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.skip_w, w.skip_b, w.up_w, w.up_b,
-                                          window, rnn.h, rnn.c, w.cfg.q_levels, num_threads)
+        isa_extension(isa).sample_frame(table, cond, w3, b3, wo, bo, window, u, sampling, out, forced,
+                                        logits_out, num_threads)
     return run
 
 
@@ -130,7 +104,6 @@ def _impls(found: dict, isa_variant: Callable) -> list:
 
 
 SF_IMPLS = _impls(SAMPLE_FRAME, _isa_sample_frame)
-FS_IMPLS = _impls(FRAME_STEP, _isa_frame_step)
 
 
 def _interpreted(impl: Impl) -> bool:
@@ -138,14 +111,13 @@ def _interpreted(impl: Impl) -> bool:
 
 
 def test_ops_modules_import():
-    assert not (_BROKEN or _BROKEN_FS), f"modules of fastsrnn/ops failed to import: {_BROKEN or _BROKEN_FS}"
+    assert not _BROKEN, f"modules of fastsrnn/ops failed to import: {_BROKEN}"
 
 
 def test_known_implementations_are_found():
     """A rename must not silently drop an implementation from these tests."""
     assert {"ref", "cpu", "triton", "cuda"} <= set(SAMPLE_FRAME), sorted(SAMPLE_FRAME)
-    assert {"ref", "cpu"} <= set(FRAME_STEP), sorted(FRAME_STEP)
-    assert SAMPLE_FRAME["ref"] is sample_frame_ref and FRAME_STEP["ref"] is frame_step_ref
+    assert SAMPLE_FRAME["ref"] is sample_frame_ref
 
 
 def _prepare(impl: Impl) -> None:
@@ -415,90 +387,3 @@ def test_sample_frame_cpu_rejects_negative_threads():
     w = make_weights(*SHAPES["odd"])
     with pytest.raises(ValueError, match=re.escape("sample_frame_cpu: num_threads must be >= 0")):
         run_frames(sample_frame_cpu, w, 2, 1, num_threads=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# frame_step
-
-
-def _fs_cases():
-    cfgs = [(f"odd-{rnn}-{'skip' if skip else 'noskip'}", dict(ODD, rnn_type=rnn, skip=skip), B)
-            for rnn in RNN_TYPES for skip in (True, False) for B in (1, 3)]
-    cfgs += [("tiny-lstm", dict(rnn_type="lstm"), 16), ("tiny-gru", dict(rnn_type="gru"), 32)]
-    for impl in FS_IMPLS:
-        for name, over, B in (cfgs[2:6] + cfgs[-1:] if impl.variant else cfgs):
-            yield pytest.param(impl, over, B, "fp32", id=f"{impl.name}-{name}-B{B}-fp32", marks=impl.marks)
-        for name, over, B in (("odd-lstm-skip", dict(ODD), 3), ("tiny-gru", dict(rnn_type="gru"), 4),
-                              ("tiny-lstm", dict(rnn_type="lstm"), 16)):
-            yield pytest.param(impl, over, B, "bf16", id=f"{impl.name}-{name}-B{B}-bf16", marks=impl.marks)
-
-
-def _weights_for(fn: Callable, w):
-    """The exported weights ``w`` in the layout ``fn`` takes: an implementation whose first
-    argument is annotated with a class that has ``from_inference`` (e.g. frame_step_triton's
-    FusedFrameWeights) gets them converted by it."""
-    ann = next(iter(inspect.signature(fn).parameters.values())).annotation
-    cls = fn.__globals__.get(ann) if isinstance(ann, str) else ann
-    return cls.from_inference(w) if hasattr(cls, "from_inference") else w
-
-
-def _frame_step(fn: Callable, w, window: torch.Tensor, rnn: RNNState, device: str, **opts):
-    """fn on ``device`` copies of CPU weights and state -> (cond, h, c) on the CPU."""
-    d = lambda t: None if t is None else t.to(device).clone()  # noqa: E731
-    st = RNNState(d(rnn.h), d(rnn.c))
-    cond = fn(_weights_for(fn, w.to(device)), d(window), st, **opts)
-    return cond.cpu(), st.h.cpu(), None if st.c is None else st.c.cpu()
-
-
-@pytest.mark.parametrize("impl,over,B,dtype", list(_fs_cases()))
-def test_frame_step(impl, over, B, dtype):
-    """cond (B, F, H) and the in-place updated h, c against frame_step_ref on the same exported
-    weights, from a random state. bf16 frame weights: the error against the fp32 reference at
-    most twice frame_step_ref's own in bf16 (plain PyTorch's)."""
-    _prepare(impl)
-    cfg = SampleRNNConfig.from_name("tiny", **over)
-    model = random_model(cfg)
-    window = torch.randint(0, cfg.q_levels, (B, cfg.frame_size), generator=torch.Generator().manual_seed(1))
-    rnn = model.initial_state(B, "random", torch.Generator().manual_seed(2))
-    w32 = export_inference(model)
-    want = _frame_step(frame_step_ref, w32, window, rnn, "cpu")
-    if dtype == "fp32":
-        got = _frame_step(impl.fn, w32, window, rnn, impl.device, **impl.opts)
-        for name, g, r in zip(("cond", "h", "c"), got, want):
-            if r is not None:
-                torch.testing.assert_close(g, r, rtol=1e-5, atol=_atol(impl), msg=lambda m: f"{name}: {m}")
-        return
-    w16 = w32.to(None, frame_dtype=torch.bfloat16)
-    got = _frame_step(impl.fn, w16, window, rnn, impl.device, **impl.opts)
-    plain = _frame_step(frame_step_ref, w16, window, rnn, "cpu")
-    for name, g, p, r in zip(("cond", "h", "c"), got, plain, want):
-        if r is not None:
-            err, err_plain = (g - r).abs().max().item(), (p - r).abs().max().item()
-            assert err <= 2 * err_plain + 1e-6, f"{name}: bf16 error {err:.2e}, plain PyTorch's {err_plain:.2e}"
-
-
-def test_frame_step_cpu_rejects_bad_inputs():
-    """The C++ frame step checks its own arguments (op name 'frame_step')."""
-    fn = FRAME_STEP["cpu"]
-    cfg = SampleRNNConfig(**ODD)
-    model = random_model(cfg)
-    w = export_inference(model)
-    st = model.initial_state(2)
-    window = torch.zeros(2, cfg.frame_size, dtype=torch.long)
-    with pytest.raises(ValueError, match=re.escape("frame_step: c must have shape")):
-        fn(w, window, RNNState(st.h, st.c[:, :1].contiguous()))
-    with pytest.raises(ValueError, match="frame_step: expected 3 layers"):
-        fn(dataclasses.replace(w, w_ih=w.w_ih[:2]), window, st)
-    with pytest.raises(TypeError, match=re.escape("frame_step: w_hh[i] must be Float")):
-        fn(dataclasses.replace(w, w_hh=[t.double() for t in w.w_hh]), window, st)
-
-
-def test_linear_cpu_matches_torch():
-    """The frame step's weight-streaming product: fp32, and bf16 weights widened exactly."""
-    x, wt, b = torch.randn(3, 100), torch.randn(37, 100), torch.randn(37)
-    torch.testing.assert_close(linear_cpu(x, wt, b, 2), torch.addmm(b, x, wt.t()), rtol=1e-5, atol=1e-5)
-    got = linear_cpu(x, wt.bfloat16(), b, 2)
-    torch.testing.assert_close(got, torch.addmm(b, x, wt.bfloat16().float().t()), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="linear: b must have shape"):
-        linear_cpu(x, wt, b[:5], 0)
-
