@@ -7,9 +7,10 @@ and reported); a backend that disagrees is refused, not timed. Then per (preset,
 median seconds per frame over repeats, after warm-up, synchronised on GPUs. Units: samples/s per
 sequence and in aggregate, real-time factor, speedup over eager in the same run, achieved GB/s,
 and the fraction of this machine's floor (a matrix product and a memory copy measured in the
-same run), and peak memory while timing. On a known GPU (fastsrnn/tools/perf_model.py) each GPU
-row also shows the model's prediction and pred/meas; ``--predict`` prints predictions without a
-GPU. Variants: ``cpu:bf16`` (bf16 weights, fp32 accumulation), ``cuda:nograph``. Last, a length
+same run), and peak memory while timing. On a known GPU each GPU row also shows the calibrated
+performance model's prediction (fastsrnn/tools/perf_model.py), pred/meas and the largest predicted
+term; ``--predict`` prints the predictions without a GPU. Variants: ``cpu:bf16`` (bf16 weights,
+fp32 accumulation), ``cuda:nograph``. Last, a length
 check: the real generation driver makes 50 and 500 frames of one sequence, and its peak memory
 must not grow with the length.
 
@@ -258,7 +259,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="smaller floor measurement, 2 repeats (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="write machine, versions, config, floor and rows to this JSON file")
     p.add_argument("--predict", action="store_true",
-                   help="print the performance model's predictions (fastsrnn/tools/perf_model.py) and time nothing")
+                   help="print the calibrated performance model's predictions (fastsrnn/tools/perf_model.py: "
+                        "time per frame and its largest term per backend and shape) and time nothing")
     p.add_argument("--gpu", default="H100-SXM", choices=sorted(perf_model.GPUS),
                    help="GPU of --predict [default: H100-SXM]")
     t = p.add_argument_group("training throughput (--train; fastsrnn/tools/bench_train.py)")

@@ -1,80 +1,95 @@
-"""A performance model of GPU generation: bytes, FLOPs, kernels and predicted time per frame.
+"""A performance model of GPU generation: latency chains, calibrated on the H100 rows.
 
-One frame = the frame tier (L RNN layers, skip projections, upsampling) + F sample steps. For a
-GPU backend, a config and n_seq sequences, :func:`predict` adds up named terms (each a time in
-seconds per frame) and names the largest. A roofline term is ``max(bytes / bandwidth,
-FLOPs / peak)`` at the table's peak rates: predictions are optimistic, and ``pred/meas`` in
-``fastsrnn bench --device cuda`` says by how much.
+One frame = the frame tier (L RNN layers, skip sum, upsampling) + F sample steps. For a GPU
+backend, a config and n_seq sequences, :func:`predict` adds up named terms (seconds per frame)
+and names the largest. Each kernel's time is a chain of dependent steps (loop iterations that wait
+on their own loads, grid barriers, draws, graph nodes) or the bytes it streams, whichever is
+longer (tools/perf_chains.py: per kernel, its counts from the code's launch configs). The step
+costs are :class:`Calibration`'s named constants, fitted to the 36 measured fused rows of
+benchmarks/results/gpu-h100-e25b753.json (H100 SXM, commit e25b753) by
+benchmarks/fit_perf_model.py, which prints each row's pred/meas (all within 0.8-1.25; the test
+tests/test_perf_model.py checks the committed constants, it fits nothing). The fit and the
+kernel-by-kernel reasons: the H100 review of 2026-12-08 (issue 19; its §1.6 and App. B).
 
-Backends (what the code does today, read from its sources):
-- ``triton``: the fused frame tier (ops/frame_step.frame_step_triton: L + 2 Triton launches, L + 1
-  without skip connections; n tiers: each upper tier's once per its period), then
-  ops/sample_frame.sample_frame_triton: below 16 sequences kernels/sample_frame.py (one launch of
-  cdiv(B, 4) programs, each streaming all of W3 and Wo every step on fp32 CUDA cores), from 16
-  kernels/sample_frame_split.py (per step stage A over sequence tiles x W3 row slices, fp32 "ieee"
-  dots or three bf16 tensor-core products, and stage B per sequence: 2F + 1 launches);
-- ``cuda``: the same fused frame tier, then csrc/cuda/sample_frame.cu: one cooperative launch of
-  min(SMs, H/4) blocks with W3/Wo row slices in shared memory, 2 grid barriers per sample step
-  (1 + 2F per frame), row products fed from shared memory (one 4-byte shared load per
-  multiply-add), every block drawing every sequence from all the logits, P (the table rows known
-  a step early) computed distributed, the one new table row gathered by every block.
-Per-SM rates: a program (block) runs on one SM and reads L2 at l2_bytes_per_s / SMs; that is the
-limit of any stage with fewer programs than SMs. After the frame tier has streamed its weights
-through L2 (more than the L2 for dadabots-2tier), the sample tier's W3, Wo and table rows come
-from HBM once per frame ("sample weights reload"), and from L2 for the other F - 1 steps.
+Backends (what the code does today):
+- ``triton``: the fused frame tier (ops/frame_step.frame_step_triton), then below
+  TRITON_SAMPLE_SPLIT_MIN_B sequences and TRITON_SAMPLE_SPLIT_MIN_H units (ops/thresholds.py)
+  kernels/sample_frame.py (one launch per frame), else kernels/sample_frame_split.py (2F + 1);
+- ``cuda``: the same frame tier, then csrc/cuda/sample_frame.cu (one cooperative launch per frame).
+With CUDA graphs (the default) every kernel costs a graph node on top of its chain. Without
+(``:nograph``) the host issues every launch: the frame takes the longer of the host's time
+(Python per frame + per launch) and the device's (chains + a gap per launch).
+Not modelled: the eager backend (torch ops, cuBLAS) and the CPU backends (see BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import argparse
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
-from fastsrnn.backends.graphs import FRAMES_PER_GRAPH
 from fastsrnn.config import SampleRNNConfig
-from fastsrnn.ops.thresholds import TRITON_SAMPLE_SPLIT_MIN_B, TRITON_SAMPLE_SPLIT_MIN_H
+from fastsrnn.tools import perf_chains as pc
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The step costs of the chains (seconds, bytes/s). [fit]: fitted by benchmarks/fit_perf_model.py
+    to the 36 fused rows of benchmarks/results/gpu-h100-e25b753.json (minimax of |log pred/meas|
+    within the physical ranges of its BOUNDS); "review": the review's own fit (App. B), for
+    comparison. [SASS]: read from the compiled code by the review, not fitted."""
+    # [fit] one dependent L2 round trip: a loop iteration that waits on its own load; review 0.29-0.33 us
+    t_rt: float = 0.377e-6
+    # [fit] one grid barrier of the persistent CUDA kernel, with the block syncs around it; review 1.35-2.0 us
+    t_bar: float = 2.60e-6
+    # [fit] one kernel inside a replayed CUDA graph; at the fit's lower bound (not what limits); review 0.65-1.7 us
+    t_node: float = 0.30e-6
+    # [fit] SM time per warp-instruction of a loop body (IPC ~0.75 at ~1.75 GHz); review 0.76-0.80 ns
+    c_sm: float = 0.764e-9
+    # [SASS] warp-instructions per loop iteration besides the products (review §1.4: 80, of them 32 FFMA)
+    loop_instr: float = 48.0
+    # [fit] the Triton softmax + inverse-CDF draw (_emit_step: 3 scans, ~25 block barriers); review 2.5-5 us
+    t_draw_triton: float = 3.15e-6
+    # [fit] the CUDA warp_draw of one sequence after its logits load; review 2.6-3.0 us (its fit gave the
+    # row products below no cost of their own)
+    t_draw_cuda: float = 1.08e-6
+    # [fit] one multiply-add of the CUDA kernel's row products, per block (a shared load + FFMA)
+    cuda_mac_fp32: float = 68e-12
+    # [fit] the same with bf16 weights (load, unpack, FFMA): slower per multiply-add than fp32, as measured
+    cuda_mac_bf16: float = 75e-12
+    # [fit] one __syncthreads round of the CUDA kernel's tile phases; review 0.2-0.48 us
+    t_sync: float = 0.477e-6
+    # [fit] aggregate L2 read rate where it binds (the bf16 layers' tiles at n_seq 128); review ~8.8 TB/s
+    l2_bytes_per_s: float = 7.9e12
+    # [fit] host time per frame without graphs (Python, argument checks); review 0.45-0.49 ms
+    host_frame: float = 0.42e-3
+    # [fit] host time per launch without graphs (Triton's launcher, the extension call); review 35-38 us
+    host_launch: float = 42e-6
+    # [fit] device idle between two host-issued launches; review 11.5-11.6 us
+    launch_gap: float = 6.6e-6
 
 
 @dataclass(frozen=True)
 class GPU:
     name: str
-    hbm_bytes_per_s: float
+    hbm_bytes_per_s: float  # streamed weights: what the n_seq 1 LSTM layer achieves
     l2_bytes: float
-    l2_bytes_per_s: float  # aggregate L2 read bandwidth (an estimate; NVIDIA does not publish it)
     sms: int
-    smem_per_sm: int  # bytes of shared memory a block may use
-    smem_bytes_per_clk: int  # per SM
-    clock_hz: float  # sustained SM clock under load
-    bf16_flops: float  # dense tensor-core peak
-    tf32_flops: float
-    fp32_flops: float  # CUDA cores, an FMA counted as 2
-    launch_s: float = 3e-6  # a plain kernel launch from the host (torch op or extension call)
-    graph_node_s: float = 1.5e-6  # one kernel inside a replayed CUDA graph
-    grid_sync_s: float = 1e-6  # one cooperative grid-wide barrier
-    phase_latency_s: float = 0.5e-6  # dependent L2 round trips + reductions in one kernel phase
-
-    @property
-    def sm_l2_bytes_per_s(self) -> float:
-        return self.l2_bytes_per_s / self.sms
-
-    @property
-    def sm_fp32_macs_per_s(self) -> float:
-        return self.fp32_flops / 2 / self.sms
-
-    @property
-    def sm_smem_bytes_per_s(self) -> float:
-        return self.smem_bytes_per_clk * self.clock_hz
+    cal: Calibration = Calibration()
 
 
-H100_SXM = GPU("H100-SXM", hbm_bytes_per_s=3.35e12, l2_bytes=50e6, l2_bytes_per_s=10e12, sms=132,
-               smem_per_sm=227 * 1024, smem_bytes_per_clk=128, clock_hz=1.755e9,
-               bf16_flops=990e12, tf32_flops=495e12, fp32_flops=67e12)
-GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM, "H200": replace(H100_SXM, name="H200", hbm_bytes_per_s=4.8e12)}
+# HBM: 33.8 MB per fp32 LSTM layer in 14 us at n_seq 1 [measured, BENCHMARKS.md profile table], 89% of
+# the measured copy rate (2.72 TB/s, the JSON's floor.copy_gb_per_s). H200: the H100's step costs with
+# its HBM scaled by 4.8 / 3.35 (not measured).
+H100_SXM = GPU("H100-SXM", hbm_bytes_per_s=2.4e12, l2_bytes=50e6, sms=pc.SMS)
+GPUS: Dict[str, GPU] = {"H100-SXM": H100_SXM,
+                        "H200": replace(H100_SXM, name="H200", hbm_bytes_per_s=2.4e12 * 4.8 / 3.35)}
 BACKENDS = ("triton", "cuda")
-# The frame tier each backend runs: "torch" (ops/frame_step.frame_step_ref, cuBLAS + torch
-# elementwise ops) or "fused" (ops/frame_step.frame_step_triton: L + 2 Triton launches, what
-# the triton and cuda backends run on a CUDA device: backends/fused_frame.py).
+# The frame tier each backend runs: "fused" (ops/frame_step.frame_step_triton, what the triton and
+# cuda backends run on a CUDA device: backends/fused_frame.py).
 FRAME_TIER = {"triton": "fused", "cuda": "fused"}
+MEASURED_ROWS = "benchmarks/results/gpu-h100-e25b753.json"  # what Calibration is fitted to
 
 
 def gpu_for_device_name(device_name: str) -> Optional[str]:
@@ -152,169 +167,73 @@ def _wsize(weights_dtype: str) -> int:
     return 4 if weights_dtype == "fp32" else 2
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+# --- the chains ------------------------------------------------------------------------------------
+
+def _iter_time(k: pc.Kernel, lp: pc.Loop, c: Calibration, overlapped: bool) -> float:
+    """One loop iteration: its round trip (shared by the tiles in flight) against the SM's issue."""
+    issue = k.per_sm * k.warps * (lp.instr + c.loop_instr) * c.c_sm
+    return max(c.t_rt / lp.in_flight, issue) if overlapped else c.t_rt + issue
 
 
-def _roof(terms: Dict[str, float], candidates: Dict[str, float]) -> None:
-    """Add the largest of ``candidates`` (alternative bounds of one stage) to ``terms``."""
-    name = max(candidates, key=candidates.get)
-    terms[name] = terms.get(name, 0.0) + candidates[name]
+def _frame_tier(cfg, B, bf16, g: GPU, terms, acc) -> None:
+    """Each kernel: the longest of its K-loop chain, its weights from HBM, its tiles from L2."""
+    c = g.cal
+    for k in pc.frame_kernels(cfg, B, bf16):
+        bounds = {"K-loop round trips and issue": sum(lp.iterations * _iter_time(k, lp, c, True) for lp in k.loops),
+                  "weights from HBM": k.hbm_bytes / g.hbm_bytes_per_s,
+                  "tiles from L2": k.l2_bytes / c.l2_bytes_per_s}
+        bound = max(bounds, key=bounds.get)
+        kind = k.name.rsplit(" ", 1)[0] + "s" if "layer" in k.name else k.name
+        terms[f"{kind}: {bound}"] += k.per_frame * bounds[bound]
+        acc["hbm"] += k.per_frame * k.hbm_bytes
+        acc["l2"] += k.per_frame * k.l2_bytes
+        acc["launches"] += k.per_frame
 
 
-# --- the two tiers ---------------------------------------------------------------------------------
-
-def _frame_tier(cfg, B, wd, gpu: GPU, fused: bool, graphs: bool, terms, acc) -> None:
-    F, H, L, G = cfg.frame_size, cfg.dim, cfg.n_rnn, cfg.gates
-    w = frame_tier_bytes(cfg, wd)
-    flops = 2 * B * frame_tier_params(cfg)
-    act = B * 4 * ((L * 6 * H + F * H) if fused else (L * (5 * G * H + 33 * H) + 2 * F * H))
-    peak, unit = (gpu.fp32_flops, "fp32 CUDA cores") if wd == "fp32" else (gpu.bf16_flops, "bf16 tensor cores")
-    weights_from = "HBM" if w > gpu.l2_bytes else "L2"
-    _roof(terms, {f"frame tier: weights from {weights_from}":
-                  w / (gpu.hbm_bytes_per_s if weights_from == "HBM" else gpu.l2_bytes_per_s),
-                  f"frame tier: FLOPs on {unit}": flops / peak,
-                  "frame tier: activations via L2": act / gpu.l2_bytes_per_s})
-    # n tiers: each upper tier's launches once per its period (P_k bottom frames), per frame on average
-    fused_k = L + (2 if cfg.skip and L > 1 else 1)  # layers, the skip sum, the upsampling
-    k = (fused_k if fused else torch_frame_kernels(cfg, wd)) * (1 + sum(
-        F / cfg.tier_samples(t) for t in range(1, cfg.n_tiers - 1)))
-    terms["frame tier: launches"] = k * (gpu.graph_node_s if graphs else gpu.launch_s)
-    acc["hbm"] += w if weights_from == "HBM" else 0
-    acc["l2"] += act + (w if weights_from == "L2" else 0)
-    acc["flops"] += flops
-    acc["kernels"] += round(k)
+def _sample_split(cfg, B, bf16, g: GPU, terms, acc) -> str:
+    c = g.cal
+    a, b, launches, n = pc.split_kernels(cfg, B, bf16)
+    # single-buffered: each iteration's round trip, then its products (nothing overlapped)
+    terms["sample tier: stage A loop round trips"] += a.per_frame * sum(lp.iterations for lp in a.loops) * c.t_rt
+    terms["sample tier: stage A issue"] += a.per_frame * sum(
+        lp.iterations * (_iter_time(a, lp, c, False) - c.t_rt) for lp in a.loops)
+    chain = (n["sum_loads"] + pc.STAGE_B_OTHER_RT) * c.t_rt + c.t_draw_triton
+    terms["sample tier: stage B sum and draw"] += cfg.frame_size * b.per_sm * chain
+    terms["sample tier: stage B gather round trips"] += b.per_frame * b.per_sm * n["gather"] * c.t_rt
+    acc["l2"] += a.per_frame * a.l2_bytes + b.per_frame * b.l2_bytes
+    acc["launches"] += launches
+    return f"split path: {a.grid} x {b.grid} programs"
 
 
-def _sample_reload(cfg, B, wd, gpu, terms, acc) -> None:
-    """W3, Wo and the touched table rows come back from HBM once per frame (the frame tier evicted them)."""
-    F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
-    ws = _wsize(wd)
-    frame_w = frame_tier_bytes(cfg, wd)
-    if frame_w + (H * H + Q * H + F * Q * H) * ws <= gpu.l2_bytes:
-        return  # everything stays in L2
-    b = (H * H + Q * H) * ws + min(F * Q * H, B * F * F * H) * ws
-    terms["sample tier: weights reload from HBM"] = b / gpu.hbm_bytes_per_s
-    acc["hbm"] += b
-
-
-def _sample_triton_small(cfg, B, wd, gpu, terms, acc) -> None:
-    """kernels/sample_frame.py: cdiv(B, BLOCK_B) programs, each streams W3 + Wo per step (CUDA cores)."""
-    F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
-    ws = _wsize(wd)
-    bb = min(_pow2(B), 4)
-    programs = math.ceil(B / bb)
-    waves = math.ceil(programs / gpu.sms)
-    prog_bytes = (H * H + Q * H) * ws + bb * F * H * ws + bb * H * 4
-    prog_flops = 2 * bb * (H * H + Q * H)
-    per_step = {"sample tier: per-program L2 reads (each program streams W3 + Wo)":
-                waves * prog_bytes / gpu.sm_l2_bytes_per_s,
-                "sample tier: per-program fp32 FMAs": waves * prog_flops / (2 * gpu.sm_fp32_macs_per_s),
-                "sample tier: L2 bandwidth": programs * prog_bytes / gpu.l2_bytes_per_s}
-    _roof(terms, {k: F * v for k, v in per_step.items()})
-    acc["l2"] += F * programs * prog_bytes
-    acc["flops"] += F * 2 * B * (H * H + Q * H)
-    acc["kernels"] += 1
-
-
-def _cuda_today_tile(cfg, B, ws, gpu) -> Optional[tuple]:
-    H, Q, F = cfg.dim, cfg.q_levels, cfg.frame_size
-    grid = max(1, min(gpu.sms, math.ceil(H / 4)))
-    r3, ro = math.ceil(H / grid), math.ceil(Q / grid)
-    for tile in range(min(B, 8), 0, -1):  # as sample_frame_launch: shrink the activation tile to fit
-        a16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-        smem = a16((r3 + ro) * H * ws) + a16(tile * H * 4) + a16(F * 4) + 2 * 8 * 4
-        if smem <= gpu.smem_per_sm:
-            return grid, r3, ro, tile
-    return None
-
-
-def _sample_cuda_today(cfg, B, wd, gpu, terms, acc) -> str:
-    """csrc/cuda/sample_frame.cu: 2 grid barriers per step (1 + 2F per frame). Phase 1: every block
-    draws every sequence (reads all logits), builds a2 from P and one table row per sequence, W3 rows
-    from shared memory; phase 2: Wo rows, and P_{j+1} for the block's columns (F - 1 table rows)."""
-    F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
-    ws = _wsize(wd)
-    fit = _cuda_today_tile(cfg, B, ws, gpu)
-    if fit is None:
-        return "does not fit in shared memory"
-    grid, r3, ro, tile = fit
-    tiles = math.ceil(B / tile)
-    smem_rate, l2_rate = gpu.sm_smem_bytes_per_s, gpu.sm_l2_bytes_per_s
-    row_phases = sum((rows * H * B * 4 + rows * H * ws * tiles) / smem_rate for rows in (r3, ro))
-    sm_reads = B * (Q * 4 + H * 4 + H * ws + H * 4 + (F - 1) * r3 * ws)  # logits, P, row, a3, P's rows
-    terms["sample tier: grid barriers (2 per step)"] = (2 * F + 1) * gpu.grid_sync_s
-    terms["sample tier: row products from shared memory"] = F * row_phases
-    terms["sample tier: per-block L2 reads (all logits, P, a3, table rows)"] = F * sm_reads / l2_rate
-    terms["sample tier: phase latency"] = F * 2 * gpu.phase_latency_s
-    acc["l2"] += F * grid * sm_reads
-    acc["flops"] += F * 2 * B * (H * H + Q * H)
-    acc["kernels"] += 1  # one cooperative launch, no memset
-    return "" if B <= 8 * grid else "more sequences than 8 per block"
-
-
-def _stage(programs, prog_bytes, prog_flops, peak, unit, gpu) -> Dict[str, float]:
-    waves = math.ceil(programs / gpu.sms)
-    return {"per-program L2 reads": waves * prog_bytes / gpu.sm_l2_bytes_per_s,
-            "L2 bandwidth": programs * prog_bytes / gpu.l2_bytes_per_s,
-            f"FLOPs on {unit}": max(waves * prog_flops / (peak / gpu.sms), programs * prog_flops / peak)}
-
-
-def split_config(B: int, H: int) -> tuple:
-    """(BLOCK_B, BLOCK_N, NS) of kernels/sample_frame_split.launch_config (stage A aims at 128 programs)."""
-    bb = 16 if B <= 32 else 32 if B < 256 else 64
-    bn = 16
-    while bn < 128 and math.ceil(B / bb) * math.ceil(H / (2 * bn)) >= 128:
-        bn *= 2
-    return bb, bn, math.ceil(H / bn)
-
-
-def _sample_triton_split(cfg, B, wd, gpu, terms, acc) -> str:
-    """kernels/sample_frame_split.py: per step stage A over (sequence tile x W3 row slice) programs
-    (W3 slice, then its share of the logits through Wo's columns), stage B one program per sequence
-    (sums the NS partial logits, draws, gathers the next a2); a prologue; 2F + 1 launches."""
-    F, H, Q = cfg.frame_size, cfg.dim, cfg.q_levels
-    ws = _wsize(wd)
-    bb, bn, ns = split_config(B, H)
-    if wd == "bf16":  # three bf16 products per tile (the activations split in three bf16 terms)
-        peak, unit, mult = gpu.bf16_flops, "bf16 tensor cores (x3 split)", 3
-    else:  # tl.dot with input_precision="ieee": fp32 FMAs, no TF32
-        peak, unit, mult = gpu.fp32_flops, "fp32 CUDA cores (ieee dot)", 1
-    na = math.ceil(B / bb) * ns
-    a_bytes = bn * H * ws + bb * H * 4 + Q * bn * ws + bb * Q * 4
-    st_a = _stage(na, a_bytes, mult * 2 * bb * bn * (H + Q), peak, unit, gpu)
-    b_bytes = ns * Q * 4 + F * H * ws + 2 * H * 4 + Q * 4
-    st_b = _stage(B, b_bytes, 0.0, peak, unit, gpu)
-    _roof(terms, {f"sample tier: stage A (W3 + Wo slices) {k}": F * v for k, v in st_a.items()})
-    _roof(terms, {f"sample tier: stage B (sum, draw, gather) {k}": F * v for k, v in st_b.items()})
-    terms["sample tier: stage latency"] = F * 2 * gpu.phase_latency_s
-    acc["l2"] += F * (na * a_bytes + B * b_bytes)
-    acc["flops"] += F * 2 * B * (H * H + Q * H)
-    acc["kernels"] += 2 * F + 1
-    return f"split path: {na} x {B} programs (tiles {bb} x {bn})"
-
-
-def _sample_triton_today(cfg, B, wd, gpu, terms, acc) -> str:
-    """ops/sample_frame.sample_frame_triton: the small path below TRITON_SAMPLE_SPLIT_MIN_B sequences
-    and TRITON_SAMPLE_SPLIT_MIN_H hidden units (ops/thresholds.py), else the split one."""
-    if B >= TRITON_SAMPLE_SPLIT_MIN_B or cfg.dim >= TRITON_SAMPLE_SPLIT_MIN_H:
-        return _sample_triton_split(cfg, B, wd, gpu, terms, acc)
-    _sample_triton_small(cfg, B, wd, gpu, terms, acc)
+def _sample_small(cfg, B, bf16, g: GPU, terms, acc) -> str:
+    c, n = g.cal, pc.small_counts(cfg, B)
+    waves = max(1.0, n["grid"] / g.sms)
+    terms["sample tier: small-path round trips"] += cfg.frame_size * waves * n["round_trips"] * c.t_rt
+    terms["sample tier: draws"] += cfg.frame_size * waves * c.t_draw_triton
+    acc["launches"] += 1
     return "small path: one launch per frame"
+
+
+def _sample_cuda(cfg, B, bf16, g: GPU, terms, acc) -> str:
+    c, n = g.cal, pc.cuda_step_counts(cfg, B, bf16)
+    if not n:
+        return "does not fit in shared memory"
+    F = cfg.frame_size
+    terms["sample tier: grid barriers (2 per step)"] += F * 2 * c.t_bar
+    draws = F * n["draws_per_warp"] * (c.t_rt + c.t_draw_cuda)
+    terms["sample tier: draws (each warp ceil(B / warps) in turn)"] += draws
+    terms["sample tier: staging round trips"] += F * 2 * n["tiles"] * n["stage_round_trips"] * c.t_rt
+    mac = c.cuda_mac_bf16 if bf16 else c.cuda_mac_fp32
+    terms["sample tier: row products from shared memory"] += F * n["tiles"] * n["macs_per_tile"] * mac
+    terms["sample tier: block syncs"] += F * 2 * n["tiles"] * c.t_sync
+    terms["sample tier: next P round trips"] += F * n["p_round_trips"] * c.t_rt
+    acc["launches"] += 1
+    return f"persistent: {n['plan']['grid']} blocks, tile {n['plan']['tile']}"
 
 
 # --- the prediction ----------------------------------------------------------------------------------
 
-def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str = "H100-SXM",
-            graphs: bool = True) -> Prediction:
-    """Predicted time per frame of ``backend`` (one of BACKENDS; a bench variant such as
-    'cuda:bf16' or 'triton:nograph' is read too) for ``n_seq`` sequences of ``cfg`` (a config or
-    a preset name) on ``gpu`` (a key of GPUS). weights_dtype: 'fp32' or 'bf16', both tiers (as
-    the bench's ':bf16' variants). graphs: replay frames as CUDA graphs (16 per replay)."""
-    from fastsrnn.config import PRESETS
-
-    preset = cfg if isinstance(cfg, str) else next((k for k, v in PRESETS.items() if v == cfg), "-")
-    cfg = SampleRNNConfig.from_name(cfg) if isinstance(cfg, str) else cfg
+def _backend(backend: str, weights_dtype: str, graphs: bool):
     name, _, opts = backend.partition(":")
     for opt in filter(None, opts.split(",")):
         if opt == "bf16":
@@ -325,31 +244,55 @@ def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str
             raise ValueError(f"backend {backend!r}: unknown option {opt!r}")
     if name not in BACKENDS:
         raise ValueError(f"no model for backend {name!r}; modelled: {', '.join(BACKENDS)}")
+    return name, weights_dtype, graphs
+
+
+def _host(terms: Dict[str, float], launches: float, graphs: bool, c: Calibration) -> Dict[str, float]:
+    """Graphs: a node per kernel on the device. Without: the longer of the host and the device."""
+    if graphs:
+        terms["graph nodes"] = launches * c.t_node
+        return terms
+    device = dict(terms, **{"device gaps between launches": launches * c.launch_gap})
+    host = {"host: Python per frame": c.host_frame, "host: launches": launches * c.host_launch}
+    return host if sum(host.values()) > sum(device.values()) else device
+
+
+def predict(cfg, n_seq: int, backend: str, weights_dtype: str = "fp32", gpu: str = "H100-SXM",
+            graphs: bool = True, cal: Optional[Calibration] = None) -> Prediction:
+    """Predicted time per frame of ``backend`` (one of BACKENDS; a bench variant such as
+    'cuda:bf16' or 'triton:nograph' is read too) for ``n_seq`` sequences of ``cfg`` (a config or
+    a preset name) on ``gpu`` (a key of GPUS). weights_dtype: 'fp32' or 'bf16', both tiers (as
+    the bench's ':bf16' variants). graphs: replay frames as CUDA graphs. cal: other step costs
+    than the GPU's (benchmarks/fit_perf_model.py fits them)."""
+    from fastsrnn.config import PRESETS
+
+    preset = cfg if isinstance(cfg, str) else next((k for k, v in PRESETS.items() if v == cfg), "-")
+    cfg = SampleRNNConfig.from_name(cfg) if isinstance(cfg, str) else cfg
+    name, wd, graphs = _backend(backend, weights_dtype, graphs)
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
     if n_seq < 1:
         raise ValueError(f"n_seq must be >= 1, got {n_seq}")
-    g, wd, B = GPUS[gpu], weights_dtype, n_seq
-    _wsize(wd)
-    terms: Dict[str, float] = {}
-    acc = {"hbm": 0.0, "l2": 0.0, "flops": 0.0, "kernels": 0}
-    _frame_tier(cfg, B, wd, g, FRAME_TIER[name] == "fused", graphs, terms, acc)
-    _sample_reload(cfg, B, wd, g, terms, acc)
-    n0 = acc["kernels"]
-    note = {"triton": _sample_triton_today, "cuda": _sample_cuda_today}[name](cfg, B, wd, g, terms, acc) or ""
-    if name == "cuda" and note.startswith("does not fit"):
-        return Prediction(preset, name, B, wd, gpu, math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, "-", note)
-    terms["sample tier: launches"] = (acc["kernels"] - n0) * (g.graph_node_s if graphs else g.launch_s)
-    if graphs:  # FrameGraph.frames: per replay of FRAMES_PER_GRAPH frames, copy uniforms in, replay, copy out
-        terms["host: graph replay + 2 copies"] = 3 * g.launch_s / FRAMES_PER_GRAPH
-        acc["kernels"] += 2
+    g = GPUS[gpu] if cal is None else replace(GPUS[gpu], cal=cal)
+    B, bf16 = n_seq, _wsize(wd) == 2
+    terms: Dict[str, float] = defaultdict(float)
+    acc = {"hbm": 0.0, "l2": 0.0, "launches": 0.0}
+    _frame_tier(cfg, B, bf16, g, terms, acc)
+    if name == "cuda":
+        note = _sample_cuda(cfg, B, bf16, g, terms, acc)
+    else:
+        note = (_sample_split if pc.triton_path(cfg, B) == "split" else _sample_small)(cfg, B, bf16, g, terms, acc)
+    label = name + (":bf16" if wd == "bf16" else "") + ("" if graphs else ":nograph")
+    flops = 2.0 * B * (frame_tier_params(cfg) + cfg.frame_size * (cfg.dim + cfg.q_levels) * cfg.dim)
+    if note.startswith("does not fit"):
+        return Prediction(preset, label, B, wd, gpu, math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, {}, "-", note)
+    terms = _host(dict(terms), acc["launches"], graphs, g.cal)
     t = sum(terms.values())
     per_seq = cfg.frame_size / t
-    return Prediction(preset=preset, backend=name + (":bf16" if wd == "bf16" else "") + ("" if graphs else ":nograph"),
-                      n_seq=B, weights_dtype=wd, gpu=gpu, time_per_frame_s=t, samples_per_s=per_seq * B,
-                      samples_per_s_per_seq=per_seq, bytes=acc["hbm"] + acc["l2"], hbm_bytes=acc["hbm"],
-                      l2_bytes=acc["l2"], flops=acc["flops"], kernels=int(acc["kernels"]), terms=terms,
-                      largest_term=max(terms, key=terms.get), note=note)
+    return Prediction(preset=preset, backend=label, n_seq=B, weights_dtype=wd, gpu=gpu, time_per_frame_s=t,
+                      samples_per_s=per_seq * B, samples_per_s_per_seq=per_seq, bytes=acc["hbm"] + acc["l2"],
+                      hbm_bytes=acc["hbm"], l2_bytes=acc["l2"], flops=flops, kernels=round(acc["launches"]),
+                      terms=terms, largest_term=max(terms, key=terms.get), note=note)
 
 
 def predict_table(presets: List[str], n_seqs: List[int], backends=BACKENDS, dtypes=("fp32", "bf16"),
@@ -358,32 +301,31 @@ def predict_table(presets: List[str], n_seqs: List[int], backends=BACKENDS, dtyp
 
 
 def format_predictions(preds: List[Prediction]) -> str:
-    lines = [f"predictions on {preds[0].gpu if preds else '-'} (a model, not a measurement)",
+    lines = [f"predictions on {preds[0].gpu if preds else '-'}: the calibrated latency-chain model "
+             f"(fitted to {MEASURED_ROWS}), not a measurement",
              "| preset | backend | weights | n_seq | pred ms/frame | samples/s/seq | samples/s total | "
-             "HBM MB | L2 MB | GFLOP | kernels | largest term (share) | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "HBM MB | L2 MB | kernels | largest term (share) | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for p in preds:
         if math.isinf(p.time_per_frame_s):
-            lines.append(f"| {p.preset} | {p.backend} | {p.weights_dtype} | {p.n_seq} | - | - | - | - | - | - | - "
+            lines.append(f"| {p.preset} | {p.backend} | {p.weights_dtype} | {p.n_seq} | - | - | - | - | - | - "
                          f"| - | {p.note} |")
             continue
         share = p.terms[p.largest_term] / p.time_per_frame_s
         lines.append(f"| {p.preset} | {p.backend} | {p.weights_dtype} | {p.n_seq} | {p.time_per_frame_s * 1e3:.3f} | "
                      f"{p.samples_per_s_per_seq:,.0f} | {p.samples_per_s:,.0f} | {p.hbm_bytes / 1e6:.0f} | "
-                     f"{p.l2_bytes / 1e6:.0f} | {p.flops / 1e9:.2f} | {p.kernels} | "
-                     f"{p.largest_term} ({100 * share:.0f}%) | {p.note} |")
+                     f"{p.l2_bytes / 1e6:.0f} | {p.kernels} | {p.largest_term} ({100 * share:.0f}%) | {p.note} |")
     return "\n".join(lines)
 
 
 def describe_gpu(gpu: str) -> str:
-    g = GPUS[gpu]
-    return (f"{g.name}: HBM {g.hbm_bytes_per_s / 1e12:.2f} TB/s, L2 {g.l2_bytes / 1e6:.0f} MB at "
-            f"~{g.l2_bytes_per_s / 1e12:.0f} TB/s (estimate; {g.sm_l2_bytes_per_s / 1e9:.0f} GB/s per SM), "
-            f"{g.sms} SMs, {g.smem_per_sm // 1024} KB shared memory per SM at {g.smem_bytes_per_clk} B/clk, "
-            f"{g.clock_hz / 1e9:.3f} GHz; peaks {g.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense, "
-            f"{g.tf32_flops / 1e12:.0f} TF32, {g.fp32_flops / 1e12:.0f} fp32 CUDA cores; launch "
-            f"{g.launch_s * 1e6:.1f} us plain, {g.graph_node_s * 1e6:.1f} us in a CUDA graph; grid sync "
-            f"{g.grid_sync_s * 1e6:.1f} us; phase latency {g.phase_latency_s * 1e6:.1f} us")
+    g, c = GPUS[gpu], GPUS[gpu].cal
+    return (f"{g.name}: {g.sms} SMs, weights from HBM at {g.hbm_bytes_per_s / 1e12:.2f} TB/s, L2 at "
+            f"{c.l2_bytes_per_s / 1e12:.1f} TB/s; fitted steps: round trip {c.t_rt * 1e6:.2f} us, grid barrier "
+            f"{c.t_bar * 1e6:.2f} us, graph node {c.t_node * 1e6:.2f} us, {c.c_sm * 1e9:.2f} ns per "
+            f"warp-instruction per SM, draw {c.t_draw_triton * 1e6:.1f} us (Triton) / {c.t_draw_cuda * 1e6:.1f} us "
+            f"(CUDA), without graphs host {c.host_frame * 1e3:.2f} ms per frame + {c.host_launch * 1e6:.0f} us "
+            f"per launch")
 
 
 def main(argv=None) -> int:
