@@ -2,6 +2,8 @@
 # One command for a machine with a CUDA GPU (e.g. a bare H100 image with torch 2.11 + Triton 3.6,
 # no network, no soundfile/soxr/cffi), in under 10 minutes:
 #   GPU_CHECK_OUT=DIR bash scripts/gpu_check.sh
+# first measures the latencies that step 2 of the GPU work rests on, in about half a minute
+#    (benchmarks/gpu_latency.py builds csrc/cuda/microbench/latency.cu for sm_90a; latency.json), then
 # 0. wheels placed beside the project in .whl/ (../shared/gpu/wheels.sh: soundfile, soxr, ...)
 #    are installed into /tmp/site first; generation, the GPU tests and the bench need none of them,
 # 1. installs fastsrnn in place, offline (--no-deps --no-build-isolation: nothing is downloaded),
@@ -138,6 +140,8 @@ train_bench() {
 
 export PY OUT GPU_TESTS
 export -f install_wheels install versions gpu_tests bench train_bench
+# First: needs only nvcc and the Python standard library (no install); killed at 60 s.
+step latency 90 480 "$PY" -m benchmarks.gpu_latency --out "$OUT" --timeout 60
 if compgen -G ".whl/*.whl" >/dev/null; then
     step wheels 60 480 install_wheels && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -39,6 +39,7 @@
 // that are <= u * total, clamped to Q - 1, the total being the scan's own last value.
 // No torch here (raw pointers, sizes, a stream): CI compiles this file with plain `nvcc -c`.
 #include "sample_frame.cuh"
+#include "grid_barrier.cuh"
 
 #include <cuda_pipeline_primitives.h>
 
@@ -58,40 +59,8 @@ constexpr int kMaxDevices = 64;
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(uint16_t v) { return __uint_as_float(static_cast<unsigned>(v) << 16); }
 
-// ---------------------------------------------------------------------------------------------
-// Grid barrier: the algorithm of cooperative_groups' grid.sync (one word, no reset).
-// Block 0 adds 0x80000000 - (G - 1), every other block adds 1: the sum of one round is exactly
-// 0x80000000, so the top bit flips at the G-th arrival (whatever the order: the low 31 bits
-// count up and carry into the top bit exactly then) and the low 31 bits return to what they
-// were. The word thus needs zeroing once, when the workspace is allocated, never per launch,
-// and any grid size may use it. A block waits for the top bit to differ from the value its own
-// add returned; it cannot miss the flip (the next flip needs its own next arrival).
-// Memory ordering: __syncthreads orders the block's writes before thread 0's add, which is a
-// release at gpu scope (cumulative: it publishes what the block's threads wrote); the polling
-// load is an acquire at gpu scope, and the closing __syncthreads extends it to the block. Data
-// written by other blocks is read with ld.global.cg (L2), never through a stale L1 line.
-__device__ __forceinline__ void grid_barrier(unsigned int* word) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const unsigned int add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    unsigned int old, now;
-    asm volatile("atom.add.release.gpu.u32 %0,[%1],%2;" : "=r"(old) : "l"(word), "r"(add) : "memory");
-    for (;;) {
-      asm volatile("ld.acquire.gpu.u32 %0,[%1];" : "=r"(now) : "l"(word) : "memory");
-      if ((old ^ now) & 0x80000000u) break;
-      __nanosleep(20);
-    }
-#else
-    __threadfence();
-    const unsigned int old = atomicAdd(word, add);
-    while (!((old ^ *reinterpret_cast<volatile unsigned int*>(word)) & 0x80000000u)) {
-    }
-    __threadfence();
-#endif
-  }
-  __syncthreads();
-}
+// The grid barrier (grid_barrier) is csrc/cuda/grid_barrier.cuh's, unbounded here: a cooperative
+// launch runs every block at once or refuses.
 
 // ---------------------------------------------------------------------------------------------
 // Reductions.
