@@ -17,7 +17,7 @@
 //                        and followed by a dependent L2 read of another block's word
 //   cluster_step         a 16- (or 8-) CTA cluster step: each CTA stores its slice into every peer's
 //                        shared memory (distributed shared memory, parity-buffered), one cluster
-//                        barrier, then reads what it received; 1 cluster and as many as fit at once
+//                        barrier, then reads what it received; 1 cluster, and as many as fit at once (<= 8)
 //   max_active_clusters  cudaOccupancyMaxActiveClusters for clusters of 8 and 16 CTAs at 200 KB of
 //                        dynamic shared memory and 512 threads (a CUDA call, no kernel)
 //   l2_hit_latency       one thread chasing a random cycle of 128-byte lines in a 4 MB buffer
@@ -280,7 +280,7 @@ __global__ void cluster_kernel(int per_peer, int warm, int iters, long long* sam
 // u64 per block: the bytes it has read (a counter per block: no atomic traffic on one address).
 // Each block reads chunks of 64 KB (evict-first loads), counts them, and checks the stop word and
 // its deadline between chunks. With max_chunks > 0 it stops after that many chunks (a timed pass).
-// At most 80 registers (2 blocks per SM): the stream's blocks are all resident and leave room for the chase.
+// __launch_bounds__(256, 2): two blocks per SM, all resident at once, with room left for the chase's block.
 constexpr int kStreamThreads = 256, kStreamUnroll = 16, kStreamBlocksPerSm = 2;
 __device__ __forceinline__ unsigned long long* stream_bytes(unsigned* ctl) {
   return reinterpret_cast<unsigned long long*>(ctl + 4);
