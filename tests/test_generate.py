@@ -62,6 +62,9 @@ def test_top_k_and_top_p():
     assert not torch.equal(Generator(m, 2, backend="eager", **dict(kw, top_k=0, top_p=1.0)).frames(8), eager)
     gen = Generator(m, 2, backend="eager", **kw)
     assert (gen.state_dict()["top_k"], gen.state_dict()["top_p"]) == (9, 0.8)
+    with pytest.raises(ValueError, match="drawn with top_k=9, this generator has top_k=0"):
+        Generator(m, 2, backend="eager", **dict(kw, top_k=0)).load_state_dict(gen.state_dict())
+    Generator(m, 2, backend="eager", **kw).load_state_dict(gen.state_dict())  # the same cut-offs: fine
     for bad, exc, msg in [(dict(top_k=-1), ValueError, "top_k must be >= 0"),
                           (dict(top_k=2.5), TypeError, "top_k must be an integer"),
                           (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),

@@ -237,6 +237,10 @@ class Generator:
     def load_state_dict(self, d: dict) -> None:
         if d["n_seq"] != self.n_seq:
             raise ValueError(f"generation state is for n_seq={d['n_seq']}, this generator has {self.n_seq}")
+        for name in ("top_k", "top_p"):  # a state saved before the cut-offs existed has neither: off
+            if name in d and d[name] != getattr(self.sampling, name):
+                raise ValueError(f"generation state was drawn with {name}={d[name]}, this generator has "
+                                 f"{name}={getattr(self.sampling, name)}: resume with the same one")
         window, q = d["window"], self.cfg.q_levels
         if tuple(window.shape) != (self.n_seq, self.cfg.frame_size) or window.min() < 0 or window.max() >= q:
             raise ValueError(f"generation state: window must be ({self.n_seq}, {self.cfg.frame_size}) samples in "
