@@ -5,7 +5,6 @@ needs the audio libraries, and then the error says what to install.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -67,24 +66,25 @@ NO_AUDIO_LIBRARIES = textwrap.dedent("""
 """)
 
 
-def test_generation_bench_and_backends_without_audio_libraries(tmp_path):
-    wav = tmp_path / "in.wav"
-    wav.write_bytes(b"RIFF")  # never opened: soundfile is missing before the file is looked at
-    r = subprocess.run([sys.executable, "-c", NO_AUDIO_LIBRARIES, str(wav), str(tmp_path / "out.wav")],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.rstrip().endswith("OK"), r.stdout
-    assert "'soundfile'" in r.stdout and "'soxr'" in r.stdout  # each error names the missing package
-    assert not (tmp_path / "out.wav").exists()
+# After NO_AUDIO_LIBRARIES, in the same interpreter (one start of Python and torch serves all three
+# checks): `fastsrnn generate` without soundfile, then the collection of the GPU tests; each
+# section's output between marker lines.
+CLI_AND_COLLECTION = textwrap.dedent("""
+    import contextlib, io, os
 
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["generate", "missing.pt", "--out", "gen"])
+    print("=== generate: exit status", rc)
+    print(err.getvalue())
+    print("=== collection")
+    os.chdir(sys.argv[3])
+    import pytest
 
-def test_generate_cli_without_audio_libraries_names_the_fix(tmp_path):
-    """`fastsrnn generate` says what to install, before loading the model, without a traceback."""
-    code = ("import sys; sys.modules['soundfile'] = None; from fastsrnn.cli import main; "
-            "sys.exit(main(['generate', 'missing.pt', '--out', 'gen']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "pip install soundfile soxr" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rc = pytest.main(["-p", "no:cacheprovider", "--collect-only", "-q", "--continue-on-collection-errors",
+                      *sys.argv[4:]])
+    print("=== collection: exit status", int(rc))
+""")
 
 
 def _gpu_test_files():
@@ -95,17 +95,45 @@ def _gpu_test_files():
     return [f for f in listed.group(1).split() if (ROOT / f).is_file()]
 
 
-def test_gpu_check_tests_collect_without_audio_libraries(tmp_path):
+@pytest.fixture(scope="module")
+def no_audio_run(tmp_path_factory):
+    """One fresh interpreter without soundfile and soxr: NO_AUDIO_LIBRARIES, then
+    CLI_AND_COLLECTION. -> (folder it ran in, exit status, {section: output})."""
+    tmp_path = tmp_path_factory.mktemp("no_audio")
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(b"RIFF")  # never opened: soundfile is missing before the file is looked at
+    r = subprocess.run([sys.executable, "-c", NO_AUDIO_LIBRARIES + CLI_AND_COLLECTION, str(wav),
+                        str(tmp_path / "out.wav"), str(ROOT), *_gpu_test_files()],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    head, _, rest = r.stdout.partition("=== generate: exit status ")
+    cli, _, collection = rest.partition("=== collection\n")
+    return tmp_path, r.returncode, dict(api=head, cli=cli, collection=collection, all=r.stdout + r.stderr)
+
+
+def test_generation_bench_and_backends_without_audio_libraries(no_audio_run):
+    tmp_path, rc, out = no_audio_run
+    assert rc == 0, out["all"]
+    assert out["api"].rstrip().endswith("OK"), out["all"]
+    assert "'soundfile'" in out["api"] and "'soxr'" in out["api"]  # each error names the missing package
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_generate_cli_without_audio_libraries_names_the_fix(no_audio_run):
+    """`fastsrnn generate` says what to install, before loading the model, without a traceback."""
+    _, _, out = no_audio_run
+    status, _, stderr = out["cli"].partition("\n")
+    assert status == "1", out["all"]
+    assert "pip install soundfile soxr" in stderr and "Traceback" not in stderr, out["all"]
+
+
+def test_gpu_check_tests_collect_without_audio_libraries(no_audio_run):
     """The GPU machine's image lacks soundfile: the tests gpu_check.sh runs (and the conftest and
     helpers they import) must not import it at collection, only in the tests that write files."""
-    (tmp_path / "no_audio_libraries.py").write_text(
-        "import sys\nfor name in ('soundfile', 'soxr'):\n    sys.modules[name] = None\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no_audio_libraries", "-p", "no:cacheprovider",
-                        "--collect-only", "-q", "--continue-on-collection-errors", *_gpu_test_files()],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    out = r.stdout + r.stderr
-    assert "soundfile" not in out and "soxr" not in out, "collecting the GPU tests imports the audio libraries:\n" + out
+    _, _, out = no_audio_run
+    collection = out["collection"]
+    assert "=== collection: exit status" in collection and "::test_" in collection, out["all"]
+    assert "soundfile" not in collection and "soxr" not in collection, (
+        "collecting the GPU tests imports the audio libraries:\n" + collection)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
