@@ -186,3 +186,67 @@ def test_cli_help_and_run(run, capsys):
     assert main(["report", str(run), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"report: {run / 'report.html'}\nopen it in a browser: file://")
     assert "report" in report.__doc__ and "report" in main.__globals__["COMMANDS"]
+
+
+def _outside_files(root: Path):
+    """Every file outside the run folder, with its bytes and mtime (the victims must keep both)."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and "run" not in p.relative_to(root).parts[:1]
+            and "gen" not in p.relative_to(root).parts[:1]}
+
+
+def test_paths_that_leave_the_run_are_skipped_never_read_or_written(run, tmp_path):
+    """Issue 20: a clip record (or a clip found in the folder) naming '../x', an absolute path or a
+    symlink out is skipped with a warning naming it; nothing outside is read into the page or written."""
+    import os
+
+    old = 10**9 * 1_000_000_000  # 2001: older than any clip, so a picture here would be redrawn
+    sf.write(str(tmp_path / "victim.wav"), tune(0.3), SR)
+    (tmp_path / "victim.png").write_bytes(b"precious")
+    (tmp_path / "abs").mkdir()
+    sf.write(str(tmp_path / "abs" / "song.wav"), tune(0.3), SR)
+    (tmp_path / "linked").mkdir()
+    sf.write(str(tmp_path / "linked" / "real.wav"), tune(0.3), SR)
+    (tmp_path / "linked" / "pic.png").write_bytes(b"precious too")
+    (tmp_path / "album").mkdir()
+    sf.write(str(tmp_path / "album" / "clip_00.wav"), tune(0.3), SR)
+    for p in (tmp_path / "victim.png", tmp_path / "linked" / "pic.png"):
+        os.utime(p, ns=(old, old))
+    step = run / "samples" / "0000500"
+    step.mkdir()
+    (step / "clip_00.wav").symlink_to(tmp_path / "linked" / "real.wav")
+    sf.write(str(step / "clip_01.wav"), tune(0.3), SR)
+    (step / "clip_01.png").symlink_to(tmp_path / "linked" / "pic.png")  # the clip is fine, its picture is not
+    (run / "samples" / "0000600").symlink_to(tmp_path / "album", target_is_directory=True)
+    clips = [{"file": "../victim.wav"}, {"file": str(tmp_path / "abs" / "song.wav"), "verdict": "ok"},
+             {"file": "samples/0000500/clip_00.wav"}, {"file": "samples/0000500/clip_01.wav", "verdict": "ok"},
+             {"file": 5, "verdict": "ok"}]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"event": "clip_scores", "step": 500, "clips": clips}) + "\n")
+    before = _outside_files(tmp_path)
+    with pytest.warns(RuntimeWarning) as caught:
+        out = write_report(run, progress=False)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 6 and re.search(r"metrics.jsonl: the clip record .*\.\./victim\.wav.* of step 500", said[0])
+    assert _outside_files(tmp_path) == before  # bytes and mtimes: nothing outside was written
+    assert not (tmp_path / "abs" / "song.png").exists() and not (tmp_path / "album" / "clip_00.png").exists()
+    assert not (tmp_path / "linked" / "real.png").exists()
+    html = out.read_text()
+    assert "Skipped 6 path(s) outside this folder" in html
+    for named in ("../victim.wav", str(tmp_path / "abs" / "song.wav"), "samples/0000500/clip_00.wav",
+                  "clip_01.png", "0000600/clip_00.wav", "5 is not a file name"):
+        assert named in urllib.parse.unquote(html).replace("&#x27;", "'"), named
+    links = _links(html)
+    assert all(run.resolve() in (out.parent / p).resolve().parents for p in links), links
+    assert re.search(r'id="step-500".*?clip_01\.wav', html, re.S) and "samples/0000500/clip_01.wav" in links
+    assert "Recommended: step 300." in html  # the rest of the page as before
+
+
+def test_generation_files_that_leave_the_folder_are_skipped(tmp_path):
+    gen = make_generation(tmp_path)
+    sf.write(str(tmp_path / "outside.flac"), tune(0.3), SR)
+    (gen / "seq_002.flac").symlink_to(tmp_path / "outside.flac")
+    with pytest.warns(RuntimeWarning, match="seq_002.flac: .*outside"):
+        html = write_report(gen, progress=False).read_text()
+    assert html.count("<audio controls") == 2 and "Skipped 1 path(s)" in html
+    assert not (tmp_path / "outside.png").exists()

@@ -35,6 +35,26 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def path_inside(folder, name) -> Path:
+    """``folder / name`` when a record's file name stays inside ``folder``; a ValueError saying why not.
+
+    The one rule for every path read from a record (a manifest's chunks, the clips of a run's
+    metrics.jsonl): a relative path (a str) that, with ``..`` and symlinks followed, resolves below
+    the resolved ``folder``. No absolute path, no ``..`` out, no symlink out of the folder."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{name!r} is not a file name")
+    if Path(name).is_absolute():
+        raise ValueError(f"{name!r} is an absolute path; a record may only name files inside its folder")
+    root = Path(folder).resolve()
+    try:
+        target = (root / name).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise ValueError(f"{name!r} cannot be resolved ({e})") from None
+    if root not in target.parents:
+        raise ValueError(f"{name!r} resolves to {target}, outside {root} (through '..' or a symlink)")
+    return Path(folder) / name
+
+
 _FIELDS = {"sample_rate": int, "chunk_samples": int, "hop_samples": int, "block_samples": int, "seed": int,
            "normalize": str, "splits": dict, "sources": list, "chunks": list}
 _CHUNK_FIELDS = {"file": str, "split": str, "source": int, "offset": int, "length": int, "sha256": str}
@@ -61,10 +81,11 @@ def read_manifest(data_dir) -> dict:
         bad = [k for k, t in _CHUNK_FIELDS.items() if not isinstance(c.get(k), t)] if isinstance(c, dict) else ["all"]
         if bad or c["split"] not in SPLITS or not 0 <= c["source"] < len(m["sources"]):
             raise ValueError(f"{path}: chunk {i} is malformed (check {', '.join(bad) or 'split/source'})")
-        target = (root / c["file"]).resolve()
-        if Path(c["file"]).is_absolute() or root not in target.parents:
+        try:
+            path_inside(root, c["file"])
+        except ValueError:
             raise ValueError(f"{path}: chunk {i} names {c['file']!r}, which is outside the dataset folder {root}; "
-                             "a manifest may only name files inside its own folder")
+                             "a manifest may only name files inside its own folder") from None
     return m
 
 

@@ -10,6 +10,11 @@ each sequence with its player, picture and verdict, and the settings of generati
 
 The page needs no server and no network: CSS inline, no fonts, and audio and pictures linked by
 relative paths, so it works opened in place (file://) and moved together with the folder.
+
+It reads and writes only inside the folder: every clip path, recorded in metrics.jsonl or found
+in the folder, and every picture beside a clip must resolve inside it (the manifest's rule,
+:func:`fastsrnn.data.manifest.path_inside`); any other is skipped with a warning that names it,
+never read or written, and the page lists it.
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ import argparse
 import json
 import os
 import shlex
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from fastsrnn.atomic import atomic_write_text
+from fastsrnn.data.manifest import path_inside
 from fastsrnn.tools.report_html import generation_html, run_html
 
 REPORT_NAME = "report.html"
@@ -128,9 +135,12 @@ def _nearest(rows: List[dict], key: str, step: int) -> Tuple[Optional[float], Op
     return float(r[key]), r["step"]
 
 
-def run_steps(run: Path, rows: List[dict], reference: "_Reference", say=print) -> List[Step]:
+def run_steps(run: Path, rows: List[dict], reference: "_Reference", say=print,
+              skipped: Optional[List[str]] = None) -> List[Step]:
     """One Step per step with a validation NLL or clips: NLLs from ``rows``, clips from the clip records
-    of metrics.jsonl where there are some, else from RUN/samples/<step>/ analysed here."""
+    of metrics.jsonl where there are some, else from RUN/samples/<step>/ analysed here. A clip whose
+    path leaves ``run`` is skipped (:func:`_skip`, added to ``skipped``)."""
+    skipped = [] if skipped is None else skipped
     recorded = {r["step"]: r["clips"] for r in rows if isinstance(r.get("clips"), list)}
     folders = {}
     for d in sorted((run / "samples").glob("*")) if (run / "samples").is_dir() else []:
@@ -141,9 +151,11 @@ def run_steps(run: Path, rows: List[dict], reference: "_Reference", say=print) -
     for n in numbers:
         s = Step(n, _nearest(rows, "train_bits", n)[0], *_nearest(rows, "valid_bits", n))
         if n in recorded:
-            s.clips = [_recorded_clip(run, c, reference) for c in recorded[n] if isinstance(c, dict) and c.get("file")]
+            clips = [_recorded_clip(run, n, c, reference, skipped) for c in recorded[n]
+                     if isinstance(c, dict) and c.get("file")]
+            s.clips = [c for c in clips if c is not None]
         elif n in folders:
-            files = sorted(p for p in folders[n].glob("clip_*") if p.suffix in AUDIO)
+            files = _inside(run, sorted(p for p in folders[n].glob("clip_*") if p.suffix in AUDIO), skipped)
             if files:
                 say(f"[report] step {n}: analysing {len(files)} clips", flush=True)
             s.clips = [analyse(p, reference.get()) for p in files]
@@ -151,11 +163,33 @@ def run_steps(run: Path, rows: List[dict], reference: "_Reference", say=print) -
     return steps
 
 
-def _recorded_clip(run: Path, rec: dict, reference) -> Clip:
-    path = run / rec["file"]
+def _recorded_clip(run: Path, step: int, rec: dict, reference, skipped: List[str]) -> Optional[Clip]:
+    try:
+        path = path_inside(run, rec["file"])
+    except ValueError as e:
+        _skip(skipped, f"{run / 'metrics.jsonl'}: the clip record {json.dumps(rec)[:300]} of step {step}: {e}")
+        return None
     if "verdict" not in rec:
         return analyse(path, reference.get())
     return Clip(path, str(rec["verdict"]) if path.is_file() else "missing", rec.get("closeness"))
+
+
+def _skip(skipped: List[str], what: str) -> None:
+    """Warn of a path that leaves the folder (never read or written) and keep it for the page."""
+    warnings.warn(f"fastsrnn report: skipped {what}; the report reads and writes only inside its folder",
+                  RuntimeWarning, stacklevel=3)
+    skipped.append(what)
+
+
+def _inside(folder: Path, paths: List[Path], skipped: List[str]) -> List[Path]:
+    """The ``paths`` (each under ``folder``) that resolve inside ``folder``; the others skipped."""
+    kept = []
+    for p in paths:
+        try:
+            kept.append(path_inside(folder, p.relative_to(folder).as_posix()))
+        except ValueError as e:
+            _skip(skipped, f"{p}: {e}")
+    return kept
 
 
 def analyse(path: Path, reference=None) -> Clip:
@@ -233,9 +267,9 @@ def checkpoint_for(run: Path, step: int, kept: Dict[str, int], seconds: float = 
 def _run_page(run: Path, out: Path, against, say) -> str:
     rows = read_metrics(run)
     data = Path(against) if against else _recorded_data(run)
-    reference = _Reference(data, say)
-    steps = run_steps(run, rows, reference, say)
-    _draw_pictures([c for s in steps for c in s.clips], say)
+    reference, skipped = _Reference(data, say), []
+    steps = run_steps(run, rows, reference, say, skipped)
+    _draw_pictures(run, [c for s in steps for c in s.clips], say, skipped)
     best, why = recommend(steps)
     kept = kept_checkpoints(run)
     cmd, where = checkpoint_for(run, best.step, kept, *_clip_settings(run)) if best else (None, "")
@@ -244,7 +278,7 @@ def _run_page(run: Path, out: Path, against, say) -> str:
         curves = _plot(run)
     return run_html(run, rel=lambda p: _rel(p, out), steps=steps, best=best, why=why, where=where, cmd=cmd,
                          kept=kept, curves=curves if curves and curves.is_file() else None,
-                         against=_against_text(data, reference, [c for s in steps for c in s.clips]))
+                         against=_against_text(data, reference, [c for s in steps for c in s.clips]), skipped=skipped)
 
 
 def _recorded_data(run: Path) -> Optional[Path]:
@@ -297,10 +331,12 @@ def _plot(run: Path) -> Optional[Path]:
         return None
 
 
-def _draw_pictures(clips: List[Clip], say) -> None:
-    from fastsrnn.tools.pictures import clip_picture
+def _draw_pictures(folder: Path, clips: List[Clip], say, skipped: List[str]) -> None:
+    """Each clip's picture beside it, only where that path resolves inside ``folder``."""
+    from fastsrnn.tools.pictures import clip_picture, picture_path
 
-    todo = [c for c in clips if c.path.is_file()]
+    fine = set(_inside(folder, [picture_path(c.path) for c in clips if c.path.is_file()], skipped))
+    todo = [c for c in clips if picture_path(c.path) in fine]
     if todo:
         say(f"[report] pictures of {len(todo)} clips (kept when already drawn)", flush=True)
     for c in todo:
@@ -326,15 +362,15 @@ def _generation_page(gen: Path, out: Path, against, say) -> str:
         from fastsrnn.generation.precision import recorded_dataset
 
         data = recorded_dataset(settings["checkpoint"]) if settings.get("checkpoint") else None
-    reference = _Reference(data, say)
+    reference, skipped = _Reference(data, say), []
     files = sorted(p for p in gen.glob("seq_*") if p.suffix in AUDIO and ".part" not in p.name)
     in_progress = not files
     if in_progress:
         files = sorted(p for p in gen.glob("seq_*.part.wav"))
-    clips = [analyse(p, reference.get()) for p in files]
-    _draw_pictures(clips, say)
+    clips = [analyse(p, reference.get()) for p in _inside(gen, files, skipped)]
+    _draw_pictures(gen, clips, say, skipped)
     return generation_html(gen, rel=lambda p: _rel(p, out), clips=clips, settings=settings,
-                                in_progress=in_progress, against=str(data) if reference.used else None)
+                           in_progress=in_progress, against=str(data) if reference.used else None, skipped=skipped)
 
 
 # ---- HTML ----

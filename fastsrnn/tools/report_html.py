@@ -80,9 +80,18 @@ def _judged(against: Optional[str]) -> str:
             "(silent / noise / trap / ok) and there is no closeness.")
 
 
-def run_html(run: Path, rel, steps, best, why, where, cmd, kept, curves, against) -> str:
+def _skipped(skipped: List[str]) -> List[str]:
+    """A box listing the paths that leave the folder (report.py skipped them: never read or written)."""
+    if not skipped:
+        return []
+    items = "".join(f"<li>{_e(s)}</li>" for s in skipped)
+    return [f'<div class="box none"><b>Skipped {len(skipped)} path(s) outside this folder</b> (never read or '
+            f"written: the report reads and writes only inside its folder):<ul>{items}</ul></div>"]
+
+
+def run_html(run: Path, rel, steps, best, why, where, cmd, kept, curves, against, skipped=()) -> str:
     body = [f"<h1>Training run: {_e(run.resolve().name)}</h1>",
-            f'<p class="muted">{_e(run.resolve())} &middot; {_judged(against)}</p>']
+            f'<p class="muted">{_e(run.resolve())} &middot; {_judged(against)}</p>', *_skipped(list(skipped))]
     if curves:
         body.append(f'<img src="{rel(curves)}" alt="training curves" style="max-width:100%">')
     if best:
@@ -107,9 +116,9 @@ def run_html(run: Path, rel, steps, best, why, where, cmd, kept, curves, against
     return _document(f"fastsrnn report: {run.resolve().name}", body)
 
 
-def generation_html(gen: Path, rel, clips, settings, in_progress, against) -> str:
+def generation_html(gen: Path, rel, clips, settings, in_progress, against, skipped=()) -> str:
     body = [f"<h1>Generation: {_e(gen.resolve().name)}</h1>",
-            f'<p class="muted">{_e(gen.resolve())} &middot; {_judged(against)}</p>']
+            f'<p class="muted">{_e(gen.resolve())} &middot; {_judged(against)}</p>', *_skipped(list(skipped))]
     if in_progress:
         body.append('<div class="box none">This generation is not finished: these are its part files.</div>')
     body.append('<div class="clips">' + "".join(_clip_card(c, rel) for c in clips) + "</div>" if clips
