@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -313,3 +314,57 @@ def test_python_api_type_errors_name_the_argument(tmp_path, model, ckpt):
     assert np.array_equal(by_path, by_levels)
     assert np.array_equal(generate(model, 40, prime=str(tmp_path / "p.wav"), seed=1, **kw), by_path)
     assert generate(model, np.int64(12), **kw).shape == (1, 12)  # numpy integers are integers
+
+
+# issue 20 W13, W18, W17 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["frame_rnn.h0", "frame_rnn.c0", "upper_rnns.0.h0"])
+def test_a_nan_learned_initial_state_in_a_checkpoint_is_refused(tmp_path, where, capsys):
+    """Export checks h0/c0 like every other weight: a NaN there is named, never generated from."""
+    from fastsrnn.ops.export import export_inference
+
+    cfg = replace(SMALL, frame_sizes=(4, 2)) if where.startswith("upper") else SMALL
+    model = random_model(cfg, 0, scale=0.2)
+    with torch.no_grad():
+        model.get_parameter(where)[-1, 0, 3] = math.nan
+    named = where.replace("upper_rnns.0.", "upper_rnns[0].").replace("frame_rnn.", "")
+    with pytest.raises(ValueError, match=rf"{re.escape(named)} holds NaN or Inf"):
+        export_inference(model)
+    ckpt = save_checkpoint(tmp_path / "nan.pt", model)
+    out = tmp_path / "g"
+    assert main(["generate", str(ckpt), "--seconds", "0.2", "--backend", "folded", "--device", "cpu",
+                 "--out", str(out), "--no-progress"]) == 1
+    assert f"{named} holds NaN or Inf" in capsys.readouterr().err
+    assert not out.exists()  # refused before the folder is made
+
+
+def _files(out):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.iterdir()) if p.is_file()
+            and p.name != LOCK_NAME}  # the lock names its holder: rewritten by each attempt
+
+
+def test_a_nan_or_overlong_state_is_refused_on_resume(tmp_path, ckpt, capsys):
+    """A state.pt with NaN or Inf (W18) or more samples written than the run has (W17): resume names the
+    file and the tensor or the numbers, exits 1, and changes nothing in the folder."""
+    import shutil
+
+    pristine = _interrupted(ckpt, tmp_path / "g")
+    settings = json.loads((pristine / SETTINGS).read_text())
+    total = settings["prime_samples"] + settings["n_samples"]
+    for damage in ("h", "c", "inv_temperature", "peak", "written"):
+        out = shutil.copytree(pristine, tmp_path / damage)
+        saved = torch.load(out / STATE, weights_only=True)
+        if damage in ("h", "c", "inv_temperature"):
+            saved["generator"][damage].view(-1)[-1] = math.inf if damage == "c" else math.nan
+            said = rf"state.pt: damaged, generator.{damage} holds NaN or Inf"
+        elif damage == "peak":
+            saved["stats"]["peak"][1] = math.nan
+            said = r"state.pt: damaged, stats.peak\[1\] holds NaN or Inf"
+        else:
+            saved["stats"]["written"] = total + 7
+            said = rf"state.pt: damaged, stats.written is {total + 7} samples per sequence, .* = {total};"
+        torch.save(saved, out / STATE)
+        before = _files(out)
+        capsys.readouterr()
+        assert main(["generate", "--resume", str(out), "--no-progress"]) == 1, damage
+        assert re.search(said, capsys.readouterr().err), damage
+        assert _files(out) == before and not json.loads((out / SETTINGS).read_text())["complete"], damage

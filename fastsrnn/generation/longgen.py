@@ -227,7 +227,7 @@ class GenerationRun:
         options["precision_data"] = _resume_precision_data(options["precision_data"])
         gen = _generator(model, settings["n_seq"], rows, backend=backend or settings["backend"], device=device,
                          check_precision=check_precision, **options)
-        saved = _read_state(state_path, len(rows))
+        saved = _read_state(state_path, len(rows), settings["prime_samples"], settings["n_samples"])
         try:
             gen.load_state_dict(saved["generator"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:

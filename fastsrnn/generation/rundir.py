@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -60,8 +61,24 @@ def new_record(settings: GenerationSettings, checkpoint: Path, sample_rate: int,
             "complete": False}
 
 
-def _read_state(path: Path, n_seq: int) -> dict:
-    """state.pt, checked: a damaged file is named, never a raw unpickling error."""
+def _nonfinite(obj, name: str) -> Optional[str]:
+    """The name of the first floating tensor or float in ``obj`` (nested dicts, lists, tuples) that holds
+    NaN or Inf, e.g. "generator.h" or "generator.upper[0][1]"; None when all are finite."""
+    if isinstance(obj, torch.Tensor):
+        return name if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else name
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = _nonfinite(v, f"{name}.{k}" if isinstance(obj, dict) else f"{name}[{k}]")
+        if bad:
+            return bad
+    return None
+
+
+def _read_state(path: Path, n_seq: int, prime_samples: int, n_samples: int) -> dict:
+    """state.pt, checked: a damaged file is named, never a raw unpickling error; every tensor and level
+    statistic finite (a NaN state would generate noise), the samples written within the run's."""
     hint = "cannot resume; start the generation again in a new --out"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -75,6 +92,13 @@ def _read_state(path: Path, n_seq: int) -> dict:
         raise ValueError(f"{path}: damaged (missing {e}); {hint}") from None
     if not ok:
         raise ValueError(f"{path}: damaged (bad generator state or level statistics); {hint}")
+    bad = _nonfinite(saved["generator"], "generator") or _nonfinite(stats, "stats")
+    if bad:
+        raise ValueError(f"{path}: damaged, {bad} holds NaN or Inf; {hint}")
+    written, total = stats["written"], prime_samples + n_samples
+    if not prime_samples <= written <= total:
+        raise ValueError(f"{path}: damaged, stats.written is {written} samples per sequence, but this run has "
+                         f"{prime_samples} prime + {n_samples} generated = {total}; {hint}")
     return saved
 
 

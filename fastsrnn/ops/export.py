@@ -196,7 +196,7 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _export_tier(fr, prefix: str) -> dict:
-    """A frame tier's (FrameLevelRNN's) RNN, skip and h0 weights in float64, shapes checked,
+    """A frame tier's (FrameLevelRNN's) RNN, skip and h0 (c0) weights in float64, shapes and finiteness checked,
     and its plain upsampling (up_w (n_out*H, H), up_b)."""
     cfg = fr.cfg
     F, H, L, G = fr.n_in, cfg.dim, cfg.n_rnn, cfg.gates
@@ -210,7 +210,8 @@ def _export_tier(fr, prefix: str) -> dict:
     skip_w = [_check(f"{prefix}skip_proj[{i}].weight", _d(p.weight), (H, H)) for i, p in enumerate(fr.skip_proj)]
     skip_b = _check(f"{prefix}skip_proj[0].bias", _d(fr.skip_proj[0].bias), (H,)) if skip_w else None
     return dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, skip_w=skip_w, skip_b=skip_b,
-                h0=_d(fr.h0).expand(L, 1, H), c0=_d(fr.c0).expand(L, 1, H) if fr.c0 is not None else None,
+                h0=_check(f"{prefix}h0", _d(fr.h0), (L, 1, H)),
+                c0=_check(f"{prefix}c0", _d(fr.c0), (L, 1, H)) if fr.c0 is not None else None,
                 up_w=_check(f"{prefix}upsample.weight", _d(fr.upsample.weight), (fr.n_out * H, H)),
                 up_b=_check(f"{prefix}upsample.bias", _d(fr.upsample.bias), (fr.n_out * H,)))
 
