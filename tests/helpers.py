@@ -460,3 +460,27 @@ def run_python(args: list, cwd: Path, nproc: int = 1, timeout: int = 180) -> Non
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no network needed, nor a resolvable hostname
     proc = subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def find_op_impls(op: str):
+    """({impl: function} for every ``<op>_<impl>`` defined in a module of fastsrnn/ops,
+    {module: error} for the modules that failed to import): how the op tests find every
+    implementation, so that a new one is tested without being listed."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fastsrnn.ops
+
+    found, broken = {}, {}
+    for info in pkgutil.iter_modules(fastsrnn.ops.__path__):
+        name = f"fastsrnn.ops.{info.name}"
+        try:
+            mod = importlib.import_module(name)
+        except Exception as e:  # reported by the tests' module-import checks
+            broken[name] = f"{type(e).__name__}: {e}"
+            continue
+        for attr, fn in vars(mod).items():
+            if attr.startswith(op + "_") and inspect.isfunction(fn) and fn.__module__ == name:
+                found[attr[len(op) + 1:]] = fn
+    return found, broken

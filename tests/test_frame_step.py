@@ -35,9 +35,7 @@ rounding (the 2x rule), int8 weights widened exactly on both sides (fp32 toleran
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
-import pkgutil
 import re
 from types import SimpleNamespace
 from typing import Callable, NamedTuple, Optional
@@ -50,6 +48,7 @@ from helpers import (
     ON_GPU,
     close_rel,
     compile_problems,
+    find_op_impls,
     frame_step_kernels,
     generate_and_compare,
     isa_extension,
@@ -60,7 +59,6 @@ from helpers import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastsrnn.backends.cpu as cpu_mod
-import fastsrnn.ops
 from fastsrnn import SampleRNNConfig
 from fastsrnn.backends import make_backend
 from fastsrnn.backends.base import DecodeState
@@ -86,24 +84,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 # The implementations
 
 
-def _find(op: str):
-    """({impl: function} for every ``<op>_<impl>`` defined in a module of fastsrnn/ops,
-    {module: error} for the modules that failed to import)."""
-    found, broken = {}, {}
-    for info in pkgutil.iter_modules(fastsrnn.ops.__path__):
-        name = f"fastsrnn.ops.{info.name}"
-        try:
-            mod = importlib.import_module(name)
-        except Exception as e:
-            broken[name] = f"{type(e).__name__}: {e}"
-            continue
-        for attr, fn in vars(mod).items():
-            if attr.startswith(op + "_") and inspect.isfunction(fn) and fn.__module__ == name:
-                found[attr[len(op) + 1:]] = fn
-    return found, broken
-
-
-FRAME_STEP, _BROKEN = _find("frame_step")
+FRAME_STEP, _BROKEN = find_op_impls("frame_step")
 
 
 class Impl(NamedTuple):

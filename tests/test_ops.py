@@ -16,9 +16,7 @@ its own name as prefix. The frame step's implementations: tests/test_frame_step.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 import re
 from typing import Callable, NamedTuple
 
@@ -32,6 +30,7 @@ from helpers import (
     assert_written,
     compare,
     expect_bad_input,
+    find_op_impls,
     isa_extension,
     make_weights,
     need_triton,
@@ -39,7 +38,6 @@ from helpers import (
     run_frames,
 )
 
-import fastsrnn.ops
 from fastsrnn.ops.frame_step import torch_linear
 from fastsrnn.ops.sample_frame import sample_frame_cpu, sample_frame_ref
 from fastsrnn.ops.sampling import Sampling, cdf_margin, sample_ref
@@ -48,24 +46,7 @@ from fastsrnn.ops.sampling import Sampling, cdf_margin, sample_ref
 # The implementations
 
 
-def _find(op: str):
-    """({impl: function} for every ``<op>_<impl>`` defined in a module of fastsrnn/ops,
-    {module: error} for the modules that failed to import)."""
-    found, broken = {}, {}
-    for info in pkgutil.iter_modules(fastsrnn.ops.__path__):
-        name = f"fastsrnn.ops.{info.name}"
-        try:
-            mod = importlib.import_module(name)
-        except Exception as e:  # reported by test_ops_modules_import
-            broken[name] = f"{type(e).__name__}: {e}"
-            continue
-        for attr, fn in vars(mod).items():
-            if attr.startswith(op + "_") and inspect.isfunction(fn) and fn.__module__ == name:
-                found[attr[len(op) + 1:]] = fn
-    return found, broken
-
-
-SAMPLE_FRAME, _BROKEN = _find("sample_frame")
+SAMPLE_FRAME, _BROKEN = find_op_impls("sample_frame")
 
 
 class Impl(NamedTuple):
