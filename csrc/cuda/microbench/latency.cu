@@ -74,6 +74,26 @@ __device__ __forceinline__ int smid() {
 }
 __device__ __forceinline__ void fail(Result* r, int code) { atomicCAS(&r->status, 0, code); }
 
+// The timed thread's clock over an iteration loop: clock64 deltas of the iterations after `warm`,
+// and the clock64 and %globaltimer spans of those timed iterations (the host converts with them).
+struct IterClock {
+  long long prev = 0, c0 = 0;
+  unsigned long long t0 = 0;
+  __device__ __forceinline__ void tick(int e, int warm, long long* samples) {
+    const long long now = clock64();
+    if (e == warm) {
+      t0 = globaltimer_ns();
+      c0 = now;
+    }
+    if (e > warm) samples[e - warm - 1] = now - prev;
+    prev = now;
+  }
+  __device__ __forceinline__ void finish(Result* r) const {
+    r->clk = clock64() - c0;
+    r->ns = globaltimer_ns() - t0;
+  }
+};
+
 __device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
@@ -150,8 +170,7 @@ __global__ void __launch_bounds__(kGatherThreads, 1) allgather_kernel(unsigned l
   const unsigned long long deadline = globaltimer_ns() + kTimeoutNs;
   const int nblk = gridDim.x, blk = blockIdx.x, total = nblk * words;
   if (blk == 0 && threadIdx.x == 0) r->sm_a = smid();
-  long long prev = 0, c0 = 0;
-  unsigned long long t0 = 0;
+  IterClock clk;
   for (int e = 1; e <= warm + iters; ++e) {
     unsigned long long* half = buf + static_cast<size_t>(e & 1) * total;
     for (int k = threadIdx.x; k < words; k += blockDim.x)
@@ -183,20 +202,9 @@ __global__ void __launch_bounds__(kGatherThreads, 1) allgather_kernel(unsigned l
     }
     if (__syncthreads_or(late)) return fail(r, kTimeout);
     if (bad) fail(r, kStale);
-    if (blk == 0 && threadIdx.x == 0) {
-      const long long now = clock64();
-      if (e == warm) {
-        t0 = globaltimer_ns();
-        c0 = now;
-      }
-      if (e > warm) samples[e - warm - 1] = now - prev;
-      prev = now;
-    }
+    if (blk == 0 && threadIdx.x == 0) clk.tick(e, warm, samples);
   }
-  if (blk == 0 && threadIdx.x == 0) {
-    r->clk = clock64() - c0;
-    r->ns = globaltimer_ns() - t0;
-  }
+  if (blk == 0 && threadIdx.x == 0) clk.finish(r);
 }
 
 // ---- grid_barrier: the project's barrier; with `read`, each block then reads (ld.global.cg) the word
@@ -206,27 +214,15 @@ __global__ void barrier_kernel(unsigned* word, unsigned* data, int read, int war
   const unsigned long long deadline = globaltimer_ns() + kTimeoutNs;
   const int nblk = gridDim.x, blk = blockIdx.x;
   if (blk == 0 && threadIdx.x == 0) r->sm_a = smid();
-  long long prev = 0, c0 = 0;
-  unsigned long long t0 = 0;
+  IterClock clk;
   for (int e = 1; e <= warm + iters; ++e) {
     unsigned* half = data + static_cast<size_t>(e & 1) * nblk;
     if (read && threadIdx.x == 0) half[blk] = e;
     if (!grid_barrier<true>(word, deadline)) return fail(r, kTimeout);
     if (read && threadIdx.x == 0 && __ldcg(half + (blk + 1) % nblk) != static_cast<unsigned>(e)) fail(r, kStale);
-    if (blk == 0 && threadIdx.x == 0) {
-      const long long now = clock64();
-      if (e == warm) {
-        t0 = globaltimer_ns();
-        c0 = now;
-      }
-      if (e > warm) samples[e - warm - 1] = now - prev;
-      prev = now;
-    }
+    if (blk == 0 && threadIdx.x == 0) clk.tick(e, warm, samples);
   }
-  if (blk == 0 && threadIdx.x == 0) {
-    r->clk = clock64() - c0;
-    r->ns = globaltimer_ns() - t0;
-  }
+  if (blk == 0 && threadIdx.x == 0) clk.finish(r);
 }
 
 // ---- cluster_step: dynamic shared memory holds the receive buffers, (2, cluster size, per_peer) floats
@@ -245,8 +241,7 @@ __global__ void cluster_kernel(int per_peer, int warm, int iters, long long* sam
   const bool timer = blockIdx.x == 0 && threadIdx.x == 0;
   const int total = n * per_peer;
   if (timer) r->sm_a = smid();
-  long long prev = 0, c0 = 0;
-  unsigned long long t0 = 0;
+  IterClock clk;
   cluster.sync();  // every CTA of the cluster runs before anyone's shared memory is written
   for (int e = 1; e <= warm + iters; ++e) {
     float* half = recv + static_cast<size_t>(e & 1) * total;
@@ -259,21 +254,10 @@ __global__ void cluster_kernel(int per_peer, int warm, int iters, long long* sam
     int bad = 0;
     for (int i = threadIdx.x; i < total; i += blockDim.x) bad |= half[i] != cluster_value(i / per_peer, i % per_peer, e);
     if (bad) fail(r, kStale);
-    if (timer) {
-      const long long now = clock64();
-      if (e == warm) {
-        t0 = globaltimer_ns();
-        c0 = now;
-      }
-      if (e > warm) samples[e - warm - 1] = now - prev;
-      prev = now;
-    }
+    if (timer) clk.tick(e, warm, samples);
   }
   cluster.sync();  // no CTA leaves while a peer may still write into its shared memory
-  if (timer) {
-    r->clk = clock64() - c0;
-    r->ns = globaltimer_ns() - t0;
-  }
+  if (timer) clk.finish(r);
 }
 
 // ---- hbm_stream_read and the chase beside it. ctl: [0] blocks running, [1] stop, then from word 4 one
