@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from fastsrnn.kernels.mode import INTERPRETED, mode_mismatch
-from fastsrnn.ops.thresholds import TRITON_FRAME_SMALL_MAX_B
+from fastsrnn.ops import thresholds  # read at each call: a test may lower a threshold on the module
 
 _INTERPRETED = tl.constexpr(INTERPRETED)  # Triton's interpreter runs the kernels, readable inside them
 TARGET_PROGRAMS = 256  # about two programs per SM of a 132-SM H100
@@ -269,7 +269,7 @@ def layer_config(B: int, H: int, F: int, bf16: bool) -> dict:
     program (H / 2 programs: 512 at H = 1024), BLOCK_K so the product tile is ~4 K values.
     Larger B: tl.dot tiles of BLOCK_B = 16..64 sequences by 4 BLOCK_H rows (16, 32 or 64), BLOCK_H
     the largest that still gives TARGET_PROGRAMS programs."""
-    if B <= TRITON_FRAME_SMALL_MAX_B:
+    if B <= thresholds.TRITON_FRAME_SMALL_MAX_B:
         bb, bh = _pow2(B), 2
         bk = max(16, min(512, _TILE_ELEMS // (bb * 4 * bh)))
         cfg = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, DOT=False, BF16=bool(bf16),
@@ -293,7 +293,7 @@ def linear_config(B: int, N: int, K: int, bf16: bool) -> dict:
     TARGET_PROGRAMS programs), BLOCK_K so the product tile is ~4 K values. Larger B: tl.dot tiles
     of 16..64 sequences by BLOCK_N = 64, 32 or 16 rows (the largest giving TARGET_PROGRAMS); 8 warps
     for a 64 x 64 tile. BLOCK_K 64 (bf16, tensor cores) or 16 (fp32 FMA: its operands sit in registers)."""
-    if B <= TRITON_FRAME_SMALL_MAX_B:
+    if B <= thresholds.TRITON_FRAME_SMALL_MAX_B:
         bb = _pow2(B)
         bn = next((b for b in (16, 8, 4) if triton.cdiv(N, b) >= TARGET_PROGRAMS), 2)
         bk = max(16, min(1024, _pow2(K), _TILE_ELEMS // (bb * bn)))

@@ -32,8 +32,8 @@ from typing import Optional
 
 import torch
 
+from fastsrnn.ops import thresholds  # read at each call: a test may lower a threshold on the module
 from fastsrnn.ops.sampling import Sampling, sample_ref
-from fastsrnn.ops.thresholds import TRITON_SAMPLE_SPLIT_MIN_B, TRITON_SAMPLE_SPLIT_MIN_H
 
 
 def sample_frame_ref(
@@ -144,7 +144,8 @@ def sample_frame_triton(table, cond, w3, b3, wo, bo, window, uniforms, sampling:
         check_sample_frame_args("sample_frame_triton", table, cond, w3, b3, wo, bo, window, uniforms,
                                 sampling, out, forced, logits_out)
     if path is None:
-        big = cond.shape[0] >= TRITON_SAMPLE_SPLIT_MIN_B or table.shape[2] >= TRITON_SAMPLE_SPLIT_MIN_H
+        big = (cond.shape[0] >= thresholds.TRITON_SAMPLE_SPLIT_MIN_B
+               or table.shape[2] >= thresholds.TRITON_SAMPLE_SPLIT_MIN_H)
         path = "split" if big else "small"
     if path == "split":
         from fastsrnn.kernels.sample_frame_split import launch
