@@ -54,9 +54,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 300):
 
 
 def _folder(src: Path, build_dir: Path) -> Path:
-    """The keyed folder load_extension('probe', [src]) builds into (its key hashes the contents)."""
-    key = build._key("probe", [src], ["|", "|"])
-    return build_dir / f"torch{build.torch.__version__.replace('+', '_')}" / f"fastsrnn_probe_{key}"
+    """The keyed folder load_extension('probe', [src]) builds into, with ``build_dir`` as the cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTSRNN_BUILD_DIR", str(build_dir))
+        return build.extension_folder("probe", [src])
 
 
 def test_two_checkouts_share_one_build(tmp_path):

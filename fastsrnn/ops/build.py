@@ -126,7 +126,7 @@ def load_extension(name: str, sources: Sequence, extra_cflags: Sequence[str] = (
         if not p.is_file():
             raise BuildError(f"extension {name}: source {p} is missing (is fastsrnn installed with its csrc/?)")
     cuda = extra_cuda_cflags is not None
-    key = _key(name, srcs, [*extra_cflags, "|", *(extra_cuda_cflags or []), "|", *extra_ldflags])
+    key = _key(name, srcs, _flag_parts(extra_cflags, extra_cuda_cflags, extra_ldflags))
     if key in _LOADED:
         return _LOADED[key]
     if key in _FAILED:
@@ -140,13 +140,29 @@ def load_extension(name: str, sources: Sequence, extra_cflags: Sequence[str] = (
     return module
 
 
+def _flag_parts(cflags, cuda_cflags, ldflags) -> List[str]:
+    return [*cflags, "|", *(cuda_cflags or []), "|", *ldflags]
+
+
+def extension_folder(name: str, sources: Sequence[Path], extra_cflags: Sequence[str] = (),
+                     extra_cuda_cflags: Optional[Sequence[str]] = None, extra_ldflags: Sequence[str] = ()) -> Path:
+    """The cache folder load_extension(name, sources, flags...) builds into and loads from
+    (sources absolute): keyed by contents, flags, torch and Python, never by location."""
+    key = _key(name, sources, _flag_parts(extra_cflags, extra_cuda_cflags, extra_ldflags))
+    return _folder_of(f"fastsrnn_{name}_{key}")
+
+
+def _folder_of(mod_name: str) -> Path:
+    return env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
+
+
 COMPLETE = "complete.json"  # written last: the folder holds a finished build
 LOCK = "build.lock"  # flock'ed while a process builds into the folder
 
 
 def _build(name, srcs, key, cflags, cuda_cflags, ldflags, cuda, verbose):
     mod_name = f"fastsrnn_{name}_{key}"  # unique per variant: one process may load several
-    build_dir = env.build_dir() / f"torch{torch.__version__.replace('+', '_')}" / mod_name
+    build_dir = _folder_of(mod_name)
     if _is_complete(build_dir, mod_name):
         return _import(mod_name, build_dir)
     missing = missing_tools(cuda)
